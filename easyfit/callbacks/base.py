@@ -1,0 +1,121 @@
+"""Callback and CallbackList with Keras's hook names and ``logs`` semantics.
+
+Batch hooks receive ``logs`` as a :class:`LazyLogs`: its keys are known at once, but the
+values are pulled from the device only when a callback reads one. A callback that never
+looks at batch logs therefore never makes the host wait for the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator, Sequence
+
+
+class LazyLogs(Mapping):
+    """A read-only ``logs`` mapping whose values are fetched on first access.
+
+    Args:
+        keys: the names the logs will hold.
+        fetch: returns the ``{name: float}`` dict (forces a device sync, once).
+    """
+
+    def __init__(self, keys: Sequence[str], fetch: Callable[[], dict[str, float]]):
+        self._keys, self._fetch, self._values = list(keys), fetch, None
+
+    def _resolve(self) -> dict[str, float]:
+        if self._values is None:
+            self._values = self._fetch()
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self._resolve()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return repr(self._resolve())
+
+
+class Callback:
+    """Base class for callbacks; override the hooks you need.
+
+    Attributes:
+        model: the :class:`~easyfit.Model` being trained (set by ``fit``).
+        params: ``{"epochs", "steps", "verbose"}`` of the running ``fit``.
+
+    Example:
+        >>> class Stopper(Callback):
+        ...     def on_epoch_end(self, epoch, logs=None):
+        ...         if logs["loss"] < 0.1:
+        ...             self.model.stop_training = True
+    """
+
+    def __init__(self):
+        self.model: Any = None
+        self.params: dict[str, Any] = {}
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_train_batch_begin(self, batch, logs=None): ...
+    def on_train_batch_end(self, batch, logs=None): ...
+    def on_test_begin(self, logs=None): ...
+    def on_test_end(self, logs=None): ...
+    def on_test_batch_begin(self, batch, logs=None): ...
+    def on_test_batch_end(self, batch, logs=None): ...
+    def on_predict_begin(self, logs=None): ...
+    def on_predict_end(self, logs=None): ...
+    def on_predict_batch_begin(self, batch, logs=None): ...
+    def on_predict_batch_end(self, batch, logs=None): ...
+
+
+HOOKS = [name for name in vars(Callback) if name.startswith("on_")]
+
+
+class CallbackList:
+    """Calls a hook on every callback, in order, skipping callbacks that do not override it.
+
+    Example:
+        >>> callbacks = CallbackList([Callback()])
+        >>> callbacks.wants("on_train_batch_end")
+        False
+    """
+
+    def __init__(self, callbacks: Sequence[Callback], model: Any = None,
+                 params: dict[str, Any] | None = None):
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(f"callbacks must be ef.callbacks.Callback instances; got "
+                                f"{type(callback).__name__}.")
+            if model is not None:
+                callback.set_model(model)
+            if params is not None:
+                callback.set_params(params)
+        self._hooks = {hook: [getattr(c, hook) for c in self.callbacks
+                              if getattr(type(c), hook) is not getattr(Callback, hook)]
+                       for hook in HOOKS}
+
+    def wants(self, hook: str) -> bool:
+        """Whether any callback overrides ``hook`` (so the loop can skip work for it)."""
+        return bool(self._hooks[hook])
+
+    def call(self, hook: str, *args: Any) -> None:
+        for method in self._hooks[hook]:
+            method(*args)
+
+    def __getattr__(self, hook: str) -> Callable[..., None]:
+        if hook not in HOOKS:
+            raise AttributeError(hook)
+        return lambda *args: self.call(hook, *args)

@@ -1,0 +1,279 @@
+"""Data adapters: any supported input -> fixed-shape host chunks of batches.
+
+An adapter yields, per epoch, chunks of ``k`` stacked :class:`~easyfit.data.batch.Batch`es
+(``k = steps_per_execution``) plus the number of real batches in each chunk. Every batch has
+the same shape; the last one of an epoch is padded and masked.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from easyfit.data.batch import Batch, make_batch, stack
+
+
+def _numeric(tree: Any, what: str) -> Any:
+    """Converts leaves to numpy arrays, refusing what is not numbers."""
+
+    def convert(leaf):
+        array = np.asarray(leaf)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"`{what}` must hold numbers, but an array has dtype {array.dtype}. "
+                            "Convert it first (e.g. encode strings as integer ids, or "
+                            "`np.asarray(a, dtype=np.float32)`).")
+        return array
+
+    return jax.tree.map(convert, tree)
+
+
+def _rows(tree: Any) -> int:
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError("The input holds no arrays.")
+    for leaf in leaves:
+        if leaf.ndim == 0:
+            raise ValueError(f"Every input array needs a batch dimension; got a scalar.")
+    return leaves[0].shape[0]
+
+
+def _class_weights(y: np.ndarray, class_weight: dict[int, float]) -> np.ndarray:
+    labels = np.asarray(y)
+    if labels.ndim > 1 and labels.shape[-1] > 1:  # one-hot
+        labels = labels.argmax(-1)
+    labels = labels.reshape(labels.shape[0], -1)[:, 0].astype(np.int64)
+    table = np.ones(max(labels.max(initial=0), max(class_weight, default=0)) + 1, np.float32)
+    for cls, weight in class_weight.items():
+        table[int(cls)] = weight
+    return table[labels]
+
+
+class DataAdapter:
+    """Base class: subclasses yield host batches; chunks are built here.
+
+    Attributes:
+        batch_size: rows per batch (every batch has this many, padding included).
+        steps: batches per epoch, or ``None`` if unknown until the input runs out.
+    """
+
+    batch_size: int
+    steps: int | None
+    exhausted: bool = False
+
+    def batches(self, epoch: int) -> Iterator[tuple[Batch, int]]:
+        """Yields ``(batch, real_rows)`` for one epoch."""
+        raise NotImplementedError
+
+    def sample_x(self) -> Any:
+        """A few input rows, to initialise a module that needs an example (Linen)."""
+        raise NotImplementedError
+
+    def chunks(self, epoch: int, k: int) -> Iterator[tuple[Batch, list[int]]]:
+        """Yields ``(chunk, real_rows_per_batch)``: ``k`` stacked batches per chunk."""
+        pending: list[tuple[Batch, int]] = []
+        for item in self.batches(epoch):
+            pending.append(item)
+            if len(pending) == k:
+                yield stack([b for b, _ in pending], k), [n for _, n in pending]
+                pending = []
+        if pending:
+            yield stack([b for b, _ in pending], k), [n for _, n in pending]
+
+
+class ArrayAdapter(DataAdapter):
+    """numpy arrays or pytrees of arrays (a dict of inputs, say), batched and shuffled here.
+
+    Each epoch's order comes from ``(seed, epoch)``, so a run is reproducible and an epoch's
+    order can be recomputed to resume mid-epoch.
+    """
+
+    def __init__(self, x: Any, y: Any = None, sample_weight: Any = None,
+                 class_weight: dict[int, float] | None = None, batch_size: int | None = 32,
+                 shuffle: bool = False, seed: int = 0, steps: int | None = None):
+        self.x = _numeric(x, "x")
+        self.y = None if y is None else _numeric(y, "y")
+        self.num_rows = _rows(self.x)
+        for name, tree in (("x", self.x), ("y", self.y)):
+            for leaf in jax.tree.leaves(tree):
+                if leaf.shape[0] != self.num_rows:
+                    raise ValueError(
+                        f"x and y must have the same number of rows: x has {self.num_rows}, "
+                        f"{name} has an array with {leaf.shape[0]}. Pass matching arrays.")
+        if self.num_rows == 0:
+            raise ValueError("The input is empty (0 rows). Pass at least one example.")
+        weight = None if sample_weight is None else _numeric(sample_weight, "sample_weight")
+        if weight is not None and weight.shape[0] != self.num_rows:
+            raise ValueError(f"sample_weight has {weight.shape[0]} rows but x has "
+                             f"{self.num_rows}; pass one weight per example.")
+        if class_weight:
+            if self.y is None or len(jax.tree.leaves(self.y)) != 1:
+                raise ValueError("class_weight needs a single array of labels `y`.")
+            cw = _class_weights(jax.tree.leaves(self.y)[0], class_weight)
+            weight = cw if weight is None else weight.reshape(-1) * cw
+        self.sample_weight = None if weight is None else weight.reshape(self.num_rows)
+        self.batch_size = int(batch_size or 32)
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        self.shuffle, self.seed = shuffle, seed
+        full = -(-self.num_rows // self.batch_size)
+        self.steps = full if steps is None else min(int(steps), full)
+
+    def sample_x(self) -> Any:
+        return jax.tree.map(lambda a: a[:1], self.x)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_rows)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+
+    def _batch(self, index: np.ndarray) -> Batch:
+        take = lambda tree: jax.tree.map(lambda a: np.take(a, index, axis=0), tree)
+        weight = None if self.sample_weight is None else self.sample_weight[index]
+        return make_batch(take(self.x), take(self.y), weight, len(index), self.batch_size)
+
+    def batches(self, epoch: int) -> Iterator[tuple[Batch, int]]:
+        order = self._order(epoch)
+        for i in range(self.steps):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self._batch(index), len(index)
+
+    def split(self, validation_split: float) -> tuple["ArrayAdapter", "ArrayAdapter"]:
+        """Keras's ``validation_split``: the last fraction of rows, taken before shuffling."""
+        if not 0.0 < validation_split < 1.0:
+            raise ValueError(f"validation_split must be in (0, 1), got {validation_split}.")
+        cut = int(self.num_rows * (1.0 - validation_split))
+        if cut == 0 or cut == self.num_rows:
+            raise ValueError(f"validation_split={validation_split} of {self.num_rows} rows leaves "
+                             "one side empty; use a fraction that keeps rows on both sides.")
+
+        def part(rows: slice) -> ArrayAdapter:
+            pick = lambda tree: jax.tree.map(lambda a: a[rows], tree)
+            weight = None if self.sample_weight is None else self.sample_weight[rows]
+            return ArrayAdapter(pick(self.x), pick(self.y), weight, None, self.batch_size,
+                                self.shuffle, self.seed)
+
+        return part(slice(0, cut)), part(slice(cut, None))
+
+
+def _unpack(element: Any, with_y: bool) -> tuple[Any, Any, Any]:
+    """``(x, y, sample_weight)`` from an element: a tuple ``(x, y[, w])`` or ``x`` alone."""
+    if isinstance(element, (tuple, list)):
+        if not 1 <= len(element) <= 3:
+            raise ValueError(f"Each batch must be (x,), (x, y) or (x, y, sample_weight); got a "
+                             f"sequence of {len(element)} items.")
+        x, y, weight = (*element, None, None)[:3]
+        return x, (y if with_y else None), weight
+    if with_y:
+        raise ValueError("Each training or evaluation batch must be a tuple (x, y) or "
+                         "(x, y, sample_weight); got a single item. Yield labels too.")
+    return element, None, None
+
+
+class IterableAdapter(DataAdapter):
+    """A Python iterable (list, generator, any object with ``__iter__``) of ready batches.
+
+    A re-iterable input (``iter(obj) is not obj``, e.g. a list) starts over each epoch; a
+    one-shot iterator (a generator) continues where the last epoch stopped, so it needs
+    ``steps_per_epoch`` to know where an epoch ends.
+    """
+
+    def __init__(self, data: Iterable, steps: int | None = None, with_y: bool = True,
+                 epochs: int = 1):
+        self.data, self.with_y = data, with_y
+        self.one_shot = iter(data) is data
+        if self.one_shot and steps is None and epochs > 1:
+            raise ValueError(
+                "A generator or iterator can be read only once, so fit needs to know where an "
+                "epoch ends: pass `steps_per_epoch=` (and make the generator loop forever), or "
+                "pass a re-iterable object such as a list.")
+        known = len(data) if hasattr(data, "__len__") and not self.one_shot else None
+        self.steps = steps if steps is not None else known
+        self._iterator: Iterator | None = None
+        self.batch_size = self._peek_batch_size()
+
+    def _peek_batch_size(self) -> int:
+        source = self._iterator = iter(self.data)
+        try:
+            first = next(source)
+        except StopIteration:
+            raise ValueError("The input is empty: the iterable yielded no batch.") from None
+        self._first = self._sample = first
+        x, _, _ = _unpack(first, self.with_y)
+        return _rows(_numeric(x, "x"))
+
+    def sample_x(self) -> Any:
+        return _numeric(_unpack(self._sample, self.with_y)[0], "x")
+
+    def _elements(self, epoch: int) -> Iterator[Any]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        elif not self.one_shot:
+            self._iterator = iter(self.data)
+        yield from self._iterator
+
+    def batches(self, epoch: int) -> Iterator[tuple[Batch, int]]:
+        count = 0
+        for element in self._elements(epoch):
+            x, y, weight = _unpack(element, self.with_y)
+            x, y = _numeric(x, "x"), None if y is None else _numeric(y, "y")
+            size = _rows(x)
+            if size > self.batch_size:
+                raise ValueError(f"Batch {count} has {size} rows, more than the first batch's "
+                                 f"{self.batch_size}. Yield batches of at most the first size "
+                                 "(only the last may be smaller).")
+            yield make_batch(x, y, weight, size, self.batch_size), size
+            count += 1
+            if self.steps is not None and count >= self.steps:
+                return
+        if self.steps is not None and count < self.steps:
+            warnings.warn(f"The input ran out of data after {count} of {self.steps} steps; "
+                          "the epoch ends here. Make the generator repeat (e.g. loop forever) "
+                          "or lower `steps_per_epoch`.", stacklevel=2)
+        if self.one_shot:
+            self.exhausted = True
+
+
+def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any = None,
+          class_weight: dict | None = None, shuffle: bool = False, seed: int = 0,
+          steps: int | None = None, with_y: bool = True, epochs: int = 1) -> DataAdapter:
+    """Chooses the adapter for ``x`` (and ``y``), as ``fit``/``evaluate``/``predict`` accept them.
+
+    Example:
+        >>> import numpy as np
+        >>> data = adapt(np.zeros((10, 3)), np.zeros(10), batch_size=4)
+        >>> data.steps, data.batch_size
+        (3, 4)
+    """
+    if isinstance(x, DataAdapter):
+        return x
+    if _is_arrays(x):
+        if with_y and y is None:
+            raise ValueError("Training and evaluation need targets: pass `y` with the arrays "
+                             "in `x`, or a dataset that yields (x, y) pairs.")
+        return ArrayAdapter(x, y, sample_weight, class_weight, batch_size, shuffle, seed, steps)
+    if y is not None:
+        raise ValueError("`y` is only for array inputs; a dataset or iterable must yield "
+                         "(x, y) pairs itself.")
+    if sample_weight is not None or class_weight:
+        raise ValueError("sample_weight and class_weight are for array inputs; yield "
+                         "(x, y, sample_weight) from the dataset instead.")
+    if isinstance(x, Iterable) and not isinstance(x, (str, bytes)):
+        return IterableAdapter(x, steps, with_y, epochs)
+    raise TypeError(f"Unsupported input type {type(x).__name__}: pass numpy arrays (or a dict "
+                    "of arrays), or an iterable of (x, y) batches.")
+
+
+def _is_arrays(x: Any) -> bool:
+    """numpy / JAX arrays, or dicts / tuples of them (not a list of batches)."""
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return True
+    if isinstance(x, dict):
+        return bool(x) and all(_is_arrays(v) for v in x.values())
+    if isinstance(x, tuple) and x and not hasattr(x, "_fields"):
+        return all(isinstance(v, (np.ndarray, jax.Array)) for v in x)
+    return False

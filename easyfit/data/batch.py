@@ -1,0 +1,60 @@
+"""Host batches of fixed shape: real rows, then padding rows that carry zero weight."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+
+class Batch(NamedTuple):
+    """One batch (or a chunk of ``k`` stacked batches) as numpy pytrees.
+
+    Attributes:
+        x: model input (an array or a pytree of arrays, e.g. a dict for several inputs).
+        y: targets, or ``None`` when predicting.
+        weight: per-row loss weight: sample weight x class weight, 0 on padding rows.
+        mask: 1.0 on real rows, 0.0 on padding rows.
+    """
+
+    x: Any
+    y: Any
+    weight: np.ndarray
+    mask: np.ndarray
+
+
+def pad_rows(tree: Any, size: int, batch_size: int) -> Any:
+    """Pads every leaf from ``size`` to ``batch_size`` rows by repeating real rows.
+
+    Repeating real rows (not zeros) keeps padded rows in the range of the data, so
+    nothing downstream sees values it never sees otherwise; their weight is 0.
+    """
+    if size == batch_size:
+        return tree
+    index = np.arange(batch_size) % size
+    return jax.tree.map(lambda a: np.take(a, index, axis=0), tree)
+
+
+def make_batch(x: Any, y: Any, sample_weight: np.ndarray | None, size: int,
+               batch_size: int) -> Batch:
+    """Builds a padded :class:`Batch` from ``size`` real rows."""
+    mask = np.zeros(batch_size, np.float32)
+    mask[:size] = 1.0
+    weight = mask.copy()
+    if sample_weight is not None:
+        weight[:size] *= np.asarray(sample_weight, np.float32).reshape(size)
+    return Batch(pad_rows(x, size, batch_size), pad_rows(y, size, batch_size), weight, mask)
+
+
+def stack(batches: Sequence[Batch], length: int) -> Batch:
+    """Stacks batches into a chunk of ``length``, filling up with fully masked batches.
+
+    The filler batches copy the last batch's data with zero weight and mask; the step skips
+    them, so a short last chunk does not change the shapes (and never recompiles).
+    """
+    batches = list(batches)
+    filler = batches[-1]._replace(weight=np.zeros_like(batches[-1].weight),
+                                  mask=np.zeros_like(batches[-1].mask))
+    batches += [filler] * (length - len(batches))
+    return jax.tree.map(lambda *leaves: np.stack(leaves), *batches)

@@ -1,0 +1,133 @@
+"""The loops: epochs x chunks for fit, chunks for evaluate and predict.
+
+The host never waits for the device inside an epoch: a chunk is dispatched, the next one is
+prepared while it runs, and metric sums stay on the device until a log point (a callback
+reading batch logs, the progress bar's refresh, the end of the epoch).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any, Iterator
+
+import jax
+import numpy as np
+
+from easyfit.callbacks.base import CallbackList, LazyLogs
+from easyfit.data.adapters import DataAdapter
+from easyfit.data.batch import Batch
+
+if TYPE_CHECKING:
+    from easyfit.model import Model
+
+
+def _floats(tree: dict[str, Any], names: list[str]) -> dict[str, float]:
+    """Host floats in Keras's order (loss first); jitted dicts come back sorted."""
+    host = jax.device_get(tree)
+    return {key: float(host[key]) for key in names}
+
+
+def _on_device(model: "Model", data: DataAdapter, epoch: int,
+               k: int) -> Iterator[tuple[Batch, list[int]]]:
+    """Chunks placed on the mesh; the next is prepared while the device runs the current."""
+    for chunk, sizes in data.chunks(epoch, k):
+        yield model._distribution.place_chunk(chunk), sizes
+
+
+def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
+             epochs: int, initial_epoch: int, validation_freq: int | list[int],
+             callbacks: CallbackList) -> dict[str, float]:
+    """Runs the epochs of ``Model.fit``; returns the last epoch's logs."""
+    steps = model._steps
+    names = steps.log_names(with_lr=model._has_lr)
+    read_logs = lambda: _floats(steps.logs(model._state), names)
+    batch_hooks = callbacks.wants("on_train_batch_end")
+    k = model._steps_per_execution
+    logs: dict[str, float] = {}
+    callbacks.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        model._reset_totals()
+        callbacks.on_epoch_begin(epoch)
+        done = 0
+        for chunk, sizes in _on_device(model, train, epoch, k):
+            if callbacks.wants("on_train_batch_begin"):
+                callbacks.on_train_batch_begin(done)
+            model._train_on_chunk(chunk)
+            done += len(sizes)
+            if batch_hooks:
+                callbacks.on_train_batch_end(done - 1, LazyLogs(names, read_logs))
+            if model.stop_training:
+                break
+        if done == 0:
+            warnings.warn("The training input ran out of data; stopping training. Make it "
+                          "repeat, or pass steps_per_epoch x epochs batches at most.",
+                          stacklevel=3)
+            break
+        logs = read_logs()
+        if validation is not None and _validates(epoch, validation_freq):
+            val_logs = evaluate_loop(model, validation, CallbackList([]))
+            logs.update({f"val_{key}": value for key, value in val_logs.items()})
+        callbacks.on_epoch_end(epoch, logs)
+        if model.stop_training or (train.exhausted and train.steps is None):
+            break
+    callbacks.on_train_end(logs)
+    return logs
+
+
+def _validates(epoch: int, validation_freq: int | list[int]) -> bool:
+    if isinstance(validation_freq, int):
+        return (epoch + 1) % validation_freq == 0
+    return epoch + 1 in validation_freq
+
+
+def evaluate_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) -> dict[str, float]:
+    """Weighted means of the loss and metrics over ``data``, in eval mode."""
+    steps = model._steps
+    names = steps.log_names(with_lr=False)
+    params, rest = model._eval_state()
+    totals = None
+    callbacks.on_test_begin()
+    done = 0
+    for chunk, sizes in _on_device(model, data, 0, model._steps_per_execution):
+        if totals is None:
+            totals = model._distribution.replicate(
+                steps.zero_totals(params, rest, jax.tree.map(lambda a: a[0], chunk)))
+        callbacks.on_test_batch_begin(done)
+        totals = steps.eval(params, rest, totals, chunk)
+        done += len(sizes)
+        if callbacks.wants("on_test_batch_end"):
+            callbacks.on_test_batch_end(done - 1, LazyLogs(
+                names, lambda t=totals: _floats(steps.results(t), names)))
+    if totals is None:
+        raise ValueError("The evaluation input is empty: it yielded no batch.")
+    logs = _floats(steps.results(totals), names)
+    callbacks.on_test_end(logs)
+    return logs
+
+
+def predict_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) -> Any:
+    """Model outputs for every real row of ``data``, in order, as numpy."""
+    steps = model._steps
+    params, rest = model._eval_state()
+    outputs: list[Any] = []
+    pending = None  # (device outputs, sizes): fetched after the next chunk is dispatched
+    callbacks.on_predict_begin()
+    done = 0
+    for chunk, sizes in _on_device(model, data, 0, model._steps_per_execution):
+        callbacks.on_predict_batch_begin(done)
+        result = steps.predict(params, rest, chunk.x)
+        if pending is not None:
+            outputs.extend(_unstack(*pending))
+        pending = (result, sizes)
+        done += len(sizes)
+        callbacks.on_predict_batch_end(done - 1, {})
+    if pending is None:
+        raise ValueError("The prediction input is empty: it yielded no batch.")
+    outputs.extend(_unstack(*pending))
+    callbacks.on_predict_end()
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def _unstack(stacked: Any, sizes: list[int]) -> list[Any]:
+    host = jax.device_get(stacked)
+    return [jax.tree.map(lambda a: a[i, :size], host) for i, size in enumerate(sizes)]

@@ -1,0 +1,261 @@
+"""Metrics, accumulated on the device as sums and read only at log points.
+
+A metric is two pure functions: ``totals(y_true, y_pred, weight)`` returns a small pytree of
+sums for one batch (padding rows have ``weight = 0``, so they never count), and
+``result(totals)`` turns the sums accumulated over many batches into the value. Sums add
+exactly, so the epoch value over padded batches equals the value over the real rows.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> acc = get("accuracy")
+    >>> t = acc.totals(jnp.array([0, 1]), jnp.array([[2.0, 0.0], [2.0, 0.0]]), jnp.ones(2))
+    >>> float(acc.result(t))
+    0.5
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Totals = dict[str, jax.Array]
+
+
+def _weighted(values: jax.Array, weight: jax.Array) -> Totals:
+    values = values.reshape(values.shape[0], -1).mean(axis=1).astype(jnp.float32)
+    return {"sum": jnp.sum(values * weight), "weight": jnp.sum(weight)}
+
+
+def _mean(totals: Totals) -> jax.Array:
+    return totals["sum"] / jnp.maximum(totals["weight"], 1e-12)
+
+
+class Metric:
+    """Base class for metrics: override ``values`` (per-example) or ``totals`` and ``result``.
+
+    Args:
+        name: the key in ``logs`` and ``History`` (``val_`` is prefixed for validation).
+    """
+
+    name = "metric"
+
+    def __init__(self, name: str | None = None):
+        if name is not None:
+            self.name = name
+
+    def values(self, y_true: jax.Array, y_pred: jax.Array) -> jax.Array:
+        """Per-example values; the metric is their weighted mean."""
+        raise NotImplementedError
+
+    def totals(self, y_true: jax.Array, y_pred: jax.Array, weight: jax.Array) -> Totals:
+        """Sums over one batch (added across batches on the device)."""
+        return _weighted(self.values(y_true, y_pred), weight)
+
+    def result(self, totals: Totals) -> jax.Array:
+        """The metric's value from summed totals."""
+        return _mean(totals)
+
+
+def _labels(y_true, y_pred):
+    """Integer labels shaped like ``y_pred[..., 0]`` (from sparse or one-hot labels)."""
+    if y_true.shape == y_pred.shape:
+        return jnp.argmax(y_true, axis=-1)
+    if y_true.ndim == y_pred.ndim and y_true.shape[-1] == 1:
+        y_true = y_true[..., 0]
+    if y_true.shape != y_pred.shape[:-1]:
+        raise ValueError(f"accuracy: labels of shape {tuple(y_true.shape)} cannot match the "
+                         f"model's output of shape {tuple(y_pred.shape)}.")
+    return y_true.astype(jnp.int32)
+
+
+def _is_binary(y_true, y_pred) -> bool:
+    return y_pred.ndim == 1 or y_pred.shape[-1] == 1
+
+
+class BinaryAccuracy(Metric):
+    """Share of binary predictions on the right side of ``threshold``.
+
+    Args:
+        threshold: on probabilities; with ``from_logits`` the logit is compared with
+            ``logit(threshold)`` (0 for the default 0.5).
+        from_logits: the model outputs logits (default, as Flax modules do).
+    """
+
+    name = "binary_accuracy"
+
+    def __init__(self, threshold: float = 0.5, from_logits: bool = True, name: str | None = None):
+        super().__init__(name)
+        self.threshold, self.from_logits = threshold, from_logits
+
+    def values(self, y_true, y_pred):
+        p = jax.nn.sigmoid(y_pred) if self.from_logits else y_pred
+        y_true = y_true.reshape(y_pred.shape) if y_true.size == y_pred.size else y_true
+        return ((p > self.threshold) == (y_true > 0.5)).astype(jnp.float32)
+
+
+class SparseCategoricalAccuracy(Metric):
+    """Share of rows whose arg-max equals the integer label."""
+
+    name = "sparse_categorical_accuracy"
+
+    def values(self, y_true, y_pred):
+        return (jnp.argmax(y_pred, axis=-1) == _labels(y_true, y_pred)).astype(jnp.float32)
+
+
+class CategoricalAccuracy(SparseCategoricalAccuracy):
+    """Share of rows whose arg-max equals the one-hot label's."""
+
+    name = "categorical_accuracy"
+
+
+class Accuracy(Metric):
+    """``"accuracy"``: binary, sparse or categorical, chosen from the shapes as Keras does.
+
+    One output unit means binary (``from_logits`` threshold at 0.5); labels of the output's shape
+    mean one-hot; otherwise integer labels.
+    """
+
+    name = "accuracy"
+
+    def __init__(self, from_logits: bool = True, name: str | None = None):
+        super().__init__(name)
+        self.from_logits = from_logits
+
+    def values(self, y_true, y_pred):
+        if _is_binary(y_true, y_pred):
+            return BinaryAccuracy(from_logits=self.from_logits).values(y_true, y_pred)
+        return SparseCategoricalAccuracy().values(y_true, y_pred)
+
+
+class TopKAccuracy(Metric):
+    """Share of rows whose label is among the ``k`` highest outputs (sparse or one-hot labels).
+
+    Args:
+        k: how many of the top outputs count.
+    """
+
+    name = "top_k_accuracy"
+
+    def __init__(self, k: int = 5, name: str | None = None):
+        super().__init__(name)
+        self.k = k
+
+    def values(self, y_true, y_pred):
+        labels = _labels(y_true, y_pred)
+        _, top = jax.lax.top_k(y_pred, self.k)
+        return jnp.any(top == labels[..., None], axis=-1).astype(jnp.float32)
+
+
+class MeanSquaredError(Metric):
+    """Mean squared error."""
+
+    name = "mse"
+
+    def values(self, y_true, y_pred):
+        return jnp.square(y_pred - y_true.reshape(y_pred.shape))
+
+
+class MeanAbsoluteError(Metric):
+    """Mean absolute error."""
+
+    name = "mae"
+
+    def values(self, y_true, y_pred):
+        return jnp.abs(y_pred - y_true.reshape(y_pred.shape))
+
+
+class _Confusion(Metric):
+    def __init__(self, threshold: float = 0.5, from_logits: bool = True, name: str | None = None):
+        super().__init__(name)
+        self.threshold, self.from_logits = threshold, from_logits
+
+    def totals(self, y_true, y_pred, weight):
+        p = jax.nn.sigmoid(y_pred) if self.from_logits else y_pred
+        pred = (p.reshape(p.shape[0], -1) > self.threshold).astype(jnp.float32)
+        true = (y_true.reshape(pred.shape) > 0.5).astype(jnp.float32)
+        w = weight[:, None]
+        return {"tp": jnp.sum(w * pred * true), "fp": jnp.sum(w * pred * (1 - true)),
+                "fn": jnp.sum(w * (1 - pred) * true)}
+
+
+class Precision(_Confusion):
+    """Binary precision, ``tp / (tp + fp)``, accumulated over the epoch."""
+
+    name = "precision"
+
+    def result(self, totals):
+        return totals["tp"] / jnp.maximum(totals["tp"] + totals["fp"], 1e-12)
+
+
+class Recall(_Confusion):
+    """Binary recall, ``tp / (tp + fn)``, accumulated over the epoch."""
+
+    name = "recall"
+
+    def result(self, totals):
+        return totals["tp"] / jnp.maximum(totals["tp"] + totals["fn"], 1e-12)
+
+
+class Mean(Metric):
+    """Weighted mean of per-example values of any function ``fn(y_true, y_pred)``.
+
+    Example:
+        >>> m = Mean(lambda y, p: (p - y) ** 2, name="se")
+    """
+
+    def __init__(self, fn: Callable[[jax.Array, jax.Array], jax.Array], name: str | None = None):
+        super().__init__(name or getattr(fn, "__name__", "mean"))
+        self.fn = fn
+
+    def values(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+METRICS: dict[str, Callable[[], Metric]] = {
+    "accuracy": Accuracy, "acc": Accuracy,
+    "binary_accuracy": BinaryAccuracy,
+    "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+    "categorical_accuracy": CategoricalAccuracy,
+    "top_k_accuracy": TopKAccuracy,
+    "sparse_top_k_categorical_accuracy": TopKAccuracy,
+    "top_k_categorical_accuracy": TopKAccuracy,
+    "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
+    "precision": Precision, "recall": Recall,
+}
+
+
+def get(metric: str | Metric | Callable, from_logits: bool = True) -> Metric:
+    """Resolves what ``compile(metrics=[...])`` accepts; the log key is the name given.
+
+    Example:
+        >>> get("mae").name
+        'mae'
+    """
+    if isinstance(metric, Metric):
+        return metric
+    if isinstance(metric, str):
+        key = metric.lower()
+        if key not in METRICS:
+            raise ValueError(f"Unknown metric {metric!r}. Valid names: "
+                             f"{', '.join(sorted(METRICS))}; or pass an ef.metrics.Metric or a "
+                             "callable (y_true, y_pred) -> per-example values.")
+        cls = METRICS[key]
+        takes_logits = cls in (Accuracy, BinaryAccuracy, Precision, Recall)
+        instance = cls(from_logits=from_logits) if takes_logits else cls()
+        instance.name = metric
+        return instance
+    if callable(metric):
+        return Mean(metric)
+    raise TypeError(f"A metric must be a name, an ef.metrics.Metric or a callable; got "
+                    f"{type(metric).__name__}.")
+
+
+def zeros_like_totals(metric: Metric, y_true: Any, y_pred: Any) -> Totals:
+    """Zero totals with the structure ``metric.totals`` returns for these shapes."""
+    shapes = jax.eval_shape(metric.totals, y_true, y_pred,
+                            jax.ShapeDtypeStruct((jax.tree.leaves(y_pred)[0].shape[0],),
+                                                 jnp.float32))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

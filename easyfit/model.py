@@ -1,0 +1,321 @@
+"""``Model``: Keras's compile / fit / evaluate / predict over a Flax module.
+
+The facade is thin: it resolves arguments, builds the data adapters, the jitted steps and
+the training state, and hands them to the loops in :mod:`easyfit.loop`.
+
+Example:
+    >>> import easyfit as ef, numpy as np
+    >>> from flax import nnx
+    >>> model = ef.Model(nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
+    >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+    ...               metrics=["accuracy"])
+    >>> x, y = np.random.rand(64, 4).astype("float32"), np.random.randint(0, 3, 64)
+    >>> history = model.fit(x, y, epochs=2, verbose=0)
+    >>> sorted(history.history)
+    ['accuracy', 'loss', 'lr']
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from easyfit import losses as losses_lib
+from easyfit import metrics as metrics_lib
+from easyfit import optimizers as optimizers_lib
+from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
+from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays, adapt
+from easyfit.distribute import DataParallel
+from easyfit.loop import evaluate_loop, fit_loop, predict_loop
+from easyfit.state import ModuleGraphs, TrainState, as_nnx, copy_tree, reseed, split
+from easyfit.step import Steps
+from easyfit.summary import summarize
+
+
+def _verbosity(verbose: int | str) -> int:
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2; got {verbose!r}.")
+    return int(verbose)
+
+
+class Model:
+    """A Flax module with Keras's training API.
+
+    Args:
+        module: an ``nnx.Module``, or a ``flax.linen.Module`` (initialised from
+            ``sample_input``, or from the first batch ``fit``/``evaluate``/``predict`` sees).
+        sample_input: an example input batch, needed now only for Linen modules.
+        distribution: where arrays live; default: data parallel over all devices.
+
+    Attributes:
+        stop_training: set to ``True`` (e.g. from a callback) to end ``fit`` after the step.
+        history: the :class:`~easyfit.callbacks.History` of the last ``fit``.
+
+    Example:
+        >>> model = Model(MyModule(rngs=nnx.Rngs(0)))            # doctest: +SKIP
+        >>> model.compile("adamw", "sparse_categorical_crossentropy", ["accuracy"])  # doctest: +SKIP
+    """
+
+    def __init__(self, module: Any, sample_input: Any = None,
+                 distribution: DataParallel | None = None):
+        self._user_module = module
+        self._module = as_nnx(module, sample_input)
+        self._distribution = distribution or DataParallel()
+        self._compiled = False
+        self.stop_training = False
+        self.history: History | None = None
+        self._state: TrainState | None = None
+        self._steps: Steps | None = None
+        self._module_stale = False   # the state holds newer weights than the module
+        self._module_shared = True   # the module may share buffers with the state, or be edited
+        self._optimizer: optimizers_lib.Optimizer | None = None
+        self._loss, self._metrics, self._weighted_metrics = None, [], []
+        self._steps_per_execution, self._seed, self._has_lr = 1, 0, False
+
+    # -- the user's module, always current when read ---------------------------------------
+    @property
+    def module(self) -> Any:
+        """The wrapped module with the current weights (written back from training on access).
+
+        A Linen module is returned as its NNX bridge (``nnx.bridge.ToNNX``), whose
+        variables hold the trained weights.
+        """
+        if self._module is None:
+            raise RuntimeError("This Linen module has not been initialised yet: pass "
+                               "`sample_input=` to ef.Model, or call fit/evaluate/predict first.")
+        if self._module_stale:
+            nnx.update(self._module, self._state.params, self._state.rest)
+            self._module_stale = False
+        self._module_shared = True
+        return self._module
+
+    @property
+    def optimizer(self) -> optimizers_lib.Optimizer:
+        """The compiled optimizer; ``model.optimizer.learning_rate`` reads / sets the live LR."""
+        self._require_compiled("read the optimizer")
+        return self._optimizer
+
+    # -- compile ----------------------------------------------------------------------------
+    def compile(self, optimizer: Any = "adamw", loss: Any = None,
+                metrics: Sequence[Any] | None = None,
+                weighted_metrics: Sequence[Any] | None = None,
+                steps_per_execution: int = 1, seed: int = 0) -> None:
+        """Configures training, as Keras's ``compile``.
+
+        Args:
+            optimizer: a name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``,
+                ``"adagrad"``, ``"lion"``), an ``ef.optimizers`` optimizer, or any
+                ``optax.GradientTransformation``.
+            loss: a Keras loss name, an ``ef.losses`` object, or a callable
+                ``(y_true, y_pred) -> per-example loss``. Losses take logits by default.
+            metrics: names, ``ef.metrics`` objects or callables; padding rows never count,
+                sample weights are ignored.
+            weighted_metrics: as ``metrics``, weighted by ``sample_weight``/``class_weight``.
+            steps_per_execution: train steps run per dispatch (a ``lax.scan`` on the device).
+            seed: seeds the dropout RNG streams and the shuffling order.
+
+        Example:
+            >>> model.compile(optimizer=ef.optimizers.adamw(3e-4), loss="mse")  # doctest: +SKIP
+        """
+        if loss is None:
+            raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy' "
+                             "or a callable (y_true, y_pred) -> per-example loss.")
+        if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be a positive int, got "
+                             f"{steps_per_execution!r}.")
+        self._optimizer = optimizers_lib.get(optimizer)
+        self._optimizer._binding = self
+        self._loss = losses_lib.get(loss)
+        from_logits = getattr(self._loss, "from_logits", True)
+        self._metrics = [metrics_lib.get(m, from_logits) for m in metrics or []]
+        self._weighted_metrics = [metrics_lib.get(m, from_logits) for m in weighted_metrics or []]
+        names = ["loss"] + [m.name for m in self._metrics + self._weighted_metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Two metrics share a name in {names}; give them distinct `name=`s.")
+        self._steps_per_execution = steps_per_execution
+        self._seed = seed
+        self._state, self._steps = None, None
+        self._compiled = True
+
+    def _require_compiled(self, action: str) -> None:
+        if not self._compiled:
+            raise RuntimeError(f"You must call `model.compile(optimizer=..., loss=...)` before "
+                               f"you {action}.")
+
+    # -- building the state and the steps ---------------------------------------------------
+    def _ensure_module(self, data: DataAdapter) -> None:
+        if self._module is None:
+            self._module = as_nnx(self._user_module, data.sample_x(), self._seed)
+
+    def _ensure_steps(self) -> Steps:
+        if self._steps is None:
+            self._steps = Steps(ModuleGraphs(self._module), self._loss, self._metrics,
+                                self._weighted_metrics, self._optimizer)
+        return self._steps
+
+    def _build(self, data: DataAdapter, total_steps: int | None) -> None:
+        """Makes the module, the steps and (once per compile) the training state."""
+        self._ensure_module(data)
+        self._distribution.check_batch_size(data.batch_size)
+        steps = self._ensure_steps()
+        transform = self._optimizer.build(total_steps)
+        if self._state is None:
+            params, rest = split(self._module)
+            rest = reseed(rest, self._seed)
+            nnx.update(self._module, rest)
+            sample = next(iter(data.batches(0)))[0]
+            self._state = self._distribution.replicate(TrainState(
+                params=params, rest=rest, opt_state=transform.init(params),
+                step=jnp.zeros([], jnp.int32), totals=steps.zero_totals(params, rest, sample)))
+            self._module_shared = True
+            self._has_lr = self._optimizer.current_lr(self._state.opt_state) is not None
+
+    def _train_on_chunk(self, chunk: Any) -> None:
+        if self._module_shared:  # the module may hold the state's buffers or user edits
+            params, rest = split(self._module)
+            self._state = self._state.replace(params=copy_tree(params), rest=copy_tree(rest))
+            self._state = self._distribution.replicate(self._state)
+            self._module_shared = False
+        self._state = self._steps.train(self._state, chunk)
+        self._module_stale = True
+
+    def _reset_totals(self) -> None:
+        zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), self._state.totals)
+        self._state = self._state.replace(totals=self._distribution.replicate(zeros))
+
+    def _eval_state(self) -> tuple[Any, Any]:
+        if self._state is not None and not self._module_shared:
+            return self._state.params, self._state.rest
+        return self._distribution.replicate(split(self.module))
+
+    # -- the optimizer reads and writes the live state through these ------------------------
+    def _get_opt_state(self) -> Any:
+        return None if self._state is None else self._state.opt_state
+
+    def _set_opt_state(self, opt_state: Any) -> None:
+        placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
+                              opt_state, self._state.opt_state)
+        self._state = self._state.replace(opt_state=placed)
+
+    # -- fit / evaluate / predict -----------------------------------------------------------
+    def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
+            verbose: int | str = "auto", callbacks: Sequence[Callback] | None = None,
+            validation_split: float = 0.0, validation_data: Any = None, shuffle: bool = True,
+            class_weight: dict[int, float] | None = None, sample_weight: Any = None,
+            initial_epoch: int = 0, steps_per_epoch: int | None = None,
+            validation_steps: int | None = None, validation_batch_size: int | None = None,
+            validation_freq: int | list[int] = 1) -> History:
+        """Trains for ``epochs`` epochs (from ``initial_epoch``), as Keras's ``fit``.
+
+        Args:
+            x: numpy arrays (or a dict of arrays), or an iterable of ``(x, y)`` /
+                ``(x, y, sample_weight)`` batches.
+            y: targets, with array ``x`` only.
+            batch_size: rows per step for arrays (default 32); the last partial batch is
+                padded and masked, so the step compiles once.
+            epochs: index of the last epoch (Keras semantics with ``initial_epoch``).
+            verbose: ``"auto"`` (a bar on a terminal, a line per epoch otherwise), 0, 1, 2.
+            callbacks: ``ef.callbacks.Callback`` instances.
+            validation_split: last fraction of the arrays held out (before shuffling).
+            validation_data: ``(x_val, y_val[, sample_weight])`` arrays or an iterable.
+            shuffle: reshuffle array rows each epoch (seeded by ``compile(seed=)``).
+            class_weight: ``{class: weight}`` multiplying each row's loss weight.
+            sample_weight: per-row loss weights (0 means "not in the batch").
+            initial_epoch: epoch to start from (for resuming).
+            steps_per_epoch: batches per epoch (required for one-shot generators).
+            validation_steps: batches per validation pass.
+            validation_batch_size: defaults to ``batch_size``.
+            validation_freq: validate every N epochs, or at the listed (1-based) epochs.
+
+        Returns:
+            The :class:`~easyfit.callbacks.History`, also stored as ``model.history``.
+        """
+        self._require_compiled("train the model (fit)")
+        if x is None:
+            raise ValueError("fit needs training data: fit(x, y) with arrays, or fit(dataset).")
+        if validation_split and validation_data is None and not _is_arrays(x):
+            raise ValueError("validation_split works only with array inputs; pass "
+                             "validation_data= for datasets, generators and iterables.")
+        train = adapt(x, y, batch_size=batch_size, sample_weight=sample_weight,
+                      class_weight=class_weight, shuffle=shuffle, seed=self._seed,
+                      steps=steps_per_epoch, epochs=epochs - initial_epoch)
+        validation = None
+        if validation_split and validation_data is None:
+            train, validation = train.split(validation_split)
+        elif validation_data is not None:
+            validation = self._validation_adapter(
+                validation_data, validation_batch_size or train.batch_size, validation_steps)
+        total_steps = None if train.steps is None else train.steps * epochs
+        self._build(train, total_steps)
+        verbose = _verbosity(verbose)
+        history = History()
+        extra = [ProgressBar(verbose)] if verbose else []
+        callback_list = CallbackList([history, *extra, *(callbacks or [])], model=self,
+                                     params={"epochs": epochs, "steps": train.steps,
+                                             "verbose": verbose})
+        self.stop_training = False
+        self.history = history
+        fit_loop(self, train, validation, epochs=epochs, initial_epoch=initial_epoch,
+                 validation_freq=validation_freq, callbacks=callback_list)
+        self.module  # noqa: B018 -- write the trained weights back to the user's module
+        return history
+
+    def _validation_adapter(self, data: Any, batch_size: int, steps: int | None) -> DataAdapter:
+        if isinstance(data, tuple) and 2 <= len(data) <= 3 and _is_arrays(data[0]):
+            return ArrayAdapter(data[0], data[1], data[2] if len(data) == 3 else None,
+                                batch_size=batch_size, steps=steps)
+        return adapt(data, batch_size=batch_size, steps=steps)
+
+    def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None,
+                 verbose: int | str = "auto", sample_weight: Any = None,
+                 steps: int | None = None, callbacks: Sequence[Callback] | None = None,
+                 return_dict: bool = False) -> float | list[float] | dict[str, float]:
+        """Loss and metrics over the data, in eval mode (dropout off, BatchNorm frozen).
+
+        Returns:
+            The loss if there are no metrics, else ``[loss, *metrics]``; a dict with
+            ``return_dict=True``, as Keras.
+
+        Example:
+            >>> model.evaluate(x_test, y_test, return_dict=True)   # doctest: +SKIP
+            {'loss': 0.08, 'accuracy': 0.975}
+        """
+        self._require_compiled("evaluate the model")
+        data = adapt(x, y, batch_size=batch_size, sample_weight=sample_weight, steps=steps)
+        self._ensure_module(data)
+        self._distribution.check_batch_size(data.batch_size)
+        self._ensure_steps()
+        logs = evaluate_loop(self, data, CallbackList(callbacks or [], model=self))
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = "auto",
+                steps: int | None = None,
+                callbacks: Sequence[Callback] | None = None) -> Any:
+        """Model outputs as numpy, one row per input row, in eval mode.
+
+        Example:
+            >>> model.predict(x_test).shape   # doctest: +SKIP
+            (360, 10)
+        """
+        data = adapt(x, batch_size=batch_size, steps=steps, with_y=False)
+        self._ensure_module(data)
+        self._distribution.check_batch_size(data.batch_size)
+        self._ensure_steps()
+        return predict_loop(self, data, CallbackList(callbacks or [], model=self))
+
+    def summary(self, print_fn=print) -> str:
+        """Prints (and returns) a table of the module's layers, parameter shapes and sizes."""
+        text = summarize(self.module)
+        if print_fn is not None:
+            print_fn(text)
+        return text

@@ -1,0 +1,342 @@
+"""Optimizers: optax chains whose learning rate is readable and settable while training.
+
+Every easyfit optimizer is ``clip -> update rule -> weight decay -> learning rate``, the last
+link being :func:`scale_by_learning_rate`, which keeps the learning rate in the optimizer
+state. Callbacks can therefore read and change it between steps without a recompile, and
+``fit`` logs it as ``lr``. Any ``optax.GradientTransformation`` works too; its learning rate
+is visible only when it was built with ``optax.inject_hyperparams``.
+
+Example:
+    >>> import easyfit as ef
+    >>> opt = ef.optimizers.adamw(learning_rate=ef.schedules.warmup_cosine(1e-3, warmup=0.1),
+    ...                           weight_decay=1e-4, clipnorm=1.0)
+    >>> opt.name
+    'adamw'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from easyfit.schedules import Schedule, as_schedule
+
+
+class LearningRateState(NamedTuple):
+    """State of :func:`scale_by_learning_rate`: ``lr = schedule(count) * scale``."""
+
+    count: jax.Array
+    scale: jax.Array
+
+
+def scale_by_learning_rate(schedule: optax.Schedule | None,
+                           initial: float = 1.0) -> optax.GradientTransformation:
+    """Multiplies updates by a learning rate held in the state.
+
+    With ``schedule=None`` the learning rate is ``scale`` itself (starts at ``initial``);
+    with a schedule it is ``schedule(count) * scale`` so a callback can rescale the rest
+    of the schedule. Updates are not negated: put it after a rule that already descends.
+
+    Args:
+        schedule: ``step -> lr`` or ``None`` for a constant rate.
+        initial: the starting ``scale``.
+    """
+
+    def init(params):
+        del params
+        return LearningRateState(count=jnp.zeros([], jnp.int32),
+                                 scale=jnp.asarray(initial, jnp.float32))
+
+    def update(updates, state, params=None):
+        del params
+        lr = _rate(schedule, state)
+        updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
+        return updates, LearningRateState(optax.safe_increment(state.count), state.scale)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _rate(schedule: optax.Schedule | None, state: LearningRateState) -> jax.Array:
+    if schedule is None:
+        return state.scale
+    return jnp.asarray(schedule(state.count), jnp.float32) * state.scale
+
+
+def _is_lr_node(node: Any) -> bool:
+    return isinstance(node, (LearningRateState, optax.InjectHyperparamsState))
+
+
+class _Binding(Protocol):
+    def _get_opt_state(self) -> Any: ...
+    def _set_opt_state(self, opt_state: Any) -> None: ...
+
+
+class Optimizer:
+    """An optax transformation plus what easyfit needs to know about its learning rate.
+
+    Build one with :func:`sgd`, :func:`adam`, :func:`adamw`, ... or wrap any optax
+    transformation with :meth:`from_optax`. After ``model.compile`` it is ``model.optimizer``
+    and its ``learning_rate`` reads and writes the live training state, as in Keras.
+
+    Example:
+        >>> opt = sgd(learning_rate=0.1, momentum=0.9)
+        >>> opt.learning_rate
+        0.1
+    """
+
+    def __init__(self, name: str, rule: optax.GradientTransformation | None,
+                 learning_rate: float | Schedule | Callable | None,
+                 clipnorm: float | None = None, clipvalue: float | None = None,
+                 transform: optax.GradientTransformation | None = None):
+        self.name = name
+        self._rule = rule
+        self._schedule = None if learning_rate is None else as_schedule(learning_rate)
+        self._constant = isinstance(learning_rate, (int, float))
+        self._initial_lr = float(learning_rate) if self._constant else None
+        self._clip = [t for t in (
+            optax.clip_by_global_norm(clipnorm) if clipnorm is not None else None,
+            optax.clip(clipvalue) if clipvalue is not None else None) if t is not None]
+        self._transform = transform
+        self._lr_fn: optax.Schedule | None = None
+        self._binding: _Binding | None = None
+
+    @classmethod
+    def from_optax(cls, transform: optax.GradientTransformation) -> "Optimizer":
+        """Wraps a ready optax transformation; its learning rate is used as built."""
+        return cls("optax", None, None, transform=transform)
+
+    # -- building ---------------------------------------------------------------------------
+    def build(self, total_steps: int | None) -> optax.GradientTransformation:
+        """Returns the optax transformation, resolving schedule fractions on first call."""
+        if self._transform is None:
+            if not self._constant:
+                self._lr_fn = self._schedule.resolve(total_steps)
+            self._transform = optax.chain(
+                *self._clip, self._rule,
+                scale_by_learning_rate(self._lr_fn, self._initial_lr if self._constant else 1.0))
+        return self._transform
+
+    @property
+    def built(self) -> bool:
+        return self._transform is not None
+
+    @property
+    def transform(self) -> optax.GradientTransformation:
+        """The optax transformation (after :meth:`build`)."""
+        if self._transform is None:
+            raise RuntimeError("The optimizer is built by fit(); it has no transformation yet.")
+        return self._transform
+
+    # -- the learning rate, inside and outside jit ------------------------------------------
+    def current_lr(self, opt_state: Any) -> jax.Array | None:
+        """The learning rate the next update will use (``None`` if it cannot be seen)."""
+        for node in jax.tree.leaves(opt_state, is_leaf=_is_lr_node):
+            if isinstance(node, LearningRateState):
+                return _rate(self._lr_fn, node)
+            if isinstance(node, optax.InjectHyperparamsState) and "learning_rate" in node.hyperparams:
+                return jnp.asarray(node.hyperparams["learning_rate"], jnp.float32)
+        return None
+
+    def with_lr(self, opt_state: Any, value: float) -> Any:
+        """Returns ``opt_state`` with the learning rate for the next update set to ``value``."""
+        found = False
+
+        def set_lr(node):
+            nonlocal found
+            if isinstance(node, LearningRateState) and not found:
+                found = True
+                if self._lr_fn is None:
+                    return node._replace(scale=jnp.asarray(value, jnp.float32))
+                base = float(self._lr_fn(node.count))
+                if base == 0.0:
+                    raise ValueError("The scheduled learning rate is 0 at this step, so it cannot "
+                                     "be rescaled to a new value; set it at a later step.")
+                return node._replace(scale=jnp.asarray(value / base, jnp.float32))
+            if isinstance(node, optax.InjectHyperparamsState) and not found and \
+                    "learning_rate" in node.hyperparams:
+                found = True
+                hyper = dict(node.hyperparams, learning_rate=jnp.asarray(
+                    value, jnp.asarray(node.hyperparams["learning_rate"]).dtype))
+                return node._replace(hyperparams=hyper)
+            return node
+
+        new_state = jax.tree.map(set_lr, opt_state, is_leaf=_is_lr_node)
+        if not found:
+            raise self._no_lr_error()
+        return new_state
+
+    def _no_lr_error(self) -> Exception:
+        return AttributeError(
+            "This optax optimizer does not expose its learning rate. Build it with "
+            "`optax.inject_hyperparams(optax.adamw)(learning_rate=...)`, or use "
+            "`ef.optimizers.adamw(...)` (or another ef.optimizers function).")
+
+    @property
+    def learning_rate(self) -> float:
+        """The current learning rate, as a float (reads the live state after ``fit`` starts)."""
+        opt_state = self._binding._get_opt_state() if self._binding else None
+        if opt_state is not None:
+            lr = self.current_lr(opt_state)
+            if lr is None:
+                raise self._no_lr_error()
+            return float(lr)
+        if self._constant:
+            return self._initial_lr
+        if self._schedule is not None:  # before fit: the rate at step 0
+            return float((self._lr_fn or self._schedule.resolve(1))(0))
+        raise self._no_lr_error()
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        opt_state = self._binding._get_opt_state() if self._binding else None
+        if opt_state is not None:
+            self._binding._set_opt_state(self.with_lr(opt_state, float(value)))
+        elif self._constant and not self.built:
+            self._initial_lr = float(value)
+        else:
+            raise ValueError("Set a scheduled learning rate after training has started "
+                             "(e.g. from a callback), or pass a new schedule to compile.")
+
+    def __repr__(self) -> str:
+        lr = self._initial_lr if self._constant else self._schedule
+        return f"Optimizer({self.name}, learning_rate={lr})"
+
+
+def _with_decay(rule: list[optax.GradientTransformation], weight_decay: float,
+                weight_decay_mask: Any) -> optax.GradientTransformation:
+    """``rule -> decoupled weight decay -> negate``: the descent direction at lr 1."""
+    decay = [optax.add_decayed_weights(weight_decay, weight_decay_mask)] if weight_decay else []
+    return optax.chain(*rule, *decay, optax.scale(-1.0))
+
+
+def sgd(learning_rate: float | Schedule = 0.01, momentum: float = 0.9, nesterov: bool = False,
+        weight_decay: float = 0.0, clipnorm: float | None = None,
+        clipvalue: float | None = None) -> Optimizer:
+    """Stochastic gradient descent with (Nesterov) momentum and decoupled weight decay.
+
+    Defaults: learning rate 0.01 and momentum 0.9, a known-good start for most models.
+
+    Args:
+        learning_rate: a float or an ``ef.schedules`` schedule.
+        momentum: momentum coefficient (0 for plain SGD).
+        nesterov: Nesterov momentum.
+        weight_decay: decoupled weight decay (``p -= lr * weight_decay * p``).
+        clipnorm: clip gradients to this global norm.
+        clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
+
+    Example:
+        >>> opt = sgd(0.1, momentum=0.0)
+    """
+    rule = [optax.trace(decay=momentum, nesterov=nesterov)] if momentum else []
+    return Optimizer("sgd", _with_decay(rule, weight_decay, None), learning_rate,
+                     clipnorm, clipvalue)
+
+
+def adam(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
+         eps: float = 1e-8, weight_decay: float = 0.0, clipnorm: float | None = None,
+         clipvalue: float | None = None) -> Optimizer:
+    """Adam (decoupled weight decay if ``weight_decay`` is set, as Keras).
+
+    Example:
+        >>> opt = adam(3e-4)
+    """
+    rule = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
+    return Optimizer("adam", _with_decay(rule, weight_decay, None), learning_rate,
+                     clipnorm, clipvalue)
+
+
+def adamw(learning_rate: float | Schedule = 1e-3, weight_decay: float = 1e-4, b1: float = 0.9,
+          b2: float = 0.999, eps: float = 1e-8, weight_decay_mask: Any = None,
+          clipnorm: float | None = None, clipvalue: float | None = None) -> Optimizer:
+    """AdamW: Adam with decoupled weight decay, the same update as ``optax.adamw``.
+
+    Defaults (learning rate 1e-3, weight decay 1e-4) are a known-good start.
+
+    Args:
+        learning_rate: a float or an ``ef.schedules`` schedule.
+        weight_decay: decoupled weight decay, multiplied by the learning rate as in optax.
+        b1: first-moment decay.
+        b2: second-moment decay.
+        eps: added to the denominator.
+        weight_decay_mask: optax mask (pytree or ``params -> pytree`` of bools) of what decays.
+        clipnorm: clip gradients to this global norm.
+        clipvalue: clip each gradient element.
+
+    Example:
+        >>> opt = adamw(ef.schedules.warmup_cosine(peak=1e-3, warmup=0.05), clipnorm=1.0)  # doctest: +SKIP
+    """
+    rule = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
+    return Optimizer("adamw", _with_decay(rule, weight_decay, weight_decay_mask), learning_rate,
+                     clipnorm, clipvalue)
+
+
+def rmsprop(learning_rate: float | Schedule = 1e-3, rho: float = 0.9, momentum: float = 0.0,
+            eps: float = 1e-7, weight_decay: float = 0.0, clipnorm: float | None = None,
+            clipvalue: float | None = None) -> Optimizer:
+    """RMSprop with Keras's defaults.
+
+    Example:
+        >>> opt = rmsprop()
+    """
+    rule = [optax.scale_by_rms(decay=rho, eps=eps)]
+    if momentum:
+        rule.append(optax.trace(decay=momentum))
+    return Optimizer("rmsprop", _with_decay(rule, weight_decay, None), learning_rate,
+                     clipnorm, clipvalue)
+
+
+def adagrad(learning_rate: float | Schedule = 1e-3, initial_accumulator_value: float = 0.1,
+            eps: float = 1e-7, weight_decay: float = 0.0, clipnorm: float | None = None,
+            clipvalue: float | None = None) -> Optimizer:
+    """Adagrad with Keras's defaults.
+
+    Example:
+        >>> opt = adagrad(0.01)
+    """
+    rule = [optax.scale_by_rss(initial_accumulator_value=initial_accumulator_value, eps=eps)]
+    return Optimizer("adagrad", _with_decay(rule, weight_decay, None), learning_rate,
+                     clipnorm, clipvalue)
+
+
+def lion(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.99,
+         weight_decay: float = 0.0, clipnorm: float | None = None,
+         clipvalue: float | None = None) -> Optimizer:
+    """Lion (sign of the interpolated momentum), Keras's defaults.
+
+    Example:
+        >>> opt = lion(1e-4, weight_decay=1e-2)
+    """
+    rule = [optax.scale_by_lion(b1=b1, b2=b2)]
+    return Optimizer("lion", _with_decay(rule, weight_decay, None), learning_rate,
+                     clipnorm, clipvalue)
+
+
+OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+    "sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad,
+    "lion": lion,
+}
+
+
+def get(optimizer: str | Optimizer | optax.GradientTransformation) -> Optimizer:
+    """Resolves what ``compile(optimizer=...)`` accepts into an :class:`Optimizer`.
+
+    Example:
+        >>> get("adamw").name
+        'adamw'
+    """
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str):
+        key = optimizer.lower()
+        if key not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {optimizer!r}. Valid names: "
+                             f"{', '.join(sorted(OPTIMIZERS))}; or pass ef.optimizers.<name>(...) "
+                             "or any optax.GradientTransformation.")
+        return OPTIMIZERS[key]()
+    if isinstance(optimizer, optax.GradientTransformation):
+        return Optimizer.from_optax(optimizer)
+    raise TypeError(f"optimizer must be a name, an ef.optimizers optimizer or an "
+                    f"optax.GradientTransformation; got {type(optimizer).__name__}.")

@@ -1,0 +1,128 @@
+"""The training state pytree, and the bridge between a Flax module and it.
+
+A Flax NNX module is split once into a static graph (one for train mode, one for eval mode)
+and two state pytrees: the trainable ``nnx.Param`` leaves and everything else (batch
+statistics, dropout RNG streams). Those pytrees, the optimizer state, the step counter and
+the metric sums form :class:`TrainState`, the only thing the jitted step reads and returns.
+A Linen module enters the same path through ``flax.nnx.bridge``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen, nnx, struct
+
+# Passed explicitly everywhere: NNX's defaults for these are scheduled to change.
+GRAPH = True
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that decides the future of training, as one pytree.
+
+    Attributes:
+        params: trainable parameters (``nnx.Param`` leaves).
+        rest: other module variables: batch statistics, RNG keys and counts.
+        opt_state: the optax state.
+        step: optimizer steps taken.
+        totals: metric sums since the last reset (see ``easyfit.metrics``).
+    """
+
+    params: Any
+    rest: Any
+    opt_state: Any
+    step: jax.Array
+    totals: Any
+
+
+def _train_flag(linen_module: linen.Module) -> str | None:
+    """Name of the ``__call__`` argument that switches a Linen module between train and eval."""
+    params = inspect.signature(type(linen_module).__call__).parameters
+    for name in ("train", "training", "is_training", "deterministic"):
+        if name in params:
+            return name
+    return None
+
+
+class LinenModule(nnx.Module):
+    """An NNX module around a Linen module, switched by ``deterministic`` like nnx.Dropout.
+
+    The Linen module's train flag (``train``, ``training``, ``is_training`` or
+    ``deterministic`` argument of ``__call__``) is set from the mode, and batch statistics are
+    updated in train mode.
+    """
+
+    def __init__(self, module: linen.Module, sample_input: Any, seed: int = 0):
+        self.flag = _train_flag(module)
+        self.deterministic = False
+        self.linen = nnx.bridge.ToNNX(module, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+        nnx.bridge.lazy_init(self.linen, sample_input, **self._flag_kwargs(deterministic=True))
+
+    def _flag_kwargs(self, deterministic: bool) -> dict[str, bool]:
+        if self.flag is None:
+            return {}
+        return {self.flag: deterministic if self.flag == "deterministic" else not deterministic}
+
+    def set_view(self, deterministic: bool | None = None):
+        """Used by ``nnx.view`` to switch train / eval mode."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+    def __call__(self, x):
+        mutable = False if self.deterministic else ["batch_stats"]
+        return self.linen(x, mutable=mutable, **self._flag_kwargs(self.deterministic))
+
+
+def as_nnx(module: Any, sample_input: Any = None, seed: int = 0) -> nnx.Module | None:
+    """Returns an NNX module for ``module``; ``None`` while a Linen module awaits its input."""
+    if isinstance(module, nnx.Module):
+        return module
+    if isinstance(module, linen.Module):
+        if sample_input is None:
+            return None
+        return LinenModule(module, sample_input, seed)
+    raise TypeError(f"ef.Model expects a flax.nnx.Module or a flax.linen.Module; got "
+                    f"{type(module).__name__}.")
+
+
+class ModuleGraphs:
+    """The static halves of a module in train and eval mode, and its split state."""
+
+    def __init__(self, module: nnx.Module):
+        self.train = self._graphdef(module, deterministic=False)
+        self.eval = self._graphdef(module, deterministic=True)
+
+    @staticmethod
+    def _graphdef(module: nnx.Module, deterministic: bool):
+        view = nnx.view(module, deterministic=deterministic, use_running_average=deterministic,
+                        raise_if_not_found=False, graph=GRAPH)
+        return nnx.split(view, nnx.Param, ..., graph=GRAPH)[0]
+
+
+def split(module: nnx.Module) -> tuple[Any, Any]:
+    """``(params, rest)`` of a module: its ``nnx.Param`` leaves and all other variables."""
+    _, params, rest = nnx.split(module, nnx.Param, ..., graph=GRAPH)
+    return params, rest
+
+
+def reseed(rest: Any, seed: int) -> Any:
+    """Replaces every RNG stream in ``rest`` by one derived from ``seed`` (count reset to 0)."""
+    flat = nnx.to_flat_state(rest)
+    updated = []
+    for index, (path, variable) in enumerate(flat):
+        if isinstance(variable, nnx.RngKey):
+            key = jax.random.fold_in(jax.random.key(seed), index)
+            variable = variable.replace(value=key)
+        elif isinstance(variable, nnx.RngCount):
+            variable = variable.replace(value=jnp.zeros_like(variable.value))
+        updated.append((path, variable))
+    return nnx.from_flat_state(updated)
+
+
+def copy_tree(tree: Any) -> Any:
+    """A device copy of every array, so donating one tree never deletes the other's buffers."""
+    return jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, tree)

@@ -1,0 +1,132 @@
+"""The jitted train, eval and predict steps: pure functions over fixed-shape chunks.
+
+A chunk is ``k`` stacked batches (``k = steps_per_execution``); the train step scans over
+them and carries :class:`~easyfit.state.TrainState`, which is donated. Padding rows carry
+zero weight, so they are out of the loss, the gradients and the metrics; a fully padded
+filler batch (the short last chunk of an epoch) is skipped, so it changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from easyfit import losses as losses_lib
+from easyfit.data.batch import Batch
+from easyfit.metrics import Metric
+from easyfit.optimizers import Optimizer
+from easyfit.state import GRAPH, ModuleGraphs, TrainState
+
+
+def _add(a: Any, b: Any) -> Any:
+    return jax.tree.map(jnp.add, a, b)
+
+
+class Steps:
+    """Builds and holds the jitted steps for one compiled model.
+
+    Each step is jitted once here; shapes never change within a fit, so each compiles once.
+
+    Args:
+        graphs: the module's static graph in train and eval mode.
+        loss_fn: ``(y_true, y_pred) -> per-example loss``.
+        metrics: metrics over real rows (padding excluded, sample weights ignored).
+        weighted_metrics: metrics weighted by sample weight.
+        optimizer: the easyfit optimizer (built by ``fit`` before the first train step).
+    """
+
+    def __init__(self, graphs: ModuleGraphs, loss_fn: Callable | None, metrics: Sequence[Metric],
+                 weighted_metrics: Sequence[Metric], optimizer: Optimizer | None):
+        self.graphs, self.loss_fn = graphs, loss_fn
+        self.metrics, self.weighted_metrics = list(metrics), list(weighted_metrics)
+        self.optimizer = optimizer
+        self.train = jax.jit(self._train_chunk, donate_argnums=0)
+        self.eval = jax.jit(self._eval_chunk, donate_argnums=2)
+        self.predict = jax.jit(self._predict_chunk)
+        self.logs = jax.jit(self._logs)
+        self.results = jax.jit(self._results)
+
+    # -- one batch --------------------------------------------------------------------------
+    def _forward(self, graphdef, params, rest, x):
+        module = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
+        y_pred = module(x)
+        return y_pred, nnx.split(module, nnx.Param, ..., graph=GRAPH)[2]
+
+    def _batch_totals(self, per_example, batch: Batch, y_pred) -> dict[str, Any]:
+        totals = {"loss": {"sum": jnp.sum(per_example * batch.weight),
+                           "weight": jnp.sum(batch.weight)}}
+        for metric in self.metrics:
+            totals[metric.name] = metric.totals(batch.y, y_pred, batch.mask)
+        for metric in self.weighted_metrics:
+            totals[metric.name] = metric.totals(batch.y, y_pred, batch.weight)
+        return totals
+
+    def _train_batch(self, state: TrainState, batch: Batch) -> TrainState:
+        def loss(params):
+            y_pred, rest = self._forward(self.graphs.train, params, state.rest, batch.x)
+            per_example = losses_lib.per_example(self.loss_fn, batch.y, y_pred)
+            mean = jnp.sum(per_example * batch.weight) / jnp.maximum(jnp.sum(batch.weight), 1e-12)
+            return mean, (y_pred, per_example, rest)
+
+        grads, (y_pred, per_example, rest) = jax.grad(loss, has_aux=True)(state.params)
+        updates, opt_state = self.optimizer.transform.update(grads, state.opt_state, state.params)
+        return state.replace(
+            params=optax.apply_updates(state.params, updates), rest=rest, opt_state=opt_state,
+            step=state.step + 1,
+            totals=_add(state.totals, self._batch_totals(per_example, batch, y_pred)))
+
+    # -- chunks -----------------------------------------------------------------------------
+    def _train_chunk(self, state: TrainState, chunk: Batch) -> TrainState:
+        if chunk.mask.shape[0] == 1:
+            return self._train_batch(state, jax.tree.map(lambda a: a[0], chunk))
+
+        def body(state, batch):
+            real = jnp.sum(batch.mask) > 0  # filler batches of a short last chunk are skipped
+            return jax.lax.cond(real, self._train_batch, lambda s, b: s, state, batch), None
+
+        return jax.lax.scan(body, state, chunk)[0]
+
+    def _eval_chunk(self, params, rest, totals, chunk: Batch):
+        def body(totals, batch):
+            y_pred, _ = self._forward(self.graphs.eval, params, rest, batch.x)
+            per_example = losses_lib.per_example(self.loss_fn, batch.y, y_pred)
+            return _add(totals, self._batch_totals(per_example, batch, y_pred)), None
+
+        return jax.lax.scan(body, totals, chunk)[0]
+
+    def _predict_chunk(self, params, rest, x_chunk):
+        return jax.lax.map(lambda x: self._forward(self.graphs.eval, params, rest, x)[0], x_chunk)
+
+    # -- logs -------------------------------------------------------------------------------
+    def zero_totals(self, params, rest, batch: Batch) -> dict[str, Any]:
+        """Zero metric sums shaped as the steps produce them (traced only, nothing runs)."""
+
+        def totals(params, rest, batch):
+            y_pred, _ = self._forward(self.graphs.eval, params, rest, batch.x)
+            per_example = losses_lib.per_example(self.loss_fn, batch.y, y_pred)
+            return self._batch_totals(per_example, batch, y_pred)
+
+        shapes = jax.eval_shape(totals, params, rest, batch)
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def _results(self, totals) -> dict[str, jax.Array]:
+        out = {"loss": totals["loss"]["sum"] / jnp.maximum(totals["loss"]["weight"], 1e-12)}
+        for metric in self.metrics + self.weighted_metrics:
+            out[metric.name] = metric.result(totals[metric.name])
+        return out
+
+    def _logs(self, state: TrainState) -> dict[str, jax.Array]:
+        out = self._results(state.totals)
+        lr = self.optimizer.current_lr(state.opt_state)
+        if lr is not None:
+            out["lr"] = lr
+        return out
+
+    def log_names(self, with_lr: bool) -> list[str]:
+        """The keys that ``logs`` will have, known without running anything."""
+        names = ["loss"] + [m.name for m in self.metrics + self.weighted_metrics]
+        return names + (["lr"] if with_lr else [])

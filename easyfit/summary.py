@@ -1,0 +1,47 @@
+"""``Model.summary()``: a table of layers, parameter shapes, counts and bytes."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from easyfit.state import GRAPH
+
+
+def _human(num_bytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return ""
+
+
+def summarize(module: nnx.Module) -> str:
+    """One row per layer that owns parameters: path, type, shapes, count, bytes; then totals.
+
+    Example:
+        >>> print(summarize(nnx.Linear(2, 3, rngs=nnx.Rngs(0))))  # doctest: +SKIP
+    """
+    rows = [("Layer (path)", "Type", "Parameter shapes", "Params", "Bytes")]
+    total_count = total_bytes = 0
+    for path, layer in nnx.iter_modules(module, graph=GRAPH):
+        own = [(name, v) for name, v in vars(layer).items() if isinstance(v, nnx.Param)]
+        if not own:
+            continue
+        shapes = ", ".join(f"{name}{tuple(v.value.shape)}" for name, v in own)
+        count = sum(v.value.size for _, v in own)
+        size = sum(v.value.size * v.value.dtype.itemsize for _, v in own)
+        total_count, total_bytes = total_count + count, total_bytes + size
+        rows.append(("/".join(map(str, path)) or "(root)", type(layer).__name__, shapes,
+                     f"{count:,}", _human(size)))
+    other = nnx.state(module, nnx.Not(nnx.Param), graph=GRAPH)
+    other_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(other)
+                      if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    line = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+    rule = "-" * len(line(rows[0]))
+    out = [f'Model: "{type(module).__name__}"', rule, line(rows[0]), rule]
+    out += [line(row) for row in rows[1:]] + [rule]
+    out.append(f"Trainable params: {total_count:,} ({_human(total_bytes)})")
+    out.append(f"Other variables (batch stats, RNG state): {_human(other_bytes)}")
+    return "\n".join(out)
