@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from easyfit.state import GRAPH
+from easyfit.state import GRAPH, LinenModule
 
 
-def _human(num_bytes: int) -> str:
+def _human(num_bytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if num_bytes < 1024 or unit == "GiB":
             return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
@@ -22,17 +22,20 @@ def summarize(module: nnx.Module) -> str:
     Example:
         >>> print(summarize(nnx.Linear(2, 3, rngs=nnx.Rngs(0))))  # doctest: +SKIP
     """
+    types = {path: type(layer).__name__ for path, layer in nnx.iter_modules(module, graph=GRAPH)}
+    # A Linen module's parameters sit under linen/...; show the Linen paths.
+    prefix = 1 if isinstance(module, LinenModule) else 0
+    layers: dict[tuple, list[tuple[str, jax.Array]]] = {}
+    for path, variable in nnx.to_flat_state(nnx.state(module, nnx.Param, graph=GRAPH)):
+        layers.setdefault(tuple(path[:-1]), []).append((str(path[-1]), variable.get_value()))
     rows = [("Layer (path)", "Type", "Parameter shapes", "Params", "Bytes")]
     total_count = total_bytes = 0
-    for path, layer in nnx.iter_modules(module, graph=GRAPH):
-        own = [(name, v) for name, v in vars(layer).items() if isinstance(v, nnx.Param)]
-        if not own:
-            continue
-        shapes = ", ".join(f"{name}{tuple(v.value.shape)}" for name, v in own)
-        count = sum(v.value.size for _, v in own)
-        size = sum(v.value.size * v.value.dtype.itemsize for _, v in own)
+    for path, params in layers.items():
+        count = sum(value.size for _, value in params)
+        size = sum(value.nbytes for _, value in params)
         total_count, total_bytes = total_count + count, total_bytes + size
-        rows.append(("/".join(map(str, path)) or "(root)", type(layer).__name__, shapes,
+        shapes = ", ".join(f"{name}{tuple(value.shape)}" for name, value in params)
+        rows.append(("/".join(map(str, path[prefix:])) or "(root)", types.get(path, "-"), shapes,
                      f"{count:,}", _human(size)))
     other = nnx.state(module, nnx.Not(nnx.Param), graph=GRAPH)
     other_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(other)
