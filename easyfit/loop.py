@@ -40,7 +40,7 @@ def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None,
     """Runs the epochs of ``Model.fit``; returns the last epoch's logs."""
     steps = model._steps
     names = steps.log_names(with_lr=model._has_lr)
-    read_logs = lambda: _floats(steps.logs(model._state), names)
+    read_logs = lambda: _floats(steps.logs(model._state.totals, model._state.opt_state), names)
     batch_hooks = callbacks.wants("on_train_batch_end")
     k = model._steps_per_execution
     logs: dict[str, float] = {}

@@ -170,7 +170,7 @@ class Model:
             params, rest = split(self._module)
             rest = reseed(rest, self._seed)
             nnx.update(self._module, rest)
-            sample = next(iter(data.batches(0)))[0]
+            sample = data.sample_batch()
             self._state = self._distribution.replicate(TrainState(
                 params=params, rest=rest, opt_state=transform.init(params),
                 step=jnp.zeros([], jnp.int32), totals=steps.zero_totals(params, rest, sample)))

@@ -119,9 +119,9 @@ class Steps:
             out[metric.name] = metric.result(totals[metric.name])
         return out
 
-    def _logs(self, state: TrainState) -> dict[str, jax.Array]:
-        out = self._results(state.totals)
-        lr = self.optimizer.current_lr(state.opt_state)
+    def _logs(self, totals, opt_state) -> dict[str, jax.Array]:
+        out = self._results(totals)
+        lr = self.optimizer.current_lr(opt_state)
         if lr is not None:
             out["lr"] = lr
         return out

@@ -35,7 +35,8 @@ def summarize(module: nnx.Module) -> str:
         size = sum(value.nbytes for _, value in params)
         total_count, total_bytes = total_count + count, total_bytes + size
         shapes = ", ".join(f"{name}{tuple(value.shape)}" for name, value in params)
-        rows.append(("/".join(map(str, path[prefix:])) or "(root)", types.get(path, "-"), shapes,
+        kind = types.get(path) or str(path[-1]).rsplit("_", 1)[0]  # Linen: Dense_0 -> Dense
+        rows.append(("/".join(map(str, path[prefix:])) or "(root)", kind, shapes,
                      f"{count:,}", _human(size)))
     other = nnx.state(module, nnx.Not(nnx.Param), graph=GRAPH)
     other_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(other)

@@ -70,6 +70,10 @@ class DataAdapter:
 
     def sample_x(self) -> Any:
         """A few input rows, to initialise a module that needs an example (Linen)."""
+        return self.sample_batch().x
+
+    def sample_batch(self) -> Batch:
+        """A batch shaped like every batch of this input, read without consuming any."""
         raise NotImplementedError
 
     def chunks(self, epoch: int, k: int) -> Iterator[tuple[Batch, list[int]]]:
@@ -122,8 +126,8 @@ class ArrayAdapter(DataAdapter):
         full = -(-self.num_rows // self.batch_size)
         self.steps = full if steps is None else min(int(steps), full)
 
-    def sample_x(self) -> Any:
-        return jax.tree.map(lambda a: a[:1], self.x)
+    def sample_batch(self) -> Batch:
+        return self._batch(np.arange(min(self.batch_size, self.num_rows)))
 
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
@@ -140,6 +144,21 @@ class ArrayAdapter(DataAdapter):
         for i in range(self.steps):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield self._batch(index), len(index)
+
+    def chunks(self, epoch: int, k: int) -> Iterator[tuple[Batch, list[int]]]:
+        """One gather per chunk (not per batch): ``k * batch_size`` rows, then a reshape."""
+        order, size = self._order(epoch), self.batch_size
+        for first in range(0, self.steps, k):
+            count = min(k, self.steps - first)
+            rows = order[first * size:(first + count) * size]
+            index = np.resize(rows, k * size)  # padding repeats real rows, weight 0
+            mask = (np.arange(k * size) < len(rows)).astype(np.float32)
+            weight = mask if self.sample_weight is None else mask * self.sample_weight[index]
+            take = lambda tree: jax.tree.map(
+                lambda a: np.take(a, index, axis=0).reshape(k, size, *a.shape[1:]), tree)
+            chunk = Batch(take(self.x), take(self.y), weight.reshape(k, size),
+                          mask.reshape(k, size))
+            yield chunk, [min(size, len(rows) - i * size) for i in range(count)]
 
     def split(self, validation_split: float) -> tuple["ArrayAdapter", "ArrayAdapter"]:
         """Keras's ``validation_split``: the last fraction of rows, taken before shuffling."""
@@ -205,8 +224,10 @@ class IterableAdapter(DataAdapter):
         x, _, _ = _unpack(first, self.with_y)
         return _rows(_numeric(x, "x"))
 
-    def sample_x(self) -> Any:
-        return _numeric(_unpack(self._sample, self.with_y)[0], "x")
+    def sample_batch(self) -> Batch:
+        x, y, weight = _unpack(self._sample, self.with_y)
+        x, y = _numeric(x, "x"), None if y is None else _numeric(y, "y")
+        return make_batch(x, y, weight, _rows(x), self.batch_size)
 
     def _elements(self, epoch: int) -> Iterator[Any]:
         if self._first is not None:
