@@ -16,6 +16,7 @@ import numpy as np
 from easyfit.callbacks.base import CallbackList, LazyLogs
 from easyfit.data.adapters import DataAdapter
 from easyfit.data.batch import Batch
+from easyfit.data.prefetch import prefetch
 
 if TYPE_CHECKING:
     from easyfit.model import Model
@@ -29,9 +30,9 @@ def _floats(tree: dict[str, Any], names: list[str]) -> dict[str, float]:
 
 def _on_device(model: "Model", data: DataAdapter, epoch: int,
                k: int) -> Iterator[tuple[Batch, list[int]]]:
-    """Chunks placed on the mesh; the next is prepared while the device runs the current."""
-    for chunk, sizes in data.chunks(epoch, k):
-        yield model._distribution.place_chunk(chunk), sizes
+    """Chunks placed on the mesh by a background thread, ahead of the step that needs them."""
+    place = model._distribution.place_chunk
+    return prefetch(data.chunks(epoch, k), lambda item: (place(item[0]), item[1]))
 
 
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
