@@ -78,6 +78,7 @@ class Model:
         self._optimizer: optimizers_lib.Optimizer | None = None
         self._loss, self._metrics, self._weighted_metrics = None, [], []
         self._steps_per_execution, self._seed, self._has_lr = 1, 0, False
+        self._augment = None
 
     # -- the user's module, always current when read ---------------------------------------
     @property
@@ -106,7 +107,8 @@ class Model:
     def compile(self, optimizer: Any = "adamw", loss: Any = None,
                 metrics: Sequence[Any] | None = None,
                 weighted_metrics: Sequence[Any] | None = None,
-                steps_per_execution: int = 1, seed: int = 0) -> None:
+                steps_per_execution: int = 1, seed: int = 0,
+                augment: Any = None) -> None:
         """Configures training, as Keras's ``compile``.
 
         Args:
@@ -119,7 +121,10 @@ class Model:
                 sample weights are ignored.
             weighted_metrics: as ``metrics``, weighted by ``sample_weight``/``class_weight``.
             steps_per_execution: train steps run per dispatch (a ``lax.scan`` on the device).
-            seed: seeds the dropout RNG streams and the shuffling order.
+            seed: seeds the dropout RNG streams, the shuffling order and ``augment``.
+            augment: ``fn((x, y), rng) -> (x, y)``, run inside the jitted train step on every
+                training batch (never in evaluate / predict / validation), with its own RNG
+                stream derived from ``seed``. Part of the step, so it is set here.
 
         Example:
             >>> model.compile(optimizer=ef.optimizers.adamw(3e-4), loss="mse")  # doctest: +SKIP
@@ -140,7 +145,7 @@ class Model:
         if len(set(names)) != len(names):
             raise ValueError(f"Two metrics share a name in {names}; give them distinct `name=`s.")
         self._steps_per_execution = steps_per_execution
-        self._seed = seed
+        self._seed, self._augment = seed, augment
         self._state, self._steps = None, None
         self._compiled = True
 
@@ -157,7 +162,7 @@ class Model:
     def _ensure_steps(self) -> Steps:
         if self._steps is None:
             self._steps = Steps(ModuleGraphs(self._module), self._loss, self._metrics,
-                                self._weighted_metrics, self._optimizer)
+                                self._weighted_metrics, self._optimizer, self._augment, self._seed)
         return self._steps
 
     def _build(self, data: DataAdapter, total_steps: int | None) -> None:
@@ -211,7 +216,8 @@ class Model:
             class_weight: dict[int, float] | None = None, sample_weight: Any = None,
             initial_epoch: int = 0, steps_per_epoch: int | None = None,
             validation_steps: int | None = None, validation_batch_size: int | None = None,
-            validation_freq: int | list[int] = 1) -> History:
+            validation_freq: int | list[int] = 1, x_key: Any = None,
+            y_key: Any = None) -> History:
         """Trains for ``epochs`` epochs (from ``initial_epoch``), as Keras's ``fit``.
 
         Args:
@@ -233,6 +239,9 @@ class Model:
             validation_steps: batches per validation pass.
             validation_batch_size: defaults to ``batch_size``.
             validation_freq: validate every N epochs, or at the listed (1-based) epochs.
+            x_key: for datasets of dicts (``tfds`` without ``as_supervised``): the input's key
+                (or a list of keys, giving a dict input).
+            y_key: the label's key in those dicts.
 
         Returns:
             The :class:`~easyfit.callbacks.History`, also stored as ``model.history``.
@@ -245,13 +254,14 @@ class Model:
                              "validation_data= for datasets, generators and iterables.")
         train = adapt(x, y, batch_size=batch_size, sample_weight=sample_weight,
                       class_weight=class_weight, shuffle=shuffle, seed=self._seed,
-                      steps=steps_per_epoch, epochs=epochs - initial_epoch)
+                      steps=steps_per_epoch, epochs=epochs - initial_epoch, keys=(x_key, y_key))
         validation = None
         if validation_split and validation_data is None:
             train, validation = train.split(validation_split)
         elif validation_data is not None:
             validation = self._validation_adapter(
-                validation_data, validation_batch_size or train.batch_size, validation_steps)
+                validation_data, validation_batch_size or train.batch_size, validation_steps,
+                (x_key, y_key))
         total_steps = None if train.steps is None else train.steps * epochs
         self._build(train, total_steps)
         verbose = _verbosity(verbose)
@@ -267,16 +277,18 @@ class Model:
         self.module  # noqa: B018 -- write the trained weights back to the user's module
         return history
 
-    def _validation_adapter(self, data: Any, batch_size: int, steps: int | None) -> DataAdapter:
+    def _validation_adapter(self, data: Any, batch_size: int, steps: int | None,
+                            keys: Any) -> DataAdapter:
         if isinstance(data, tuple) and 2 <= len(data) <= 3 and _is_arrays(data[0]):
             return ArrayAdapter(data[0], data[1], data[2] if len(data) == 3 else None,
                                 batch_size=batch_size, steps=steps)
-        return adapt(data, batch_size=batch_size, steps=steps)
+        return adapt(data, batch_size=batch_size, steps=steps, keys=keys)
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None,
                  verbose: int | str = "auto", sample_weight: Any = None,
                  steps: int | None = None, callbacks: Sequence[Callback] | None = None,
-                 return_dict: bool = False) -> float | list[float] | dict[str, float]:
+                 return_dict: bool = False, x_key: Any = None,
+                 y_key: Any = None) -> float | list[float] | dict[str, float]:
         """Loss and metrics over the data, in eval mode (dropout off, BatchNorm frozen).
 
         Returns:
@@ -288,7 +300,8 @@ class Model:
             {'loss': 0.08, 'accuracy': 0.975}
         """
         self._require_compiled("evaluate the model")
-        data = adapt(x, y, batch_size=batch_size, sample_weight=sample_weight, steps=steps)
+        data = adapt(x, y, batch_size=batch_size, sample_weight=sample_weight, steps=steps,
+                     keys=(x_key, y_key))
         self._ensure_module(data)
         self._distribution.check_batch_size(data.batch_size)
         self._ensure_steps()
@@ -300,14 +313,14 @@ class Model:
 
     def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = "auto",
                 steps: int | None = None,
-                callbacks: Sequence[Callback] | None = None) -> Any:
+                callbacks: Sequence[Callback] | None = None, x_key: Any = None) -> Any:
         """Model outputs as numpy, one row per input row, in eval mode.
 
         Example:
             >>> model.predict(x_test).shape   # doctest: +SKIP
             (360, 10)
         """
-        data = adapt(x, batch_size=batch_size, steps=steps, with_y=False)
+        data = adapt(x, batch_size=batch_size, steps=steps, with_y=False, keys=(x_key, None))
         self._ensure_module(data)
         self._distribution.check_batch_size(data.batch_size)
         self._ensure_steps()

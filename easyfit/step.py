@@ -22,6 +22,9 @@ from easyfit.optimizers import Optimizer
 from easyfit.state import GRAPH, ModuleGraphs, TrainState
 
 
+_AUGMENT_STREAM = 0x5EED  # keeps augmentation randomness apart from the dropout streams
+
+
 def _add(a: Any, b: Any) -> Any:
     return jax.tree.map(jnp.add, a, b)
 
@@ -37,11 +40,15 @@ class Steps:
         metrics: metrics over real rows (padding excluded, sample weights ignored).
         weighted_metrics: metrics weighted by sample weight.
         optimizer: the easyfit optimizer (built by ``fit`` before the first train step).
+        augment: ``fn((x, y), rng) -> (x, y)`` applied to training batches only.
+        seed: seeds the augmentation's RNG stream (``fold_in(seed stream, step)``).
     """
 
     def __init__(self, graphs: ModuleGraphs, loss_fn: Callable | None, metrics: Sequence[Metric],
-                 weighted_metrics: Sequence[Metric], optimizer: Optimizer | None):
+                 weighted_metrics: Sequence[Metric], optimizer: Optimizer | None,
+                 augment: Callable | None = None, seed: int = 0):
         self.graphs, self.loss_fn = graphs, loss_fn
+        self.augment, self.seed = augment, seed
         self.metrics, self.weighted_metrics = list(metrics), list(weighted_metrics)
         self.optimizer = optimizer
         self.train = jax.jit(self._train_chunk, donate_argnums=0)
@@ -66,6 +73,11 @@ class Steps:
         return totals
 
     def _train_batch(self, state: TrainState, batch: Batch) -> TrainState:
+        if self.augment is not None:
+            stream = jax.random.fold_in(jax.random.key(self.seed), _AUGMENT_STREAM)
+            x, y = self.augment((batch.x, batch.y), jax.random.fold_in(stream, state.step))
+            batch = batch._replace(x=x, y=y)
+
         def loss(params):
             y_pred, rest = self._forward(self.graphs.train, params, state.rest, batch.x)
             per_example = losses_lib.per_example(self.loss_fn, batch.y, y_pred)

@@ -52,17 +52,31 @@ def _class_weights(y: np.ndarray, class_weight: dict[int, float]) -> np.ndarray:
     return table[labels]
 
 
+def _local_rows(tree: Any, process_index: int, process_count: int) -> Any:
+    """This process's share of a global batch: its contiguous block of rows."""
+    if process_count == 1:
+        return tree
+    rows = _rows(tree)
+    block = np.array_split(np.arange(rows), process_count)[process_index]
+    return jax.tree.map(lambda a: a[block], tree)
+
+
 class DataAdapter:
     """Base class: subclasses yield host batches; chunks are built here.
 
     Attributes:
-        batch_size: rows per batch (every batch has this many, padding included).
+        batch_size: rows per batch (every batch has this many, padding included), global:
+            with several processes each one feeds ``batch_size // process_count`` rows of it.
         steps: batches per epoch, or ``None`` if unknown until the input runs out.
+        process_index: this process (``jax.process_index()``).
+        process_count: processes feeding the global batch (``jax.process_count()``).
     """
 
     batch_size: int
     steps: int | None
     exhausted: bool = False
+    process_index: int = 0
+    process_count: int = 1
 
     def batches(self, epoch: int) -> Iterator[tuple[Batch, int]]:
         """Yields ``(batch, real_rows)`` for one epoch."""
@@ -97,7 +111,9 @@ class ArrayAdapter(DataAdapter):
 
     def __init__(self, x: Any, y: Any = None, sample_weight: Any = None,
                  class_weight: dict[int, float] | None = None, batch_size: int | None = 32,
-                 shuffle: bool = False, seed: int = 0, steps: int | None = None):
+                 shuffle: bool = False, seed: int = 0, steps: int | None = None,
+                 process_index: int = 0, process_count: int = 1):
+        self.process_index, self.process_count = process_index, process_count
         self.x = _numeric(x, "x")
         self.y = None if y is None else _numeric(y, "y")
         self.num_rows = _rows(self.x)
@@ -127,23 +143,16 @@ class ArrayAdapter(DataAdapter):
         self.steps = full if steps is None else min(int(steps), full)
 
     def sample_batch(self) -> Batch:
-        return self._batch(np.arange(min(self.batch_size, self.num_rows)))
+        return next(self.batches(0))[0]
 
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.num_rows)
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
 
-    def _batch(self, index: np.ndarray) -> Batch:
-        take = lambda tree: jax.tree.map(lambda a: np.take(a, index, axis=0), tree)
-        weight = None if self.sample_weight is None else self.sample_weight[index]
-        return make_batch(take(self.x), take(self.y), weight, len(index), self.batch_size)
-
     def batches(self, epoch: int) -> Iterator[tuple[Batch, int]]:
-        order = self._order(epoch)
-        for i in range(self.steps):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self._batch(index), len(index)
+        for chunk, sizes in self.chunks(epoch, 1):
+            yield jax.tree.map(lambda a: a[0], chunk), sizes[0]
 
     def chunks(self, epoch: int, k: int) -> Iterator[tuple[Batch, list[int]]]:
         """One gather per chunk (not per batch): ``k * batch_size`` rows, then a reshape."""
@@ -153,11 +162,14 @@ class ArrayAdapter(DataAdapter):
             rows = order[first * size:(first + count) * size]
             index = np.resize(rows, k * size)  # padding repeats real rows, weight 0
             mask = (np.arange(k * size) < len(rows)).astype(np.float32)
-            weight = mask if self.sample_weight is None else mask * self.sample_weight[index]
+            local = size // self.process_count  # this process's block of every batch
+            cols = slice(self.process_index * local, (self.process_index + 1) * local)
+            index, mask = index.reshape(k, size)[:, cols].ravel(), mask.reshape(k, size)[:, cols]
+            weight = mask if self.sample_weight is None else \
+                mask * self.sample_weight[index].reshape(k, local)
             take = lambda tree: jax.tree.map(
-                lambda a: np.take(a, index, axis=0).reshape(k, size, *a.shape[1:]), tree)
-            chunk = Batch(take(self.x), take(self.y), weight.reshape(k, size),
-                          mask.reshape(k, size))
+                lambda a: np.take(a, index, axis=0).reshape(k, local, *a.shape[1:]), tree)
+            chunk = Batch(take(self.x), take(self.y), weight, mask)
             yield chunk, [min(size, len(rows) - i * size) for i in range(count)]
 
     def split(self, validation_split: float) -> tuple["ArrayAdapter", "ArrayAdapter"]:
@@ -173,13 +185,38 @@ class ArrayAdapter(DataAdapter):
             pick = lambda tree: jax.tree.map(lambda a: a[rows], tree)
             weight = None if self.sample_weight is None else self.sample_weight[rows]
             return ArrayAdapter(pick(self.x), pick(self.y), weight, None, self.batch_size,
-                                self.shuffle, self.seed)
+                                self.shuffle, self.seed, None, self.process_index,
+                                self.process_count)
 
         return part(slice(0, cut)), part(slice(cut, None))
 
 
-def _unpack(element: Any, with_y: bool) -> tuple[Any, Any, Any]:
-    """``(x, y, sample_weight)`` from an element: a tuple ``(x, y[, w])`` or ``x`` alone."""
+Keys = tuple[Any, Any] | None
+"""``(x_key, y_key)`` naming the parts of dict elements (``x_key`` may be a list of keys)."""
+
+
+def _from_dict(element: dict, with_y: bool, keys: Keys) -> tuple[Any, Any, Any]:
+    if keys is None or keys[0] is None:
+        if not with_y:
+            return element, None, None  # a dict of inputs
+        raise ValueError(
+            f"The dataset yields dicts (keys: {sorted(element)}), not (x, y) pairs. Pass "
+            "`as_supervised=True` to tfds.load, or name the parts: "
+            "fit(..., x_key='image', y_key='label').")
+    x_key, y_key = keys
+    missing = [k for k in ([*x_key] if isinstance(x_key, (list, tuple)) else [x_key]) +
+               ([y_key] if with_y else []) if k not in element]
+    if missing:
+        raise KeyError(f"x_key/y_key name {missing}, which the dataset's elements do not have; "
+                       f"their keys are {sorted(element)}.")
+    x = {k: element[k] for k in x_key} if isinstance(x_key, (list, tuple)) else element[x_key]
+    return x, (element[y_key] if with_y else None), None
+
+
+def _unpack(element: Any, with_y: bool, keys: Keys = None) -> tuple[Any, Any, Any]:
+    """``(x, y, sample_weight)`` from an element: ``(x, y[, w])``, a dict, or ``x`` alone."""
+    if isinstance(element, dict):
+        return _from_dict(element, with_y, keys)
     if isinstance(element, (tuple, list)):
         if not 1 <= len(element) <= 3:
             raise ValueError(f"Each batch must be (x,), (x, y) or (x, y, sample_weight); got a "
@@ -201,16 +238,19 @@ class IterableAdapter(DataAdapter):
     """
 
     def __init__(self, data: Iterable, steps: int | None = None, with_y: bool = True,
-                 epochs: int = 1):
-        self.data, self.with_y = data, with_y
-        self.one_shot = iter(data) is data
+                 epochs: int = 1, keys: Keys = None, length: int | None = None,
+                 process_index: int = 0, process_count: int = 1):
+        self.data, self.with_y, self.keys = data, with_y, keys
+        self.process_index, self.process_count = process_index, process_count
+        self.one_shot = isinstance(data, Iterator)
         if self.one_shot and steps is None and epochs > 1:
             raise ValueError(
                 "A generator or iterator can be read only once, so fit needs to know where an "
                 "epoch ends: pass `steps_per_epoch=` (and make the generator loop forever), or "
                 "pass a re-iterable object such as a list.")
-        known = len(data) if hasattr(data, "__len__") and not self.one_shot else None
-        self.steps = steps if steps is not None else known
+        if length is None and hasattr(data, "__len__") and not self.one_shot:
+            length = len(data)
+        self.steps = steps if steps is not None else length
         self._iterator: Iterator | None = None
         self.batch_size = self._peek_batch_size()
 
@@ -221,33 +261,43 @@ class IterableAdapter(DataAdapter):
         except StopIteration:
             raise ValueError("The input is empty: the iterable yielded no batch.") from None
         self._first = self._sample = first
-        x, _, _ = _unpack(first, self.with_y)
+        x, _, _ = _unpack(first, self.with_y, self.keys)
         return _rows(_numeric(x, "x"))
 
+    def _parts(self, element: Any) -> tuple[Any, Any, Any]:
+        """This process's rows of one element, as numpy ``(x, y, sample_weight)``."""
+        x, y, weight = _unpack(element, self.with_y, self.keys)
+        parts = (_numeric(x, "x"), None if y is None else _numeric(y, "y"),
+                 None if weight is None else _numeric(weight, "sample_weight"))
+        return _local_rows(parts, self.process_index, self.process_count)
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.process_count
+
     def sample_batch(self) -> Batch:
-        x, y, weight = _unpack(self._sample, self.with_y)
-        x, y = _numeric(x, "x"), None if y is None else _numeric(y, "y")
-        return make_batch(x, y, weight, _rows(x), self.batch_size)
+        x, y, weight = self._parts(self._sample)
+        return make_batch(x, y, weight, _rows(x), self.local_batch_size)
 
     def _elements(self, epoch: int) -> Iterator[Any]:
         if self._first is not None:
             first, self._first = self._first, None
             yield first
         elif not self.one_shot:
-            self._iterator = iter(self.data)
+            epoch_iter = getattr(self.data, "epoch_iter", None)  # sources reshuffled per epoch
+            self._iterator = epoch_iter(epoch) if epoch_iter else iter(self.data)
         yield from self._iterator
 
     def batches(self, epoch: int) -> Iterator[tuple[Batch, int]]:
         count = 0
         for element in self._elements(epoch):
-            x, y, weight = _unpack(element, self.with_y)
-            x, y = _numeric(x, "x"), None if y is None else _numeric(y, "y")
+            x, y, weight = self._parts(element)
             size = _rows(x)
-            if size > self.batch_size:
-                raise ValueError(f"Batch {count} has {size} rows, more than the first batch's "
+            if size > self.local_batch_size:
+                raise ValueError(f"Batch {count} has more rows than the first batch's "
                                  f"{self.batch_size}. Yield batches of at most the first size "
                                  "(only the last may be smaller).")
-            yield make_batch(x, y, weight, size, self.batch_size), size
+            yield make_batch(x, y, weight, size, self.local_batch_size), size
             count += 1
             if self.steps is not None and count >= self.steps:
                 return
@@ -261,7 +311,8 @@ class IterableAdapter(DataAdapter):
 
 def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any = None,
           class_weight: dict | None = None, shuffle: bool = False, seed: int = 0,
-          steps: int | None = None, with_y: bool = True, epochs: int = 1) -> DataAdapter:
+          steps: int | None = None, with_y: bool = True, epochs: int = 1,
+          keys: Keys = None) -> DataAdapter:
     """Chooses the adapter for ``x`` (and ``y``), as ``fit``/``evaluate``/``predict`` accept them.
 
     Example:
@@ -272,21 +323,30 @@ def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any =
     """
     if isinstance(x, DataAdapter):
         return x
+    process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     if _is_arrays(x):
         if with_y and y is None:
             raise ValueError("Training and evaluation need targets: pass `y` with the arrays "
                              "in `x`, or a dataset that yields (x, y) pairs.")
-        return ArrayAdapter(x, y, sample_weight, class_weight, batch_size, shuffle, seed, steps)
+        return ArrayAdapter(x, y, sample_weight, class_weight, batch_size, shuffle, seed, steps,
+                            **process)
     if y is not None:
         raise ValueError("`y` is only for array inputs; a dataset or iterable must yield "
                          "(x, y) pairs itself.")
     if sample_weight is not None or class_weight:
         raise ValueError("sample_weight and class_weight are for array inputs; yield "
                          "(x, y, sample_weight) from the dataset instead.")
+    common = dict(batch_size=batch_size, steps=steps, with_y=with_y, keys=keys, epochs=epochs)
+    from easyfit.data import grain_dataset, tf_dataset  # imported only when needed
+    if tf_dataset.is_tf_dataset(x):
+        return tf_dataset.tf_dataset_adapter(x, **common)
+    if grain_dataset.is_grain(x) or grain_dataset.is_random_access(x):
+        return grain_dataset.grain_adapter(x, shuffle=shuffle, seed=seed, **common)
     if isinstance(x, Iterable) and not isinstance(x, (str, bytes)):
-        return IterableAdapter(x, steps, with_y, epochs)
+        return IterableAdapter(x, steps, with_y, epochs, keys, **process)
     raise TypeError(f"Unsupported input type {type(x).__name__}: pass numpy arrays (or a dict "
-                    "of arrays), or an iterable of (x, y) batches.")
+                    "of arrays), a tf.data.Dataset, a grain dataset, a tfds.data_source, or an "
+                    "iterable of (x, y) batches.")
 
 
 def _is_arrays(x: Any) -> bool:
