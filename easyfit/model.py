@@ -32,7 +32,7 @@ from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays, adapt
 from easyfit.distribute import DataParallel
 from easyfit.loop import evaluate_loop, fit_loop, predict_loop
-from easyfit.state import ModuleGraphs, TrainState, as_nnx, copy_tree, reseed, split
+from easyfit.state import GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree, reseed, split
 from easyfit.step import Steps
 from easyfit.summary import summarize
 
@@ -96,6 +96,31 @@ class Model:
             self._module_stale = False
         self._module_shared = True
         return self._module
+
+    def get_weights(self) -> list[np.ndarray]:
+        """All weights (parameters and other state such as batch statistics, not RNG state),
+        as a list of numpy arrays, as Keras's ``get_weights``."""
+        return [np.asarray(leaf) for leaf in jax.tree.leaves(self._weight_state())]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Sets the weights from a list shaped as :meth:`get_weights` returns; training
+        continues from them."""
+        state = self._weight_state()
+        leaves, treedef = jax.tree.flatten(state)
+        if len(weights) != len(leaves):
+            raise ValueError(f"set_weights got {len(weights)} arrays; the model has "
+                             f"{len(leaves)} (as get_weights returns).")
+        for index, (new, old) in enumerate(zip(weights, leaves)):
+            if np.shape(new) != old.shape:
+                path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(state)[0][index][0])
+                raise ValueError(f"set_weights: array {index} ({path}) has shape "
+                                 f"{np.shape(new)}, expected {old.shape}.")
+        new_state = jax.tree.unflatten(treedef, [jnp.asarray(w, o.dtype)
+                                                 for w, o in zip(weights, leaves)])
+        nnx.update(self.module, new_state)
+
+    def _weight_state(self) -> Any:
+        return nnx.state(self.module, nnx.Not(nnx.RngState), graph=GRAPH)
 
     @property
     def optimizer(self) -> optimizers_lib.Optimizer:
@@ -267,7 +292,8 @@ class Model:
         verbose = _verbosity(verbose)
         history = History()
         extra = [ProgressBar(verbose)] if verbose else []
-        callback_list = CallbackList([history, *extra, *(callbacks or [])], model=self,
+        # As Keras: the progress display first, History last (it records what callbacks set).
+        callback_list = CallbackList([*extra, *(callbacks or []), history], model=self,
                                      params={"epochs": epochs, "steps": train.steps,
                                              "verbose": verbose})
         self.stop_training = False

@@ -83,6 +83,12 @@ class Callback:
 HOOKS = [name for name in vars(Callback) if name.startswith("on_")]
 
 
+def _overrides(callback: Callback, hook: str) -> bool:
+    """Whether ``callback`` does something in ``hook`` (a subclass method or a set function)."""
+    method = getattr(callback, hook)
+    return getattr(method, "__func__", None) is not getattr(Callback, hook)
+
+
 class CallbackList:
     """Calls a hook on every callback, in order, skipping callbacks that do not override it.
 
@@ -103,8 +109,7 @@ class CallbackList:
                 callback.set_model(model)
             if params is not None:
                 callback.set_params(params)
-        self._hooks = {hook: [getattr(c, hook) for c in self.callbacks
-                              if getattr(type(c), hook) is not getattr(Callback, hook)]
+        self._hooks = {hook: [getattr(c, hook) for c in self.callbacks if _overrides(c, hook)]
                        for hook in HOOKS}
 
     def wants(self, hook: str) -> bool:

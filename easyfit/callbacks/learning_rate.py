@@ -1,0 +1,90 @@
+"""Learning-rate control: ReduceLROnPlateau and LearningRateScheduler (Keras semantics).
+
+Both write ``model.optimizer.learning_rate``, which lives in the optimizer state: the
+change applies from the next step, with no recompile.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from easyfit.callbacks.base import Callback
+from easyfit.callbacks.monitor import Monitor
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` stops improving.
+
+    Args:
+        monitor: the logged quantity to watch.
+        factor: multiplier (< 1) applied to the learning rate.
+        patience: epochs without improvement before reducing.
+        verbose: 1 prints each reduction.
+        mode: ``"min"``, ``"max"`` or ``"auto"``.
+        min_delta: smallest change that counts as an improvement.
+        cooldown: epochs to wait after a reduction before watching again.
+        min_lr: lower bound on the learning rate.
+
+    Example:
+        >>> cb = ReduceLROnPlateau(factor=0.5, patience=2)
+    """
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 verbose: int = 0, mode: str = "auto", min_delta: float = 1e-4,
+                 cooldown: int = 0, min_lr: float = 0.0):
+        super().__init__()
+        if factor >= 1.0:
+            raise ValueError(f"ReduceLROnPlateau needs factor < 1, got {factor}.")
+        self._monitor = Monitor(monitor, mode, min_delta)
+        self.factor, self.patience, self.verbose = factor, patience, verbose
+        self.cooldown, self.min_lr = cooldown, min_lr
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.cooldown_counter = 0, 0
+        self.best = self._monitor.worst
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = self._monitor.read(logs, "ReduceLROnPlateau")
+        if value is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._monitor.improves(value, self.best):
+            self.best, self.wait = value, 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = self.model.optimizer.learning_rate
+                new = max(old * self.factor, self.min_lr)
+                if old > new:
+                    self.model.optimizer.learning_rate = new
+                    if logs is not None and "lr" in logs:
+                        logs["lr"] = new
+                    if self.verbose:
+                        print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
+                              f"to {new:.4g}.")
+                self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at each epoch start to ``schedule(epoch, lr)``.
+
+    Args:
+        schedule: ``(epoch index, current lr) -> new lr``.
+        verbose: 1 prints each change.
+
+    Example:
+        >>> cb = LearningRateScheduler(lambda epoch, lr: lr * 0.9 if epoch > 2 else lr)
+    """
+
+    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0):
+        super().__init__()
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = float(self.schedule(epoch, self.model.optimizer.learning_rate))
+        self.model.optimizer.learning_rate = lr
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr:.4g}.")

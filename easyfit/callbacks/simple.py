@@ -1,0 +1,84 @@
+"""Small callbacks: TerminateOnNaN, LambdaCallback, CSVLogger."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Callable
+
+from easyfit.callbacks.base import Callback
+
+
+class TerminateOnNaN(Callback):
+    """Stops training as soon as the loss is NaN or infinite.
+
+    It reads the loss after every step (chunk of ``steps_per_execution`` steps), which
+    makes the host wait for the device each time; use it when debugging.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            print(f"Batch {batch}: invalid loss, terminating training")
+            self.model.stop_training = True
+
+
+class LambdaCallback(Callback):
+    """A callback from functions, as Keras: ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``.
+
+    Any hook name can be given (``on_train_begin``, ``on_epoch_end``, ``on_train_batch_end``...).
+
+    Example:
+        >>> cb = LambdaCallback(on_epoch_end=lambda epoch, logs: print(epoch, logs["loss"]))
+    """
+
+    def __init__(self, **hooks: Callable):
+        super().__init__()
+        for name, fn in hooks.items():
+            if not (name.startswith("on_") and hasattr(Callback, name)):
+                raise ValueError(f"LambdaCallback: unknown hook {name!r}.")
+            setattr(self, name, fn)
+
+
+class CSVLogger(Callback):
+    """Writes one CSV row per epoch: ``epoch`` then every logged value.
+
+    Args:
+        filename: the CSV file.
+        separator: the field separator.
+        append: append to an existing file (e.g. when resuming) instead of overwriting.
+
+    Example:
+        >>> cb = CSVLogger("runs/log.csv", append=True)
+    """
+
+    def __init__(self, filename: str, separator: str = ",", append: bool = False):
+        super().__init__()
+        self.filename, self.separator, self.append = os.fspath(filename), separator, append
+        self._file = self._writer = None
+        self._keys: list[str] | None = None
+
+    def on_train_begin(self, logs=None):
+        exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename)
+        os.makedirs(os.path.dirname(os.path.abspath(self.filename)), exist_ok=True)
+        self._file = open(self.filename, "a" if self.append else "w", newline="")
+        self._keys = None
+        if exists:
+            with open(self.filename, newline="") as existing:
+                header = next(csv.reader(existing, delimiter=self.separator), None)
+            self._keys = header[1:] if header else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self._keys is None:
+            self._keys = list(logs)
+            csv.writer(self._file, delimiter=self.separator).writerow(["epoch", *self._keys])
+        csv.writer(self._file, delimiter=self.separator).writerow(
+            [epoch, *(logs.get(key, "NA") for key in self._keys)])
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
