@@ -1,0 +1,184 @@
+"""Checkpoints with orbax: atomic, async saves; LatestN + BestN retention; safe restores.
+
+One checkpoint step holds up to three items:
+
+- ``weights``: module parameters and other variables (batch stats, RNG streams);
+- ``train``: optimizer state, step counter, metric sums of the running epoch;
+- ``meta``: JSON: epoch, batch in epoch, History, callback states, the monitored value.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a
+crash leaves either a whole step or none. A step that still fails to restore (a damaged
+file) is reported with a warning naming it and the previous good step is used.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+ITEMS = ("weights", "train", "meta")
+
+
+def abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of a pytree of arrays: the target of a restore."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or does not fit the model."""
+
+
+def _name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _paths_and_shapes(tree: Any) -> dict[str, tuple]:
+    """``{"params/dense/kernel": shape}``: paths of ``nnx.State`` and of restored dicts agree."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    out = {}
+    for path, leaf in flat:
+        names = [_name(key) for key in path]
+        if names and names[-1] == "value":  # nnx Variable leaves
+            names = names[:-1]
+        out["/".join(names)] = tuple(getattr(leaf, "shape", ()))
+    return out
+
+
+class Checkpoints:
+    """A directory of checkpoint steps managed by an orbax ``CheckpointManager``.
+
+    Args:
+        directory: where steps are written (created if missing).
+        keep_latest: newest steps kept (at least 1: the newest is never deleted).
+        keep_best: best steps kept by ``metric`` (``None``: no best-based retention).
+        mode: ``"min"`` or ``"max"``: which metric values are best.
+        async_save: return from ``save`` once arrays are copied to host; write in the
+            background.
+
+    Example:
+        >>> store = Checkpoints("runs/ckpt", keep_latest=1, keep_best=3, mode="min")  # doctest: +SKIP
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep_latest: int = 1,
+                 keep_best: int | None = None, mode: str = "min", async_save: bool = True):
+        self.directory = os.path.abspath(os.fspath(directory))
+        keep = [policies.LatestN(max(1, keep_latest))]
+        if keep_best:
+            keep.append(policies.BestN(get_metric_fn=lambda metrics: metrics["monitor"],
+                                       reverse=(mode == "min"), n=keep_best,
+                                       keep_checkpoints_without_metrics=False))
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            probe = os.path.join(self.directory, ".easyfit-write-test")
+            with open(probe, "w") as handle:
+                handle.write("ok")
+            os.remove(probe)
+        except OSError as error:
+            raise CheckpointError(f"Cannot write checkpoints to {self.directory}: {error}. "
+                                  "Choose a writable directory with free space.") from error
+        self.manager = ocp.CheckpointManager(
+            self.directory, item_names=ITEMS,
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=policies.AnyPreservationPolicy(keep),
+                enable_async_checkpointing=async_save, create=True))
+
+    # -- writing ----------------------------------------------------------------------------
+    def save(self, step: int, weights: Any, meta: dict[str, Any], train: Any = None,
+             metric: float | None = None) -> None:
+        """Writes one step (async by default); ``metric`` ranks it for ``keep_best``."""
+        items = {"weights": ocp.args.StandardSave(weights), "meta": ocp.args.JsonSave(meta)}
+        if train is not None:
+            items["train"] = ocp.args.StandardSave(train)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True,
+                              metrics=None if metric is None else {"monitor": float(metric)})
+        except OSError as error:
+            raise CheckpointError(f"Saving checkpoint step {step} to {self.directory} failed: "
+                                  f"{error}. Earlier checkpoints are untouched.") from error
+
+    def wait(self) -> None:
+        """Blocks until background writes are committed."""
+        self.manager.wait_until_finished()
+
+    # -- reading ----------------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        """Committed steps, oldest first."""
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+
+    def best_step(self, mode: str = "min") -> int | None:
+        """The step with the best saved metric, else the latest."""
+        ranked = []
+        for step in self.steps():
+            metrics = self.manager.metrics(step) or {}
+            if "monitor" in metrics:
+                ranked.append((metrics["monitor"] if mode == "min" else -metrics["monitor"], step))
+        if ranked:
+            return min(ranked)[1]
+        return self.manager.latest_step()
+
+    def restore(self, weights: Any, train: Any = None, step: int | None = None
+                ) -> tuple[int, Any, Any, dict[str, Any]] | None:
+        """Restores ``(step, weights, train, meta)`` into the given abstract targets.
+
+        Tries ``step`` (default: the latest) and, if that step is damaged, each older step in
+        turn, warning about every one skipped. Returns ``None`` when there is no checkpoint.
+        Raises :class:`CheckpointError` when a checkpoint belongs to a different model.
+        """
+        candidates = self.steps()
+        if step is not None:
+            if step not in candidates:
+                raise CheckpointError(f"No checkpoint step {step} in {self.directory}; "
+                                      f"steps there: {candidates}.")
+            candidates = [s for s in candidates if s <= step]
+        for candidate in reversed(candidates):
+            self._check_fits(candidate, weights)
+            items = {"weights": ocp.args.StandardRestore(weights),
+                     "meta": ocp.args.JsonRestore()}
+            if train is not None:
+                items["train"] = ocp.args.StandardRestore(train)
+            try:
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(**items))
+                meta = restored.meta
+                if not isinstance(meta, dict) or "epoch" not in meta:
+                    raise ValueError("its metadata is incomplete")
+            except Exception as error:  # noqa: BLE001 -- any damage: fall back to older steps
+                warnings.warn(f"Checkpoint step {candidate} in {self.directory} is damaged "
+                              f"({type(error).__name__}: {str(error)[:200]}); using the "
+                              "previous one.", stacklevel=2)
+                continue
+            return candidate, restored.weights, restored.get("train"), meta
+        if candidates:
+            raise CheckpointError(f"Every checkpoint in {self.directory} is damaged.")
+        return None
+
+    def _check_fits(self, step: int, weights: Any) -> None:
+        """Refuses a checkpoint of another model, naming the first mismatching parameters."""
+        try:
+            stored = self.manager.item_metadata(step)["weights"]
+        except Exception:  # noqa: BLE001 -- unreadable metadata: restore() reports the damage
+            return
+        if stored is None:
+            return
+        want, have = _paths_and_shapes(weights), _paths_and_shapes(stored)
+        problems = [f"{path}: checkpoint {have.get(path, 'missing')}, model {shape}"
+                    for path, shape in want.items() if have.get(path) != shape]
+        problems += [f"{path}: in the checkpoint, not in the model" for path in have
+                     if path not in want]
+        if problems:
+            raise CheckpointError(
+                f"The checkpoint in {self.directory} (step {step}) does not fit this model:\n  "
+                + "\n  ".join(problems[:5]) + ("\n  ..." if len(problems) > 5 else "")
+                + "\nBuild the model with the same code and sizes as the one that saved it.")
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
