@@ -265,19 +265,21 @@ class IterableAdapter(DataAdapter):
         return _rows(_numeric(x, "x"))
 
     def _parts(self, element: Any) -> tuple[Any, Any, Any]:
-        """This process's rows of one element, as numpy ``(x, y, sample_weight)``."""
+        """One element as numpy ``(x, y, sample_weight)`` (the whole global batch)."""
         x, y, weight = _unpack(element, self.with_y, self.keys)
-        parts = (_numeric(x, "x"), None if y is None else _numeric(y, "y"),
-                 None if weight is None else _numeric(weight, "sample_weight"))
-        return _local_rows(parts, self.process_index, self.process_count)
+        return (_numeric(x, "x"), None if y is None else _numeric(y, "y"),
+                None if weight is None else _numeric(weight, "sample_weight"))
 
     @property
     def local_batch_size(self) -> int:
         return self.batch_size // self.process_count
 
     def sample_batch(self) -> Batch:
-        x, y, weight = self._parts(self._sample)
-        return make_batch(x, y, weight, _rows(x), self.local_batch_size)
+        parts = self._parts(self._sample)
+        local = _local_rows(parts, self.process_index, self.process_count)
+        if _rows(local[0]) == 0:  # a 1-row first batch: any row gives the shapes
+            local = jax.tree.map(lambda a: a[:1], parts)
+        return make_batch(*local, _rows(local[0]), self.local_batch_size)
 
     def _elements(self, epoch: int) -> Iterator[Any]:
         if self._first is not None:
@@ -286,18 +288,29 @@ class IterableAdapter(DataAdapter):
         elif not self.one_shot:
             epoch_iter = getattr(self.data, "epoch_iter", None)  # sources reshuffled per epoch
             self._iterator = epoch_iter(epoch) if epoch_iter else iter(self.data)
-        yield from self._iterator
+        # A plain loop, not `yield from`: ending an epoch early must not close the user's
+        # generator, whose next epoch continues where this one stopped.
+        for element in self._iterator:
+            yield element
 
     def batches(self, epoch: int) -> Iterator[tuple[Batch, int]]:
         count = 0
         for element in self._elements(epoch):
-            x, y, weight = self._parts(element)
-            size = _rows(x)
-            if size > self.local_batch_size:
-                raise ValueError(f"Batch {count} has more rows than the first batch's "
+            parts = self._parts(element)
+            size = _rows(parts[0])
+            if size > self.batch_size:
+                raise ValueError(f"Batch {count} has {size} rows, more than the first batch's "
                                  f"{self.batch_size}. Yield batches of at most the first size "
                                  "(only the last may be smaller).")
-            yield make_batch(x, y, weight, size, self.local_batch_size), size
+            x, y, weight = _local_rows(parts, self.process_index, self.process_count)
+            local = _rows(x)
+            if local == 0:  # a short last batch left this process no row: all padding
+                filler = self.sample_batch()
+                batch = filler._replace(weight=np.zeros_like(filler.weight),
+                                        mask=np.zeros_like(filler.mask))
+            else:
+                batch = make_batch(x, y, weight, local, self.local_batch_size)
+            yield batch, size
             count += 1
             if self.steps is not None and count >= self.steps:
                 return
@@ -339,9 +352,9 @@ def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any =
     common = dict(batch_size=batch_size, steps=steps, with_y=with_y, keys=keys, epochs=epochs)
     from easyfit.data import grain_dataset, tf_dataset  # imported only when needed
     if tf_dataset.is_tf_dataset(x):
-        return tf_dataset.tf_dataset_adapter(x, **common)
+        return tf_dataset.tf_dataset_adapter(x, **common, **process)
     if grain_dataset.is_grain(x) or grain_dataset.is_random_access(x):
-        return grain_dataset.grain_adapter(x, shuffle=shuffle, seed=seed, **common)
+        return grain_dataset.grain_adapter(x, shuffle=shuffle, seed=seed, **common, **process)
     if isinstance(x, Iterable) and not isinstance(x, (str, bytes)):
         return IterableAdapter(x, steps, with_y, epochs, keys, **process)
     raise TypeError(f"Unsupported input type {type(x).__name__}: pass numpy arrays (or a dict "

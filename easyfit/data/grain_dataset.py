@@ -3,7 +3,8 @@
 A grain ``MapDataset`` / ``IterDataset`` / ``DataLoader`` is read as it is (batched here
 with ``batch_size`` when the pipeline has no batch step). A random-access source (anything
 from ``tfds.data_source`` or ``grain.sources``) becomes ``grain.MapDataset.source(src)``,
-shuffled per epoch from the seed, sliced per process, and batched.
+shuffled per epoch from the seed and batched. With several processes each keeps its own
+block of rows of every global batch.
 """
 
 from __future__ import annotations
@@ -49,17 +50,14 @@ def _grain():
 class _EpochSource:
     """Re-iterable batches of a random-access source: a fresh shuffle for every epoch."""
 
-    def __init__(self, source: Any, batch_size: int, shuffle: bool, seed: int,
-                 process_index: int, process_count: int):
+    def __init__(self, source: Any, batch_size: int, shuffle: bool, seed: int):
         self.source, self.batch_size, self.shuffle, self.seed = source, batch_size, shuffle, seed
-        self.process_index, self.process_count = process_index, process_count
 
     def _dataset(self, epoch: int):
         dataset = _grain().MapDataset.source(self.source)
         if self.shuffle:
             dataset = dataset.shuffle(seed=self.seed * 100_003 + epoch)
-        dataset = dataset[self.process_index::self.process_count]
-        return dataset.batch(self.batch_size // self.process_count)
+        return dataset.batch(self.batch_size)
 
     def __len__(self) -> int:
         return len(self._dataset(0))
@@ -77,7 +75,8 @@ def grain_adapter(data: Any, *, batch_size: int | None, steps: int | None, with_
     """Adapts a grain dataset / loader or a random-access source."""
     grain = _grain()
     if is_random_access(data):
-        data = _EpochSource(data, batch_size or 32, shuffle, seed, process_index, process_count)
+        data = _EpochSource(data, batch_size or 32, shuffle, seed)
     elif isinstance(data, (grain.MapDataset, grain.IterDataset)) and not _is_batched(data):
         data = data.batch(batch_size or 32)
-    return IterableAdapter(data, steps, with_y, epochs, keys)
+    return IterableAdapter(data, steps, with_y, epochs, keys, process_index=process_index,
+                           process_count=process_count)

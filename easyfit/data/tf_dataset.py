@@ -12,7 +12,8 @@ from typing import Any
 from easyfit.data.adapters import IterableAdapter, Keys
 
 _BATCH_OPS = ("_BatchDataset", "_PaddedBatchDataset", "_ParallelBatchDataset",
-              "_DenseToRaggedDataset", "_RaggedBatchDataset")
+              "_DenseToRaggedDataset", "_RaggedBatchDataset",
+              "_GroupByWindowDataset")  # group_by_window: bucket_by_sequence_length batches
 
 
 def is_tf_dataset(obj: Any) -> bool:
@@ -43,16 +44,15 @@ def import_tensorflow():
 
 
 def is_batched(dataset: Any) -> bool:
-    """Whether the pipeline batches (walks the dataset's chain back to its source)."""
-    node = dataset
-    while node is not None:
-        name = type(node).__name__
-        if name in _BATCH_OPS:
-            return True
-        if name == "_UnbatchDataset":
-            return False
-        node = getattr(node, "_input_dataset", None)
-    return False
+    """Whether the pipeline batches: the first batch or unbatch step found walking back from
+    the output through every input (``zip`` and ``sample_from_datasets`` have several)."""
+    name = type(dataset).__name__
+    if name in _BATCH_OPS:
+        return True
+    if name == "_UnbatchDataset":
+        return False
+    inputs = dataset._inputs() if hasattr(dataset, "_inputs") else []
+    return bool(inputs) and all(is_batched(parent) for parent in inputs)
 
 
 class _NumpyView:
@@ -70,20 +70,20 @@ def tf_dataset_adapter(dataset: Any, *, batch_size: int | None, steps: int | Non
                        process_count: int = 1) -> IterableAdapter:
     """Adapts a ``tf.data.Dataset``; an unbatched one is batched with ``batch_size``.
 
-    Each process reads its own shard (``Dataset.shard``) of an unbatched dataset, and
-    batches of ``batch_size // process_count`` rows. An infinite dataset needs
-    ``steps_per_epoch``.
+    With several processes every process reads the global batches and keeps its own block
+    of rows of each (so all processes take the same number of steps). An infinite dataset
+    needs ``steps_per_epoch``.
     """
     tf = import_tensorflow()
     if not is_batched(dataset):
-        if process_count > 1:
-            dataset = dataset.shard(process_count, process_index)
-        dataset = dataset.batch((batch_size or 32) // process_count)
+        dataset = dataset.batch(batch_size or 32)
     cardinality = int(dataset.cardinality())
     if cardinality == tf.data.INFINITE_CARDINALITY:
         if steps is None:
             raise ValueError("The dataset repeats forever, so an epoch has no end: pass "
                              "`steps_per_epoch=` (or `steps=` to evaluate/predict).")
-        return IterableAdapter(dataset.as_numpy_iterator(), steps, with_y, 1, keys)
+        return IterableAdapter(dataset.as_numpy_iterator(), steps, with_y, 1, keys,
+                               process_index=process_index, process_count=process_count)
     length = cardinality if cardinality >= 0 else None
-    return IterableAdapter(_NumpyView(dataset), steps, with_y, epochs, keys, length=length)
+    return IterableAdapter(_NumpyView(dataset), steps, with_y, epochs, keys, length=length,
+                           process_index=process_index, process_count=process_count)
