@@ -65,8 +65,13 @@ def _rate(schedule: optax.Schedule | None, state: LearningRateState) -> jax.Arra
     return jnp.asarray(schedule(state.count), jnp.float32) * state.scale
 
 
+# optax 0.2.8's inject_hyperparams returns the "stateful" state class; older ones the other.
+_INJECTED = tuple(getattr(optax, name) for name in
+                  ("InjectStatefulHyperparamsState", "InjectHyperparamsState") if hasattr(optax, name))
+
+
 def _is_lr_node(node: Any) -> bool:
-    return isinstance(node, (LearningRateState, optax.InjectHyperparamsState))
+    return isinstance(node, (LearningRateState, *_INJECTED))
 
 
 class _Binding(Protocol):
@@ -136,7 +141,7 @@ class Optimizer:
         for node in jax.tree.leaves(opt_state, is_leaf=_is_lr_node):
             if isinstance(node, LearningRateState):
                 return _rate(self._lr_fn, node)
-            if isinstance(node, optax.InjectHyperparamsState) and "learning_rate" in node.hyperparams:
+            if isinstance(node, _INJECTED) and "learning_rate" in node.hyperparams:
                 return jnp.asarray(node.hyperparams["learning_rate"], jnp.float32)
         return None
 
@@ -155,7 +160,7 @@ class Optimizer:
                     raise ValueError("The scheduled learning rate is 0 at this step, so it cannot "
                                      "be rescaled to a new value; set it at a later step.")
                 return node._replace(scale=jnp.asarray(value / base, jnp.float32))
-            if isinstance(node, optax.InjectHyperparamsState) and not found and \
+            if isinstance(node, _INJECTED) and not found and \
                     "learning_rate" in node.hyperparams:
                 found = True
                 hyper = dict(node.hyperparams, learning_rate=jnp.asarray(
@@ -185,8 +190,8 @@ class Optimizer:
             return float(lr)
         if self._constant:
             return self._initial_lr
-        if self._schedule is not None:  # before fit: the rate at step 0
-            return float((self._lr_fn or self._schedule.resolve(1))(0))
+        if self._schedule is not None:  # before fit: the rate at step 0 (of a long run)
+            return float((self._lr_fn or self._schedule.resolve(1_000_000))(0))
         raise self._no_lr_error()
 
     @learning_rate.setter

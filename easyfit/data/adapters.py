@@ -140,6 +140,7 @@ class ArrayAdapter(DataAdapter):
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
         self.shuffle, self.seed = shuffle, seed
         full = -(-self.num_rows // self.batch_size)
+        self.max_steps = steps
         self.steps = full if steps is None else min(int(steps), full)
 
     def sample_batch(self) -> Batch:
@@ -181,14 +182,14 @@ class ArrayAdapter(DataAdapter):
             raise ValueError(f"validation_split={validation_split} of {self.num_rows} rows leaves "
                              "one side empty; use a fraction that keeps rows on both sides.")
 
-        def part(rows: slice) -> ArrayAdapter:
+        def part(rows: slice, steps: int | None) -> ArrayAdapter:
             pick = lambda tree: jax.tree.map(lambda a: a[rows], tree)
             weight = None if self.sample_weight is None else self.sample_weight[rows]
             return ArrayAdapter(pick(self.x), pick(self.y), weight, None, self.batch_size,
-                                self.shuffle, self.seed, None, self.process_index,
+                                self.shuffle, self.seed, steps, self.process_index,
                                 self.process_count)
 
-        return part(slice(0, cut)), part(slice(cut, None))
+        return part(slice(0, cut), self.max_steps), part(slice(cut, None), None)
 
 
 Keys = tuple[Any, Any] | None
