@@ -13,15 +13,41 @@ file) is reported with a warning naming it and the previous good step is used.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-ITEMS = ("weights", "train", "meta")
+ITEMS = ("weights", "train", "meta", "arrays")
+
+
+def split_arrays(obj: Any, arrays: dict[str, Any]) -> Any:
+    """JSON-able copy of ``obj``: each numpy/JAX array moves to ``arrays`` under a key."""
+    if isinstance(obj, dict):
+        return {key: split_arrays(value, arrays) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [split_arrays(value, arrays) for value in obj]
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        key = str(len(arrays))
+        arrays[key] = obj
+        return {"__array__": key}
+    return obj
+
+
+def join_arrays(obj: Any, arrays: dict[str, Any]) -> Any:
+    """Inverse of :func:`split_arrays`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__array__"}:
+            return np.asarray(arrays[obj["__array__"]])
+        return {key: join_arrays(value, arrays) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [join_arrays(value, arrays) for value in obj]
+    return obj
 
 
 def abstract(tree: Any) -> Any:
@@ -70,10 +96,11 @@ class Checkpoints:
     def __init__(self, directory: str | os.PathLike, *, keep_latest: int = 1,
                  keep_best: int | None = None, mode: str = "min", async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
+        self.mode = mode
         keep = [policies.LatestN(max(1, keep_latest))]
-        if keep_best:
-            keep.append(policies.BestN(get_metric_fn=lambda metrics: metrics["monitor"],
-                                       reverse=(mode == "min"), n=keep_best,
+        if keep_best:  # "rank" is the metric signed so that smaller is better, whatever the mode
+            keep.append(policies.BestN(get_metric_fn=lambda metrics: metrics["rank"],
+                                       reverse=True, n=keep_best,
                                        keep_checkpoints_without_metrics=False))
         try:
             os.makedirs(self.directory, exist_ok=True)
@@ -93,13 +120,21 @@ class Checkpoints:
     # -- writing ----------------------------------------------------------------------------
     def save(self, step: int, weights: Any, meta: dict[str, Any], train: Any = None,
              metric: float | None = None) -> None:
-        """Writes one step (async by default); ``metric`` ranks it for ``keep_best``."""
+        """Writes one step (async by default); ``metric`` ranks it for ``keep_best``.
+
+        Arrays inside ``meta`` (e.g. a callback's saved weights) are stored as arrays.
+        """
+        arrays: dict[str, Any] = {}
+        meta = split_arrays(meta, arrays)
         items = {"weights": ocp.args.StandardSave(weights), "meta": ocp.args.JsonSave(meta)}
         if train is not None:
             items["train"] = ocp.args.StandardSave(train)
+        if arrays:
+            items["arrays"] = ocp.args.StandardSave(arrays)
         try:
-            self.manager.save(step, args=ocp.args.Composite(**items), force=True,
-                              metrics=None if metric is None else {"monitor": float(metric)})
+            metrics = None if metric is None else {
+                "monitor": float(metric), "rank": float(metric if self.mode == "min" else -metric)}
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True, metrics=metrics)
         except OSError as error:
             raise CheckpointError(f"Saving checkpoint step {step} to {self.directory} failed: "
                                   f"{error}. Earlier checkpoints are untouched.") from error
@@ -114,13 +149,14 @@ class Checkpoints:
         self.manager.reload()
         return sorted(self.manager.all_steps())
 
-    def best_step(self, mode: str = "min") -> int | None:
-        """The step with the best saved metric, else the latest."""
+    def best_step(self) -> int | None:
+        """The step with the best saved metric (whatever mode it was saved with), else the
+        latest."""
         ranked = []
         for step in self.steps():
             metrics = self.manager.metrics(step) or {}
-            if "monitor" in metrics:
-                ranked.append((metrics["monitor"] if mode == "min" else -metrics["monitor"], step))
+            if "rank" in metrics:
+                ranked.append((metrics["rank"], step))
         if ranked:
             return min(ranked)[1]
         return self.manager.latest_step()
@@ -150,6 +186,10 @@ class Checkpoints:
                 meta = restored.meta
                 if not isinstance(meta, dict) or "epoch" not in meta:
                     raise ValueError("its metadata is incomplete")
+                if "__array__" in json.dumps(meta):
+                    arrays = self.manager.restore(candidate, args=ocp.args.Composite(
+                        arrays=ocp.args.StandardRestore())).arrays
+                    meta = join_arrays(meta, arrays)
             except Exception as error:  # noqa: BLE001 -- any damage: fall back to older steps
                 warnings.warn(f"Checkpoint step {candidate} in {self.directory} is damaged "
                               f"({type(error).__name__}: {str(error)[:200]}); using the "

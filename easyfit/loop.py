@@ -28,11 +28,11 @@ def _floats(tree: dict[str, Any], names: list[str]) -> dict[str, float]:
     return {key: float(host[key]) for key in names}
 
 
-def _on_device(model: "Model", data: DataAdapter, epoch: int,
-               k: int) -> Iterator[tuple[Batch, list[int]]]:
+def _on_device(model: "Model", data: DataAdapter, epoch: int, k: int,
+               start: int = 0) -> Iterator[tuple[Batch, list[int]]]:
     """Chunks placed on the mesh by a background thread, ahead of the step that needs them."""
     place = model._distribution.place_chunk
-    return prefetch(data.chunks(epoch, k), lambda item: (place(item[0]), item[1]))
+    return prefetch(data.chunks(epoch, k, start), lambda item: (place(item[0]), item[1]))
 
 
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
@@ -46,15 +46,19 @@ def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None,
     k = model._steps_per_execution
     logs: dict[str, float] = {}
     callbacks.on_train_begin()
-    for epoch in range(initial_epoch, epochs):
-        model._reset_totals()
+    # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.
+    start_epoch, start_batch = model._take_resume_position(callbacks) or (initial_epoch, 0)
+    for epoch in range(start_epoch, epochs):
+        done = start_batch if epoch == start_epoch else 0
+        if done == 0:  # mid-epoch resumes keep the restored metric sums
+            model._reset_totals()
         callbacks.on_epoch_begin(epoch)
-        done = 0
-        for chunk, sizes in _on_device(model, train, epoch, k):
+        for chunk, sizes in _on_device(model, train, epoch, k, start=done):
             if callbacks.wants("on_train_batch_begin"):
                 callbacks.on_train_batch_begin(done)
-            model._train_on_chunk(chunk)
+            model._train_on_chunk(chunk, len(sizes))
             done += len(sizes)
+            model._position = (epoch, done)
             if batch_hooks:
                 callbacks.on_train_batch_end(done - 1, LazyLogs(names, read_logs))
             if model.stop_training:
@@ -68,6 +72,7 @@ def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None,
         if validation is not None and _validates(epoch, validation_freq):
             val_logs = evaluate_loop(model, validation, CallbackList([]))
             logs.update({f"val_{key}": value for key, value in val_logs.items()})
+        model._position = (epoch + 1, 0)
         callbacks.on_epoch_end(epoch, logs)
         if model.stop_training or (train.exhausted and train.steps is None):
             break

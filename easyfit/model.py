@@ -30,6 +30,7 @@ from easyfit import metrics as metrics_lib
 from easyfit import optimizers as optimizers_lib
 from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays, adapt
+from easyfit.checkpoint import Checkpoints, abstract
 from easyfit.distribute import DataParallel
 from easyfit.loop import evaluate_loop, fit_loop, predict_loop
 from easyfit.state import GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree, reseed, split
@@ -79,6 +80,10 @@ class Model:
         self._loss, self._metrics, self._weighted_metrics = None, [], []
         self._steps_per_execution, self._seed, self._has_lr = 1, 0, False
         self._augment = None
+        self._position = (0, 0)        # (epoch, batch in epoch) reached by fit
+        self._step_count = 0           # optimizer steps taken, counted on the host
+        self._pending_resume = None    # (position, callback states) from a restored backup
+        self._callbacks: CallbackList | None = None
 
     # -- the user's module, always current when read ---------------------------------------
     @property
@@ -205,9 +210,10 @@ class Model:
                 params=params, rest=rest, opt_state=transform.init(params),
                 step=jnp.zeros([], jnp.int32), totals=steps.zero_totals(params, rest, sample)))
             self._module_shared = True
+            self._step_count = 0
             self._has_lr = self._optimizer.current_lr(self._state.opt_state) is not None
 
-    def _train_on_chunk(self, chunk: Any) -> None:
+    def _train_on_chunk(self, chunk: Any, batches: int) -> None:
         if self._module_shared:  # the module may hold the state's buffers or user edits
             params, rest = split(self._module)
             self._state = self._state.replace(params=copy_tree(params), rest=copy_tree(rest))
@@ -215,6 +221,7 @@ class Model:
             self._module_shared = False
         self._state = self._steps.train(self._state, chunk)
         self._module_stale = True
+        self._step_count += batches
 
     def _reset_totals(self) -> None:
         zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), self._state.totals)
@@ -224,6 +231,74 @@ class Model:
         if self._state is not None and not self._module_shared:
             return self._state.params, self._state.rest
         return self._distribution.replicate(split(self.module))
+
+    # -- checkpoints: what is saved and restored -------------------------------------------
+    def _host_step(self) -> int:
+        return self._step_count
+
+    def _weights_now(self) -> dict[str, Any]:
+        params, rest = self._eval_state()
+        return {"params": params, "rest": rest}
+
+    def _checkpoint_payload(self, train: bool) -> tuple[Any, Any]:
+        """``(weights, train state)`` as they are now (train state ``None`` if not asked)."""
+        state = self._state
+        extra = {"opt_state": state.opt_state, "step": state.step, "totals": state.totals}
+        return self._weights_now(), (extra if train else None)
+
+    def _checkpoint_targets(self, train: bool) -> tuple[Any, Any]:
+        """Abstract targets (shapes, dtypes, shardings) for restoring a checkpoint."""
+        weights, extra = self._checkpoint_payload(train)
+        return abstract(weights), (None if extra is None else abstract(extra))
+
+    def _load_checkpoint(self, weights: Any, train: Any) -> None:
+        """Makes a restored checkpoint the live training state."""
+        self._state = self._state.replace(params=weights["params"], rest=weights["rest"],
+                                          **({} if train is None else train))
+        self._module_shared, self._module_stale = False, True
+        if train is not None:
+            self._step_count = int(train["step"])
+
+    def _resume_at(self, position: tuple[int, int], callback_states: list) -> None:
+        self._pending_resume = (tuple(position), callback_states)
+
+    def _take_resume_position(self, callbacks: CallbackList) -> tuple[int, int] | None:
+        """Applies a restored backup's callback states; returns where to continue."""
+        if self._pending_resume is None:
+            return None
+        position, states = self._pending_resume
+        self._pending_resume = None
+        for callback, saved in zip(callbacks.callbacks, states):
+            if saved is not None and saved["class"] == type(callback).__name__:
+                callback.set_state(saved["state"])
+        self._position = position
+        return position
+
+    def _callback_states(self) -> list[dict[str, Any] | None]:
+        return [None if (state := c.get_state()) is None else
+                {"class": type(c).__name__, "state": state} for c in self._callbacks.callbacks]
+
+    def save_weights(self, path: str) -> None:
+        """Writes the weights (parameters, batch statistics, RNG state) to a checkpoint
+        directory; :meth:`load_weights` on a model built by the same code restores them."""
+        store = Checkpoints(path, keep_latest=1, async_save=False)
+        store.save(self._step_count, self._weights_now(), {"epoch": self._position[0]})
+        store.close()
+
+    def load_weights(self, path: str, step: int | None = None) -> None:
+        """Loads weights from a checkpoint directory (of :meth:`save_weights`,
+        ``ModelCheckpoint`` or ``BackupAndRestore``): ``step``, else the best by the
+        monitored value, else the latest. Refuses a checkpoint of a different model."""
+        if self._module is None:
+            raise RuntimeError("Initialise this Linen model first (sample_input= or a call).")
+        store = Checkpoints(path, keep_latest=1, async_save=False)
+        chosen = step if step is not None else store.best_step()
+        if chosen is None:
+            raise FileNotFoundError(f"No checkpoint in {path}.")
+        target = abstract(self._weights_now())
+        _, weights, _, _ = store.restore(target, step=chosen)
+        store.close()
+        nnx.update(self.module, weights["params"], weights["rest"])
 
     # -- the optimizer reads and writes the live state through these ------------------------
     def _get_opt_state(self) -> Any:
@@ -292,12 +367,17 @@ class Model:
         verbose = _verbosity(verbose)
         history = History()
         extra = [ProgressBar(verbose)] if verbose else []
-        # As Keras: the progress display first, History last (it records what callbacks set).
-        callback_list = CallbackList([*extra, *(callbacks or []), history], model=self,
+        # As Keras: the progress display first, History after the user's callbacks (it records
+        # what they set); checkpointing last, so it saves everyone's state after the epoch.
+        user = list(callbacks or [])
+        savers = [c for c in user if getattr(c, "runs_last", False)]
+        ordered = [*extra, *(c for c in user if c not in savers), history, *savers]
+        callback_list = CallbackList(ordered, model=self,
                                      params={"epochs": epochs, "steps": train.steps,
                                              "verbose": verbose})
         self.stop_training = False
         self.history = history
+        self._callbacks = callback_list
         fit_loop(self, train, validation, epochs=epochs, initial_epoch=initial_epoch,
                  validation_freq=validation_freq, callbacks=callback_list)
         self.module  # noqa: B018 -- write the trained weights back to the user's module

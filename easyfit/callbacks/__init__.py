@@ -1,12 +1,14 @@
 """Callbacks: Keras's hook names, ``logs`` dicts and ``History``."""
 
+from easyfit.callbacks.backup import BackupAndRestore
 from easyfit.callbacks.base import Callback, CallbackList, LazyLogs
 from easyfit.callbacks.early_stopping import EarlyStopping
 from easyfit.callbacks.history import History
 from easyfit.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
+from easyfit.callbacks.model_checkpoint import ModelCheckpoint
 from easyfit.callbacks.progress import ProgressBar
 from easyfit.callbacks.simple import CSVLogger, LambdaCallback, TerminateOnNaN
 
-__all__ = ["CSVLogger", "Callback", "CallbackList", "EarlyStopping", "History", "LambdaCallback",
-           "LazyLogs", "LearningRateScheduler", "ProgressBar", "ReduceLROnPlateau",
-           "TerminateOnNaN"]
+__all__ = ["BackupAndRestore", "CSVLogger", "Callback", "CallbackList", "EarlyStopping", "History",
+           "LambdaCallback", "LazyLogs", "LearningRateScheduler", "ModelCheckpoint", "ProgressBar",
+           "ReduceLROnPlateau", "TerminateOnNaN"]

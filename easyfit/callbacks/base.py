@@ -61,6 +61,16 @@ class Callback:
     def set_model(self, model: Any) -> None:
         self.model = model
 
+    def get_state(self) -> dict[str, Any] | None:
+        """What this callback must remember across a crash (saved by BackupAndRestore).
+
+        JSON types and numpy arrays; ``None`` (the default) for stateless callbacks.
+        """
+        return None
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`get_state` returned."""
+
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
 

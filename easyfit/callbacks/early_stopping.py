@@ -38,6 +38,16 @@ class EarlyStopping(Callback):
         self.best = self._monitor.worst
         self.best_weights = None
 
+    def get_state(self):
+        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": self.best,
+                "best_epoch": self.best_epoch, "best_weights": self.best_weights}
+
+    def set_state(self, state):
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        weights = state["best_weights"]
+        self.best_weights = None if weights is None else [weights[i] for i in range(len(weights))]
+
     def on_epoch_end(self, epoch, logs=None):
         value = self._monitor.read(logs, "EarlyStopping")
         if value is None or epoch < self.start_from_epoch:

@@ -27,6 +27,13 @@ class History(Callback):
         self.epoch = []
         self.history = {}
 
+    def get_state(self):
+        return {"history": self.history, "epoch": self.epoch}
+
+    def set_state(self, state):
+        self.history = {key: list(values) for key, values in state["history"].items()}
+        self.epoch = list(state["epoch"])
+
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():

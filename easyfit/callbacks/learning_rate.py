@@ -44,6 +44,13 @@ class ReduceLROnPlateau(Callback):
         self.wait, self.cooldown_counter = 0, 0
         self.best = self._monitor.worst
 
+    def get_state(self):
+        return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": self.best}
+
+    def set_state(self, state):
+        self.wait, self.cooldown_counter, self.best = (
+            state["wait"], state["cooldown_counter"], state["best"])
+
     def on_epoch_end(self, epoch, logs=None):
         value = self._monitor.read(logs, "ReduceLROnPlateau")
         if value is None:

@@ -7,6 +7,7 @@ the same shape; the last one of an epoch is padded and masked.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -90,10 +91,11 @@ class DataAdapter:
         """A batch shaped like every batch of this input, read without consuming any."""
         raise NotImplementedError
 
-    def chunks(self, epoch: int, k: int) -> Iterator[tuple[Batch, list[int]]]:
-        """Yields ``(chunk, real_rows_per_batch)``: ``k`` stacked batches per chunk."""
+    def chunks(self, epoch: int, k: int, start: int = 0) -> Iterator[tuple[Batch, list[int]]]:
+        """Yields ``(chunk, real_rows_per_batch)``: ``k`` stacked batches per chunk, from batch
+        ``start`` of the epoch (earlier batches are read and skipped)."""
         pending: list[tuple[Batch, int]] = []
-        for item in self.batches(epoch):
+        for item in itertools.islice(self.batches(epoch), start, None):
             pending.append(item)
             if len(pending) == k:
                 yield stack([b for b, _ in pending], k), [n for _, n in pending]
@@ -155,10 +157,10 @@ class ArrayAdapter(DataAdapter):
         for chunk, sizes in self.chunks(epoch, 1):
             yield jax.tree.map(lambda a: a[0], chunk), sizes[0]
 
-    def chunks(self, epoch: int, k: int) -> Iterator[tuple[Batch, list[int]]]:
+    def chunks(self, epoch: int, k: int, start: int = 0) -> Iterator[tuple[Batch, list[int]]]:
         """One gather per chunk (not per batch): ``k * batch_size`` rows, then a reshape."""
         order, size = self._order(epoch), self.batch_size
-        for first in range(0, self.steps, k):
+        for first in range(start, self.steps, k):
             count = min(k, self.steps - first)
             rows = order[first * size:(first + count) * size]
             index = np.resize(rows, k * size)  # padding repeats real rows, weight 0

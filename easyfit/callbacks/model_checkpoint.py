@@ -1,0 +1,91 @@
+"""ModelCheckpoint: keep the best and the latest checkpoints of a run (orbax, async)."""
+
+from __future__ import annotations
+
+import os
+
+from easyfit.callbacks.base import Callback
+from easyfit.callbacks.monitor import Monitor
+from easyfit.checkpoint import Checkpoints
+
+
+class ModelCheckpoint(Callback):
+    """Saves checkpoints during ``fit``; keeps the ``keep_best`` best and the ``keep_latest``
+    newest (the newest is never deleted). ``model.load_weights(directory)`` loads the best.
+
+    Args:
+        filepath: the checkpoint directory.
+        monitor: the logged quantity that ranks checkpoints.
+        verbose: 1 prints each save.
+        save_best_only: save only when ``monitor`` improves.
+        save_weights_only: save weights only (no optimizer state).
+        mode: ``"min"``, ``"max"`` or ``"auto"``.
+        save_freq: ``"epoch"`` or a number of steps (those saves rank by the latest logs).
+        keep_best: how many best checkpoints to keep (``None``: all that were saved best).
+        keep_latest: how many newest checkpoints to keep.
+        async_save: write in the background (the step waits only for the device-to-host copy).
+
+    Example:
+        >>> cb = ModelCheckpoint("runs/ckpt", monitor="val_accuracy", mode="max", keep_best=3)
+    """
+
+    runs_last = True
+
+    def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", verbose: int = 0,
+                 save_best_only: bool = False, save_weights_only: bool = False,
+                 mode: str = "auto", save_freq: str | int = "epoch", keep_best: int | None = 1,
+                 keep_latest: int = 1, async_save: bool = True):
+        super().__init__()
+        self.filepath, self.verbose = os.fspath(filepath), verbose
+        self._monitor = Monitor(monitor, mode)
+        self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        self.save_freq, self.keep_best, self.keep_latest = save_freq, keep_best, keep_latest
+        self.async_save = async_save
+        self.best = self._monitor.worst
+        self._store: Checkpoints | None = None
+        self._last_logs: dict = {}
+        self._last_saved_step = 0
+
+    def on_train_begin(self, logs=None):
+        self._store = Checkpoints(self.filepath, keep_latest=self.keep_latest,
+                                  keep_best=self.keep_best, mode=self._monitor.mode,
+                                  async_save=self.async_save)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        step = self.model._host_step()
+        if step - self._last_saved_step >= self.save_freq:
+            self._save(step, dict(logs or {}))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(self.model._host_step(), dict(logs or {}), epoch)
+
+    def _save(self, step: int, logs: dict, epoch: int | None = None) -> None:
+        value = logs.get(self._monitor.monitor)
+        improved = value is not None and self._monitor.improves(value, self.best)
+        if self.save_best_only and not improved:
+            return
+        if improved:
+            self.best = value
+        weights, train = self.model._checkpoint_payload(train=not self.save_weights_only)
+        epoch_reached, batch = self.model._position
+        self._store.save(step, weights, {"epoch": epoch_reached, "batch": batch, "logs": logs},
+                         train, metric=value)
+        self._last_saved_step = step
+        if self.verbose:
+            where = f"epoch {epoch + 1}" if epoch is not None else f"step {step}"
+            print(f"ModelCheckpoint: saved {where} to {self.filepath} "
+                  f"({self._monitor.monitor}={value})")
+
+    def get_state(self):
+        return {"best": self.best}
+
+    def set_state(self, state):
+        self.best = state["best"]
+
+    def on_train_end(self, logs=None):
+        if self._store is not None:
+            self._store.close()
+            self._store = None
