@@ -39,6 +39,16 @@ def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None,
              epochs: int, initial_epoch: int, validation_freq: int | list[int],
              callbacks: CallbackList) -> dict[str, float]:
     """Runs the epochs of ``Model.fit``; returns the last epoch's logs."""
+    try:
+        return _fit_epochs(model, train, validation, epochs=epochs, initial_epoch=initial_epoch,
+                           validation_freq=validation_freq, callbacks=callbacks)
+    finally:
+        callbacks.close()  # pending checkpoint writes complete, files close, even on errors
+
+
+def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
+                epochs: int, initial_epoch: int, validation_freq: int | list[int],
+                callbacks: CallbackList) -> dict[str, float]:
     steps = model._steps
     names = steps.log_names(with_lr=model._has_lr)
     read_logs = lambda: _floats(steps.logs(model._state.totals, model._state.opt_state), names)

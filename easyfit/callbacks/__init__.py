@@ -8,7 +8,8 @@ from easyfit.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPla
 from easyfit.callbacks.model_checkpoint import ModelCheckpoint
 from easyfit.callbacks.progress import ProgressBar
 from easyfit.callbacks.simple import CSVLogger, LambdaCallback, TerminateOnNaN
+from easyfit.callbacks.tensorboard import TensorBoard
 
 __all__ = ["BackupAndRestore", "CSVLogger", "Callback", "CallbackList", "EarlyStopping", "History",
            "LambdaCallback", "LazyLogs", "LearningRateScheduler", "ModelCheckpoint", "ProgressBar",
-           "ReduceLROnPlateau", "TerminateOnNaN"]
+           "ReduceLROnPlateau", "TensorBoard", "TerminateOnNaN"]

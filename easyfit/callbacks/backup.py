@@ -73,7 +73,12 @@ class BackupAndRestore(Callback):
     def on_train_end(self, logs=None):
         if self._store is None:
             return
-        self._store.close()
-        self._store = None
-        if self.delete_checkpoint:
+        self.close()
+        if self.delete_checkpoint:  # training finished: the backup is no longer needed
             shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Waits for a backup being written (also when fit stops on an error)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None

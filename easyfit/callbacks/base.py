@@ -128,7 +128,18 @@ class CallbackList:
 
     def call(self, hook: str, *args: Any) -> None:
         for method in self._hooks[hook]:
-            method(*args)
+            try:
+                method(*args)
+            except Exception as error:
+                owner = type(getattr(method, "__self__", method)).__name__
+                error.add_note(f"(raised in callback {owner}.{hook})")
+                raise
+
+    def close(self) -> None:
+        """Lets callbacks that hold files or pending checkpoint writes finish them."""
+        for callback in self.callbacks:
+            if hasattr(callback, "close"):
+                callback.close()
 
     def __getattr__(self, hook: str) -> Callable[..., None]:
         if hook not in HOOKS:

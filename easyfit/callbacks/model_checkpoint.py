@@ -86,6 +86,10 @@ class ModelCheckpoint(Callback):
         self.best = state["best"]
 
     def on_train_end(self, logs=None):
+        self.close()
+
+    def close(self) -> None:
+        """Waits for checkpoints being written (also when fit stops on an error)."""
         if self._store is not None:
             self._store.close()
             self._store = None
