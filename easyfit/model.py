@@ -38,6 +38,17 @@ from easyfit.step import Steps
 from easyfit.summary import summarize
 
 
+def _numbered(callbacks: Sequence[Callback]) -> list[tuple[int, Callback]]:
+    """``(n, callback)``: n counts earlier callbacks of the same class (0 for the first)."""
+    seen: dict[str, int] = {}
+    out = []
+    for callback in callbacks:
+        name = type(callback).__name__
+        out.append((seen.get(name, 0), callback))
+        seen[name] = seen.get(name, 0) + 1
+    return out
+
+
 def _verbosity(verbose: int | str) -> int:
     if verbose == "auto":
         return 1 if sys.stdout.isatty() else 2
@@ -268,15 +279,18 @@ class Model:
             return None
         position, states = self._pending_resume
         self._pending_resume = None
-        for callback, saved in zip(callbacks.callbacks, states):
-            if saved is not None and saved["class"] == type(callback).__name__:
-                callback.set_state(saved["state"])
+        saved = {(entry["class"], entry["nth"]): entry["state"] for entry in states if entry}
+        for nth, callback in _numbered(callbacks.callbacks):
+            if (type(callback).__name__, nth) in saved:
+                callback.set_state(saved[(type(callback).__name__, nth)])
         self._position = position
         return position
 
     def _callback_states(self) -> list[dict[str, Any] | None]:
+        """Each stateful callback's state, keyed by class name and occurrence."""
         return [None if (state := c.get_state()) is None else
-                {"class": type(c).__name__, "state": state} for c in self._callbacks.callbacks]
+                {"class": type(c).__name__, "nth": nth, "state": state}
+                for nth, c in _numbered(self._callbacks.callbacks)]
 
     def save_weights(self, path: str) -> None:
         """Writes the weights (parameters, batch statistics, RNG state) to a checkpoint
