@@ -101,8 +101,8 @@ class Model:
     def module(self) -> Any:
         """The wrapped module with the current weights (written back from training on access).
 
-        A Linen module is returned as its NNX bridge (``nnx.bridge.ToNNX``), whose
-        variables hold the trained weights.
+        A Linen module is returned as an ``easyfit.state.LinenModule``: its ``.linen``
+        attribute is the ``nnx.bridge.ToNNX`` bridge whose variables hold the weights.
         """
         if self._module is None:
             raise RuntimeError("This Linen module has not been initialised yet: pass "

@@ -192,7 +192,8 @@ class Optimizer:
             return self._initial_lr
         if self._schedule is not None:  # before fit: the rate at step 0 (of a long run)
             return float((self._lr_fn or self._schedule.resolve(1_000_000))(0))
-        raise self._no_lr_error()
+        raise AttributeError("The learning rate of an optax optimizer is read from its state, "
+                             "which exists once fit has started (read it from a callback).")
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:

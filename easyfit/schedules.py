@@ -32,7 +32,7 @@ def _steps(length: Length | None, total_steps: int | None, name: str) -> int:
             raise ValueError(
                 f"The schedule's `{name}` is a fraction of training ({length}), but the number "
                 "of training steps is unknown (an iterable without a length). Pass "
-                "`steps_per_epoch=` to fit, or give `{name}` as a number of steps (int)."
+                f"`steps_per_epoch=` to fit, or give `{name}` as a number of steps (int)."
             )
         return max(int(round(length * total_steps)), 0)
     if length < 0:
