@@ -80,7 +80,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             break
         logs = read_logs()
         if validation is not None and _validates(epoch, validation_freq):
-            val_logs = evaluate_loop(model, validation, CallbackList([]))
+            val_logs = evaluate_loop(model, validation, callbacks)  # on_test_* hooks fire, as Keras
             logs.update({f"val_{key}": value for key, value in val_logs.items()})
         model._position = (epoch + 1, 0)
         callbacks.on_epoch_end(epoch, logs)

@@ -280,10 +280,6 @@ def test_evaluate_and_predict_call_their_hooks():
     assert log.calls == [("predict_batch_end", i) for i in range(4)] + [("predict_end",)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (Keras semantics): fit's validation pass runs evaluate_loop with an empty "
-    "CallbackList, so the fit callbacks' on_test_begin / on_test_batch_end / on_test_end "
-    "never run; Keras's fit calls evaluate(..., callbacks=callbacks)"))
 def test_fit_validation_calls_the_test_hooks():
     x, y = make_data(50)
     log = _HookLog()
@@ -431,9 +427,6 @@ def test_metrics_ignore_sample_weights_weighted_metrics_use_them():
     assert result["accuracy"] != pytest.approx(result["w_acc"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (Keras semantics): with validation_split, class_weight is folded into the sample "
-    "weights before the split, so val_loss is class-weighted; Keras weights only training"))
 def test_class_weight_does_not_weight_the_validation_split():
     x, y = make_data(100)
     model = _model(optimizer=ef.optimizers.sgd(0.0, momentum=0.0))

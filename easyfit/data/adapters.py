@@ -131,6 +131,7 @@ class ArrayAdapter(DataAdapter):
         if weight is not None and weight.shape[0] != self.num_rows:
             raise ValueError(f"sample_weight has {weight.shape[0]} rows but x has "
                              f"{self.num_rows}; pass one weight per example.")
+        self.user_weight, self.class_weight = weight, class_weight
         if class_weight:
             if self.y is None or len(jax.tree.leaves(self.y)) != 1:
                 raise ValueError("class_weight needs a single array of labels `y`.")
@@ -184,14 +185,16 @@ class ArrayAdapter(DataAdapter):
             raise ValueError(f"validation_split={validation_split} of {self.num_rows} rows leaves "
                              "one side empty; use a fraction that keeps rows on both sides.")
 
-        def part(rows: slice, steps: int | None) -> ArrayAdapter:
+        def part(rows: slice, steps: int | None, class_weight: dict | None) -> ArrayAdapter:
             pick = lambda tree: jax.tree.map(lambda a: a[rows], tree)
-            weight = None if self.sample_weight is None else self.sample_weight[rows]
-            return ArrayAdapter(pick(self.x), pick(self.y), weight, None, self.batch_size,
-                                self.shuffle, self.seed, steps, self.process_index,
-                                self.process_count)
+            weight = None if self.user_weight is None else self.user_weight[rows]
+            return ArrayAdapter(pick(self.x), pick(self.y), weight, class_weight,
+                                self.batch_size, self.shuffle, self.seed, steps,
+                                self.process_index, self.process_count)
 
-        return part(slice(0, cut), self.max_steps), part(slice(cut, None), None)
+        # As Keras: class weights weight training only; sample weights go with their rows.
+        return (part(slice(0, cut), self.max_steps, self.class_weight),
+                part(slice(cut, None), None, None))
 
 
 Keys = tuple[Any, Any] | None
