@@ -49,7 +49,7 @@ def test_padded_batch_gradient_equals_gradient_of_real_rows():
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "BUG: padding rows enter BatchNorm's batch statistics in train mode, so a padded last "
+    "Known limitation, documented in docs/guides/compile-fit.md: padding rows enter BatchNorm's batch statistics in train mode, so a padded last "
     "batch of a BatchNorm model takes a different step (and updates the running mean/var "
     "with the padding copies) than the same rows unpadded"))
 def test_padded_batch_with_batchnorm_equals_the_real_rows():
