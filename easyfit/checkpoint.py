@@ -112,10 +112,18 @@ class Checkpoints:
             raise CheckpointError(f"Cannot write checkpoints to {self.directory}: {error}. "
                                   "Choose a writable directory with free space.") from error
         self.manager = ocp.CheckpointManager(
-            self.directory, item_names=ITEMS,
+            self.directory,
             options=ocp.CheckpointManagerOptions(
+                # best_fn makes orbax write each step's metrics to disk, so a later run (or
+                # load_weights) still knows which steps are best.
+                best_fn=lambda metrics: metrics["rank"], best_mode="min",
                 preservation_policy=policies.AnyPreservationPolicy(keep),
-                enable_async_checkpointing=async_save, create=True))
+                enable_async_checkpointing=async_save, create=True),
+            # Registered up front so a fresh manager can read the metadata of old steps.
+            item_handlers={"weights": ocp.StandardCheckpointHandler(),
+                           "train": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler(),
+                           "arrays": ocp.StandardCheckpointHandler()})
 
     # -- writing ----------------------------------------------------------------------------
     def save(self, step: int, weights: Any, meta: dict[str, Any], train: Any = None,
@@ -206,6 +214,7 @@ class Checkpoints:
             stored = self.manager.item_metadata(step)["weights"]
         except Exception:  # noqa: BLE001 -- unreadable metadata: restore() reports the damage
             return
+        stored = getattr(stored, "tree", stored)
         if stored is None:
             return
         want, have = _paths_and_shapes(weights), _paths_and_shapes(stored)
@@ -219,6 +228,17 @@ class Checkpoints:
                 + "\n  ".join(problems[:5]) + ("\n  ..." if len(problems) > 5 else "")
                 + "\nBuild the model with the same code and sizes as the one that saved it.")
 
+    def delete(self, step: int) -> None:
+        """Removes one step (e.g. to overwrite it)."""
+        if step in self.steps():
+            self.manager.delete(step)
+
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for background writes, then releases the manager."""
+        try:
+            self.manager.wait_until_finished()
+        except OSError as error:
+            raise CheckpointError(f"Writing a checkpoint to {self.directory} failed: {error}. "
+                                  "Earlier checkpoints are untouched.") from error
+        finally:
+            self.manager.close()

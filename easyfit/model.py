@@ -296,6 +296,7 @@ class Model:
         """Writes the weights (parameters, batch statistics, RNG state) to a checkpoint
         directory; :meth:`load_weights` on a model built by the same code restores them."""
         store = Checkpoints(path, keep_latest=1, async_save=False)
+        store.delete(self._step_count)  # saving again at the same step overwrites, as Keras
         store.save(self._step_count, self._weights_now(), {"epoch": self._position[0]})
         store.close()
 

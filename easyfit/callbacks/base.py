@@ -91,6 +91,8 @@ class Callback:
 
 
 HOOKS = [name for name in vars(Callback) if name.startswith("on_")]
+# Positional arguments of each hook, logs included: (epoch | batch, logs) or (logs,).
+_ARITY = {hook: 2 if ("epoch" in hook or "batch" in hook) else 1 for hook in HOOKS}
 
 
 def _overrides(callback: Callback, hook: str) -> bool:
@@ -119,20 +121,21 @@ class CallbackList:
                 callback.set_model(model)
             if params is not None:
                 callback.set_params(params)
-        self._hooks = {hook: [getattr(c, hook) for c in self.callbacks if _overrides(c, hook)]
-                       for hook in HOOKS}
+        self._hooks = {hook: [c for c in self.callbacks if _overrides(c, hook)] for hook in HOOKS}
 
     def wants(self, hook: str) -> bool:
         """Whether any callback overrides ``hook`` (so the loop can skip work for it)."""
         return bool(self._hooks[hook])
 
     def call(self, hook: str, *args: Any) -> None:
-        for method in self._hooks[hook]:
+        """Calls ``hook`` with Keras's arguments: ``logs`` is always passed (``{}`` if none)."""
+        if len(args) < _ARITY[hook]:
+            args = (*args, {})
+        for callback in self._hooks[hook]:
             try:
-                method(*args)
+                getattr(callback, hook)(*args)
             except Exception as error:
-                owner = type(getattr(method, "__self__", method)).__name__
-                error.add_note(f"(raised in callback {owner}.{hook})")
+                error.add_note(f"(raised in callback {type(callback).__name__}.{hook})")
                 raise
 
     def close(self) -> None:
