@@ -139,6 +139,8 @@ class Checkpoints:
             items["train"] = ocp.args.StandardSave(train)
         if arrays:
             items["arrays"] = ocp.args.StandardSave(arrays)
+        if step in self.manager.all_steps():  # e.g. a rerun after a resume: the newer wins
+            self.manager.delete(step)
         try:
             metrics = None if metric is None else {
                 "monitor": float(metric), "rank": float(metric if self.mode == "min" else -metric)}

@@ -36,6 +36,9 @@ class LazyLogs(Mapping):
     def __len__(self) -> int:
         return len(self._keys)
 
+    def __contains__(self, key: object) -> bool:  # answers from the keys: no device wait
+        return key in self._keys
+
     def __repr__(self) -> str:
         return repr(self._resolve())
 

@@ -21,7 +21,7 @@ class ModelCheckpoint(Callback):
         save_weights_only: save weights only (no optimizer state).
         mode: ``"min"``, ``"max"`` or ``"auto"``.
         save_freq: ``"epoch"`` or a number of steps (those saves rank by the latest logs).
-        keep_best: how many best checkpoints to keep (``None``: all that were saved best).
+        keep_best: how many best checkpoints to keep (``None``: keep only ``keep_latest``).
         keep_latest: how many newest checkpoints to keep.
         async_save: write in the background (the step waits only for the device-to-host copy).
 
