@@ -239,8 +239,11 @@ class Checkpoints:
         """Waits for background writes, then releases the manager."""
         try:
             self.manager.wait_until_finished()
+            self.manager.close()
         except OSError as error:
+            try:
+                self.manager.close()
+            except OSError:
+                pass  # the same stored failure, re-raised by orbax: reported once, below
             raise CheckpointError(f"Writing a checkpoint to {self.directory} failed: {error}. "
                                   "Earlier checkpoints are untouched.") from error
-        finally:
-            self.manager.close()

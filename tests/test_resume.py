@@ -199,15 +199,17 @@ class Inject(ef.callbacks.Callback):
         logs[self.key] = float(self.values[epoch])
 
 
-def test_resume_restores_early_stopping_and_history_state(tmp_path):
-    # uninterrupted: best at epoch 1, stops at epoch 4 (patience 3)
+def test_resume_restores_callback_and_history_state(tmp_path):
+    # uninterrupted: best at epoch 1; the LR halves after epoch 3 (patience 2); training
+    # stops at epoch 4 (patience 3)
     seq = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99]
 
     def run(*extra):
         stopper = ef.callbacks.EarlyStopping(monitor="val_loss", patience=3,
                                              restore_best_weights=True)
+        plateau = ef.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=2, factor=0.5)
         model, history = _fit(tmp_path / "backup", *extra, epochs=len(seq), scheduled=False,
-                              callbacks_before=[Inject("val_loss", seq), stopper])
+                              callbacks_before=[Inject("val_loss", seq), plateau, stopper])
         return model, history, stopper
 
     reference, ref_history, ref_stopper = run()
@@ -219,6 +221,10 @@ def test_resume_restores_early_stopping_and_history_state(tmp_path):
     assert history.epoch == [0, 1, 2, 3, 4]             # the wait counter came back
     assert history.history["val_loss"] == seq[:5]        # so did the History of epochs 0-2
     assert stopper.best == 0.9 and stopper.best_epoch == 1 and stopper.stopped_epoch == 4
+    # ReduceLROnPlateau's wait counter came back: the reduction still happens after epoch 3
+    assert history.history["lr"][2] == pytest.approx(3e-3)
+    assert history.history["lr"][4] == pytest.approx(1.5e-3)
+    assert resumed.optimizer.learning_rate == pytest.approx(1.5e-3)
     _assert_same_run(resumed, history, reference, ref_history)   # best weights came back too
 
 

@@ -44,6 +44,7 @@ class BackupAndRestore(Callback):
         self._last_saved_step = 0
 
     def on_train_begin(self, logs=None):
+        # One backup: orbax commits atomically, so a kill mid-write leaves the previous one.
         self._store = Checkpoints(self.backup_dir, keep_latest=1)
         restored = self._store.restore(*self.model._checkpoint_targets(train=True))
         if restored is not None:
