@@ -13,11 +13,15 @@ softmax cross-entropy, this measures training steps per second, compile excluded
                 device (``(steps, B, ...)`` jnp arrays): no per-step dispatch, no host data
                 work. This is the throughput the machine gives to this model and batch.
 
-Each variant is warmed up with one epoch (this compiles), then ``--epochs`` epochs are timed,
-best of ``--repeats``. easyfit's timed runs are further ``fit`` calls on the same model: they
-must reuse the compiled step, which is checked (``model._steps.train._cache_size() == 1``).
+Each variant is warmed up with one epoch (this compiles), then timed in trials of whole
+epochs (about ``--seconds`` each); trials of all variants are interleaved, ``--repeats``
+rounds, and each variant keeps its best trial, so bursts of other work on the machine hit
+every variant alike and the best trial is the least disturbed one. easyfit's trials are
+further ``fit(..., epochs=n)`` calls on the same model: they must reuse the compiled step,
+which is checked (``model._steps.train._cache_size() == 1``; anything else is reported as a
+bug). A diagnostic row times easyfit's jitted step alone on chunks already on the device.
 
-Run:  python benchmarks/fit_overhead.py            (full, a few minutes on 2 CPU cores)
+Run:  python benchmarks/fit_overhead.py            (full, ~5 minutes on 2 CPU cores)
       python benchmarks/fit_overhead.py --quick    (short smoke run)
 """
 
@@ -42,6 +46,7 @@ import easyfit as ef
 
 LR = 1e-3
 WAIT_IDLE = True  # --no-wait-idle turns it off
+QUIET = 0.10      # a trial is "quiet" if other processes used at most this share of the CPU
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +71,7 @@ class Config:
     sizes: tuple[int, ...]
     batch: int
     steps: int          # batches per epoch (rows = batch * steps, so no partial batch)
-    epochs: int         # epochs per timed run
+    epochs: int         # at most this many epochs per timed trial
     ks: tuple[int, ...]  # steps_per_execution values for easyfit
 
     @property
@@ -101,7 +106,7 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def wait_idle(max_busy: float = 0.15, window: float = 0.5, timeout: float = 15.0) -> float:
+def wait_idle(max_busy: float = 0.15, window: float = 0.5, timeout: float = 2.0) -> float:
     """Waits until the machine is quiet (others' CPU use < ``max_busy`` over ``window`` s).
 
     Other processes (a test run, say) on a 2-core machine distort timings badly. Returns the
@@ -119,26 +124,57 @@ def wait_idle(max_busy: float = 0.15, window: float = 0.5, timeout: float = 15.0
             return busy
 
 
-def best_of(run: Callable[[], None], repeats: int) -> tuple[float, float]:
-    """Best wall time (s) of ``repeats`` calls of ``run`` (each ends synchronised).
+def timed(run: Callable[[], None]) -> tuple[float, float]:
+    """Wall time (s) of ``run()`` (which ends synchronised) and the share of the machine's
+    CPU that *other* processes used meanwhile (0.0 = we had the machine to ourselves)."""
+    busy0, total0 = _cpu_times()
+    own0 = sum(os.times()[:2])
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    busy1, total1 = _cpu_times()
+    own = (sum(os.times()[:2]) - own0) * os.sysconf("SC_CLK_TCK")
+    others = max(0.0, (busy1 - busy0 - own) / max(total1 - total0, 1))
+    return seconds, others
 
-    Also returns the share of the machine's CPU that *other* processes used during the best
-    run (0.0 = we had the machine to ourselves), so contended numbers can be flagged.
-    """
-    best = (float("inf"), 0.0)
-    for _ in range(repeats):
-        if WAIT_IDLE:
-            wait_idle()
-        busy0, total0 = _cpu_times()
-        own0 = sum(os.times()[:2])
-        start = time.perf_counter()
-        run()
-        seconds = time.perf_counter() - start
-        busy1, total1 = _cpu_times()
-        own = (sum(os.times()[:2]) - own0) * os.sysconf("SC_CLK_TCK")
-        others = max(0.0, (busy1 - busy0 - own) / max(total1 - total0, 1))
-        best = min(best, (seconds, others))
-    return best
+
+@dataclass
+class Variant:
+    """One thing to time: ``run(n)`` trains ``n`` epochs and returns when the device is done."""
+
+    config: Config
+    name: str
+    run: Callable[[int], None]
+    check: Callable[[], str] = lambda: ""   # after timing: "" or a problem to report
+    epochs: int = 1                         # per timed trial (calibrated)
+    trials: list[tuple[float, float]] = None  # (seconds, others' CPU share)
+
+    def prepare(self, target_s: float, max_epochs: int) -> None:
+        """Warm-up epoch (compiles), then picks the epochs per trial for ~``target_s``."""
+        self.run(1)
+        seconds, _ = timed(lambda: self.run(1))
+        self.epochs = int(min(max_epochs, max(1, round(target_s / seconds))))
+        self.trials = []
+
+    def trial(self, attempts: int = 1) -> None:
+        """One timed trial; retried (up to ``attempts`` runs) while others used the CPU."""
+        for _ in range(attempts):
+            if WAIT_IDLE:
+                wait_idle()
+            self.trials.append(timed(lambda: self.run(self.epochs)))
+            if self.trials[-1][1] <= QUIET:
+                return
+
+    def result(self) -> "Result":
+        # Contention only ever slows a run down: the fastest quiet trial is the measurement.
+        quiet = [t for t in self.trials if t[1] <= QUIET]
+        seconds, others = min(quiet or self.trials)
+        note = self.check()
+        if not quiet:
+            note = (note + "; " if note else "") + "no quiet trial: contended"
+        return Result(self.config.label, self.name,
+                      self.epochs * self.config.steps / seconds, others, note,
+                      len(quiet), len(self.trials))
 
 
 @dataclass
@@ -146,15 +182,21 @@ class Result:
     config: str
     variant: str
     steps_per_s: float
-    others: float = 0.0  # other processes' CPU share during the best run
+    others: float = 0.0  # other processes' CPU share during the best trial
     note: str = ""
+    quiet_trials: int = 0
+    trials: int = 0
+
+
+def _split(cfg: Config):
+    graphdef, params = nnx.split(make_module(cfg), nnx.Param)
+    tx = optax.adamw(LR, weight_decay=0.0)
+    return graphdef, params, tx, tx.init(params)
 
 
 # (c) the dispatch-free limit ------------------------------------------------------------------
-def bench_limit(cfg: Config, x: np.ndarray, y: np.ndarray, repeats: int) -> Result:
-    graphdef, params = nnx.split(make_module(cfg), nnx.Param)
-    tx = optax.adamw(LR, weight_decay=0.0)
-    opt_state = tx.init(params)
+def limit_variant(cfg: Config, x: np.ndarray, y: np.ndarray) -> Variant:
+    graphdef, params, tx, opt_state = _split(cfg)
     xs = jnp.asarray(x.reshape(cfg.steps, cfg.batch, -1))
     ys = jnp.asarray(y.reshape(cfg.steps, cfg.batch))
 
@@ -178,17 +220,12 @@ def bench_limit(cfg: Config, x: np.ndarray, y: np.ndarray, repeats: int) -> Resu
         jax.block_until_ready((p, o, total))
         state[:] = [p, o]
 
-    run(1)  # compile + warm-up epoch
-    seconds, others = best_of(lambda: run(cfg.epochs), repeats)
-    return Result(cfg.label, "(c) limit: 1 jitted scan / epoch",
-                  cfg.epochs * cfg.steps / seconds, others)
+    return Variant(cfg, "(c) limit: 1 jitted scan / epoch", run)
 
 
 # (b) hand-written per-step loop --------------------------------------------------------------
-def bench_hand(cfg: Config, x: np.ndarray, y: np.ndarray, repeats: int) -> Result:
-    graphdef, params = nnx.split(make_module(cfg), nnx.Param)
-    tx = optax.adamw(LR, weight_decay=0.0)
-    opt_state = tx.init(params)
+def hand_variant(cfg: Config, x: np.ndarray, y: np.ndarray) -> Variant:
+    graphdef, params, tx, opt_state = _split(cfg)
 
     def train_step(params, opt_state, xb, yb):
         loss, grads = jax.value_and_grad(loss_fn, argnums=1)(graphdef, params, xb, yb)
@@ -208,43 +245,71 @@ def bench_hand(cfg: Config, x: np.ndarray, y: np.ndarray, repeats: int) -> Resul
         jax.block_until_ready((p, o, loss))
         state[:] = [p, o]
 
-    run(1)
-    seconds, others = best_of(lambda: run(cfg.epochs), repeats)
-    return Result(cfg.label, "(b) hand-written jit step / batch",
-                  cfg.epochs * cfg.steps / seconds, others)
+    return Variant(cfg, "(b) hand-written jit step / batch", run)
 
 
 # (a) easyfit -------------------------------------------------------------------------------
-def bench_easyfit(cfg: Config, x: np.ndarray, y: np.ndarray, k: int, repeats: int,
-                  problems: list[str]) -> Result:
+def _easyfit_model(cfg: Config, k: int) -> "ef.Model":
     model = ef.Model(make_module(cfg))
     model.compile(optimizer=ef.optimizers.adamw(LR, weight_decay=0.0),
                   loss="sparse_categorical_crossentropy", steps_per_execution=k)
+    return model
+
+
+def easyfit_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int) -> Variant:
+    model = _easyfit_model(cfg, k)
+    fits = [0]
 
     def run(n):
         model.fit(x, y, batch_size=cfg.batch, epochs=n, shuffle=False, verbose=0)
         jax.block_until_ready(model._state)
+        fits[0] += 1
 
-    run(1)  # compiles the train step
-    seconds, others = best_of(lambda: run(cfg.epochs), repeats)
-    cache = model._steps.train._cache_size()
-    note = ""
-    if cache != 1:
-        note = f"BUG: train step compiled {cache}x"
-        problems.append(f"{cfg.label}, k={k}: train step cache size {cache} after "
-                        f"{repeats + 1} fit calls (expected 1: a later fit recompiled)")
-    return Result(cfg.label, f"(a) easyfit steps_per_execution={k}",
-                  cfg.epochs * cfg.steps / seconds, others, note)
+    def check() -> str:
+        cache = model._steps.train._cache_size()
+        if cache == 1:
+            return ""
+        return f"BUG: train step compiled {cache}x over {fits[0]} fit calls (expected 1)"
+
+    return Variant(cfg, f"(a) easyfit steps_per_execution={k}", run, check)
+
+
+def easyfit_step_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int) -> Variant:
+    """Diagnostic: easyfit's jitted train step alone, on chunks placed on the device up front.
+
+    No data path, no Python loop beyond one call per chunk: what the compiled step costs.
+    Uses easyfit internals (``_steps``, ``_distribution``, ``data.adapters.ArrayAdapter``).
+    """
+    from easyfit.data.adapters import ArrayAdapter
+
+    model = _easyfit_model(cfg, k)
+    model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, shuffle=False,
+              verbose=0)  # builds the state and the step
+    adapter = ArrayAdapter(x, y, batch_size=cfg.batch)
+    chunks = [model._distribution.place_chunk(c) for c, _ in adapter.chunks(0, k)]
+    # A private copy of the state: the model's own may share buffers with its module.
+    state = [jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a,
+                          model._state)]
+    train = model._steps.train
+
+    def run(n):
+        st = state[0]
+        for _ in range(n):
+            for chunk in chunks:
+                st = train(st, chunk)
+        state[0] = jax.block_until_ready(st)
+
+    return Variant(cfg, f"    easyfit step only, k={k} (diagnostic)", run)
 
 
 # ---------------------------------------------------------------------------------------------
 def configs(quick: bool) -> list[Config]:
     if quick:
-        return [Config("small", (64, 64, 10), 32, 128, 2, (1, 8, 128)),
-                Config("medium", (784, 512, 512, 10), 128, 16, 1, (1, 16))]
+        return [Config("small", (64, 64, 10), 32, 128, 8, (1, 8, 128)),
+                Config("medium", (784, 512, 512, 10), 128, 16, 2, (1, 16))]
     # Steps per epoch are powers of two so every k divides them: no filler batches.
-    return [Config("small", (64, 64, 10), 32, 512, 8, (1, 8, 32, 128, 512)),
-            Config("medium", (784, 512, 512, 10), 128, 128, 3, (1, 8, 32, 128))]
+    return [Config("small", (64, 64, 10), 32, 512, 64, (1, 8, 32, 128, 512)),
+            Config("medium", (784, 512, 512, 10), 128, 128, 8, (1, 8, 32, 128))]
 
 
 def machine_info() -> str:
@@ -266,9 +331,9 @@ def machine_info() -> str:
 
 
 def table(results: list[Result]) -> str:
-    header = (f"| {'config':<30} | {'variant':<36} | {'steps/s':>9} | {'vs (c)':>6} | "
+    header = (f"| {'config':<30} | {'variant':<42} | {'steps/s':>9} | {'vs (c)':>6} | "
               f"{'vs (b)':>6} | {'others':>6} | note")
-    rule = f"|{'-' * 32}|{'-' * 38}|{'-' * 11}|{'-' * 8}|{'-' * 8}|{'-' * 8}|------"
+    rule = f"|{'-' * 32}|{'-' * 44}|{'-' * 11}|{'-' * 8}|{'-' * 8}|{'-' * 8}|------"
     rows = [header, rule]
     by_config: dict[str, dict[str, float]] = {}
     for r in results:
@@ -277,7 +342,7 @@ def table(results: list[Result]) -> str:
         ref = by_config[r.config]
         vs_c = r.steps_per_s / ref["(c)"]
         vs_b = r.steps_per_s / ref["(b)"]
-        rows.append(f"| {r.config:<30} | {r.variant:<36} | {r.steps_per_s:>9.0f} | "
+        rows.append(f"| {r.config:<30} | {r.variant:<42} | {r.steps_per_s:>9.0f} | "
                     f"{vs_c:>5.2f}x | {vs_b:>5.2f}x | {r.others:>6.0%} | {r.note}")
     return "\n".join(rows)
 
@@ -285,45 +350,69 @@ def table(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs (best is kept)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed trials per variant, interleaved (the best is kept); "
+                             "default 5 (3 with --quick)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="target length of one trial (default 1.0, 0.3 with --quick)")
+    parser.add_argument("--attempts", type=int, default=4,
+                        help="runs per trial at most, retrying while other processes use "
+                             f"more than {QUIET:.0%} of the CPU (default 4)")
     parser.add_argument("--only", choices=["small", "medium"], help="one config only")
+    parser.add_argument("--no-diagnostic", action="store_true",
+                        help="skip the 'easyfit step only' diagnostic rows")
     parser.add_argument("--no-wait-idle", action="store_true",
-                        help="do not wait for other processes to go quiet before each timing")
+                        help="do not wait for other processes to go quiet before each trial")
     args = parser.parse_args(argv)
     global WAIT_IDLE
     WAIT_IDLE = not args.no_wait_idle
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 5)
+    target = args.seconds or (0.3 if args.quick else 1.0)
 
     print(machine_info())
     print(f"command:  python {' '.join(sys.argv)}")
-    print(f"repeats:  best of {repeats}\n", flush=True)
+    print(f"timing:   {repeats} interleaved trials per variant of ~{target:g} s each, best kept; "
+          f"compile excluded (one warm-up epoch per variant first)\n", flush=True)
 
     results: list[Result] = []
-    problems: list[str] = []
     for cfg in configs(args.quick):
         if args.only and cfg.name != args.only:
             continue
         x, y = make_data(cfg)
-        print(f"{cfg.label}: {cfg.steps} steps/epoch, {cfg.epochs} timed epochs", flush=True)
-        for bench in (bench_limit, bench_hand):
-            results.append(bench(cfg, x, y, repeats))
-            print(f"  {results[-1].variant:<38} {results[-1].steps_per_s:>9.0f} steps/s",
-                  flush=True)
-        for k in cfg.ks:
-            results.append(bench_easyfit(cfg, x, y, k, repeats, problems))
-            print(f"  {results[-1].variant:<38} {results[-1].steps_per_s:>9.0f} steps/s "
-                  f"{results[-1].note}", flush=True)
+        variants = [limit_variant(cfg, x, y), hand_variant(cfg, x, y)]
+        variants += [easyfit_variant(cfg, x, y, k) for k in cfg.ks]
+        if not args.no_diagnostic:
+            try:
+                variants.append(easyfit_step_only_variant(cfg, x, y, max(cfg.ks)))
+            except Exception as error:  # internals moved: skip the diagnostic, keep going
+                print(f"  (diagnostic skipped: {type(error).__name__}: {error})")
+        print(f"{cfg.label}: {cfg.steps} steps/epoch; warming up {len(variants)} variants",
+              flush=True)
+        for variant in variants:
+            variant.prepare(target, cfg.epochs)
+        for i in range(repeats):
+            for variant in variants:
+                variant.trial(attempts=args.attempts)
+            print(f"  trial round {i + 1}/{repeats} done", flush=True)
+        for variant in variants:
+            results.append(variant.result())
+            r = results[-1]
+            print(f"  {r.variant:<42} {r.steps_per_s:>9.0f} steps/s  ({variant.epochs} epochs "
+                  f"a trial; {r.quiet_trials}/{r.trials} trials quiet; others in best "
+                  f"{r.others:.0%}) {r.note}", flush=True)
 
     print()
     print(table(results))
+    problems = [f"{r.config} {r.variant.strip()}: {r.note}" for r in results if r.note]
     if problems:
         print("\nPROBLEMS:")
         for p in problems:
             print(f"  - {p}")
     else:
-        print("\neasyfit: train step compiled once per model across all fit calls (cache size 1)")
-    print("others = CPU share used by other processes during the best timed run "
-          "(high values mean a contended, pessimistic number)")
+        print("\neasyfit: the train step compiled once per model across all fit calls "
+              "(model._steps.train._cache_size() == 1)")
+    print(f"others = CPU share used by other processes during the best trial; trials above "
+          f"{QUIET:.0%} are retried (--attempts) and count only if no quiet one exists")
     return 0
 
 

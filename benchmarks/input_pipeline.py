@@ -338,7 +338,8 @@ def rounds(rows: list[Row]) -> str:
     """Every round's per-epoch seconds, to show the spread behind the medians."""
     out = []
     for r in rows:
-        for name in ("host", "host-ef", "device", "fit", "no-thread", "fit+wait", "serial", "others"):
+        for name in ("host", "host-ef", "device", "fit", "no-thread", "fit+wait", "serial",
+                     "others"):
             out.append(f"  {r.case:<7} {name:<10} " + " ".join(f"{v:.3f}" for v in r.times[name]))
     return "\n".join(out)
 
@@ -402,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.cases.split(","):
         rows.append(bench_case(kind.strip(), host_s, args, x, y, model))
         r = rows[-1]
-        print(f"{kind:<7} host {r.med('host'):.3f}s  host-ef {r.med('host-ef'):.3f}s  device {r.med('device'):.3f}s  "
+        print(f"{kind:<7} host {r.med('host'):.3f}s  host-ef {r.med('host-ef'):.3f}s  "
+              f"device {r.med('device'):.3f}s  "
               f"fit {r.med('fit'):.3f}s  no-thread {r.med('no-thread'):.3f}s  "
               f"fit+wait {r.med('fit+wait'):.3f}s  "
               f"serial {r.med('serial'):.3f}s  (per epoch)", flush=True)

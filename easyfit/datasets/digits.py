@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -34,6 +35,7 @@ def _tfds():
     return tfds
 
 
+@functools.lru_cache(maxsize=None)  # TFDS registers a builder name once per process
 def _builder_class():
     tfds = _tfds()
 
