@@ -252,10 +252,3 @@ def get(metric: str | Metric | Callable, from_logits: bool = True) -> Metric:
     raise TypeError(f"A metric must be a name, an ef.metrics.Metric or a callable; got "
                     f"{type(metric).__name__}.")
 
-
-def zeros_like_totals(metric: Metric, y_true: Any, y_pred: Any) -> Totals:
-    """Zero totals with the structure ``metric.totals`` returns for these shapes."""
-    shapes = jax.eval_shape(metric.totals, y_true, y_pred,
-                            jax.ShapeDtypeStruct((jax.tree.leaves(y_pred)[0].shape[0],),
-                                                 jnp.float32))
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
