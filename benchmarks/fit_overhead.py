@@ -172,9 +172,11 @@ class Variant:
         note = self.check()
         if not quiet:
             note = (note + "; " if note else "") + "no quiet trial: contended"
-        return Result(self.config.label, self.name,
-                      self.epochs * self.config.steps / seconds, others, note,
-                      len(quiet), len(self.trials))
+        pool = sorted(t for t, _ in (quiet or self.trials))
+        median = pool[len(pool) // 2] if len(pool) % 2 else sum(pool[len(pool) // 2 - 1:][:2]) / 2
+        steps = self.epochs * self.config.steps
+        return Result(self.config.label, self.name, steps / seconds, others, note,
+                      len(quiet), len(self.trials), steps / median)
 
 
 @dataclass
@@ -186,6 +188,7 @@ class Result:
     note: str = ""
     quiet_trials: int = 0
     trials: int = 0
+    median_steps_per_s: float = 0.0  # over the trials the best was chosen from
 
 
 def _split(cfg: Config):
@@ -332,8 +335,9 @@ def machine_info() -> str:
 
 def table(results: list[Result]) -> str:
     header = (f"| {'config':<30} | {'variant':<42} | {'steps/s':>9} | {'vs (c)':>6} | "
-              f"{'vs (b)':>6} | {'others':>6} | note")
-    rule = f"|{'-' * 32}|{'-' * 44}|{'-' * 11}|{'-' * 8}|{'-' * 8}|{'-' * 8}|------"
+              f"{'vs (b)':>6} | {'median':>9} | {'others':>6} | note")
+    rule = (f"|{'-' * 32}|{'-' * 44}|{'-' * 10}:|{'-' * 7}:|{'-' * 7}:|{'-' * 10}:|"
+            f"{'-' * 7}:|------")
     rows = [header, rule]
     by_config: dict[str, dict[str, float]] = {}
     for r in results:
@@ -343,7 +347,8 @@ def table(results: list[Result]) -> str:
         vs_c = r.steps_per_s / ref["(c)"]
         vs_b = r.steps_per_s / ref["(b)"]
         rows.append(f"| {r.config:<30} | {r.variant:<42} | {r.steps_per_s:>9.0f} | "
-                    f"{vs_c:>5.2f}x | {vs_b:>5.2f}x | {r.others:>6.0%} | {r.note}")
+                    f"{vs_c:>5.2f}x | {vs_b:>5.2f}x | {r.median_steps_per_s:>9.0f} | {r.others:>6.0%} | "
+                    f"{r.note}")
     return "\n".join(rows)
 
 
@@ -411,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("\neasyfit: the train step compiled once per model across all fit calls "
               "(model._steps.train._cache_size() == 1)")
-    print(f"others = CPU share used by other processes during the best trial; trials above "
-          f"{QUIET:.0%} are retried (--attempts) and count only if no quiet one exists")
+    print(f"steps/s = best trial; median = median trial (of the quiet ones); others = CPU "
+          f"share used by other processes during the best trial; trials above {QUIET:.0%} are "
+          f"retried (--attempts) and count only if no quiet one exists")
     return 0
 
 

@@ -185,16 +185,18 @@ class ArrayAdapter(DataAdapter):
             raise ValueError(f"validation_split={validation_split} of {self.num_rows} rows leaves "
                              "one side empty; use a fraction that keeps rows on both sides.")
 
-        def part(rows: slice, steps: int | None, class_weight: dict | None) -> ArrayAdapter:
+        def part(rows: slice, steps: int | None, class_weight: dict | None,
+                 shuffle: bool) -> ArrayAdapter:
             pick = lambda tree: jax.tree.map(lambda a: a[rows], tree)
             weight = None if self.user_weight is None else self.user_weight[rows]
             return ArrayAdapter(pick(self.x), pick(self.y), weight, class_weight,
-                                self.batch_size, self.shuffle, self.seed, steps,
+                                self.batch_size, shuffle, self.seed, steps,
                                 self.process_index, self.process_count)
 
-        # As Keras: class weights weight training only; sample weights go with their rows.
-        return (part(slice(0, cut), self.max_steps, self.class_weight),
-                part(slice(cut, None), None, None))
+        # As Keras: class weights weight training only; sample weights go with their rows;
+        # validation rows are read in order.
+        return (part(slice(0, cut), self.max_steps, self.class_weight, self.shuffle),
+                part(slice(cut, None), None, None, False))
 
 
 Keys = tuple[Any, Any] | None
