@@ -104,7 +104,7 @@ class Checkpoints:
                                        keep_checkpoints_without_metrics=False))
         try:
             os.makedirs(self.directory, exist_ok=True)
-            probe = os.path.join(self.directory, ".easyfit-write-test")
+            probe = os.path.join(self.directory, f".easyfit-write-test-{jax.process_index()}")
             with open(probe, "w") as handle:
                 handle.write("ok")
             os.remove(probe)

@@ -17,6 +17,7 @@ from easyfit.callbacks.base import CallbackList, LazyLogs
 from easyfit.data.adapters import DataAdapter
 from easyfit.data.batch import Batch
 from easyfit.data.prefetch import prefetch
+from easyfit.distribute import any_process, fetch
 
 if TYPE_CHECKING:
     from easyfit.model import Model
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 def _floats(tree: dict[str, Any], names: list[str]) -> dict[str, float]:
     """Host floats in Keras's order (loss first); jitted dicts come back sorted."""
-    host = jax.device_get(tree)
+    host = fetch(tree)
     return {key: float(host[key]) for key in names}
 
 
@@ -71,6 +72,8 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             model._position = (epoch, done)
             if batch_hooks:
                 callbacks.on_train_batch_end(done - 1, LazyLogs(names, read_logs))
+                # every process takes the same decision (a no-op with one process)
+                model.stop_training = any_process(model.stop_training)
             if model.stop_training:
                 break
         if done == 0:
@@ -84,6 +87,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             logs.update({f"val_{key}": value for key, value in val_logs.items()})
         model._position = (epoch + 1, 0)
         callbacks.on_epoch_end(epoch, logs)
+        model.stop_training = any_process(model.stop_training)
         if model.stop_training or (train.exhausted and train.steps is None):
             break
     callbacks.on_train_end(logs)
@@ -145,5 +149,5 @@ def predict_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) -> 
 
 
 def _unstack(stacked: Any, sizes: list[int]) -> list[Any]:
-    host = jax.device_get(stacked)
+    host = fetch(stacked)
     return [jax.tree.map(lambda a: a[i, :size], host) for i, size in enumerate(sizes)]

@@ -31,9 +31,10 @@ from easyfit import optimizers as optimizers_lib
 from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays, adapt
 from easyfit.checkpoint import Checkpoints, abstract
-from easyfit.distribute import DataParallel
+from easyfit.distribute import DataParallel, Distribution, is_chief
 from easyfit.loop import evaluate_loop, fit_loop, predict_loop
-from easyfit.state import GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree, reseed, split
+from easyfit.state import (GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree, is_factory,
+                           reseed, split)
 from easyfit.step import Steps
 from easyfit.summary import summarize
 
@@ -61,10 +62,14 @@ class Model:
     """A Flax module with Keras's training API.
 
     Args:
-        module: an ``nnx.Module``, or a ``flax.linen.Module`` (initialised from
-            ``sample_input``, or from the first batch ``fit``/``evaluate``/``predict`` sees).
+        module: an ``nnx.Module``; a ``flax.linen.Module`` (initialised from
+            ``sample_input``, or from the first batch ``fit``/``evaluate``/``predict`` sees);
+            or a function of no arguments that builds an ``nnx.Module``, which is then
+            built with every parameter created directly in its sharding (for models too
+            large for one device).
         sample_input: an example input batch, needed now only for Linen modules.
-        distribution: where arrays live; default: data parallel over all devices.
+        distribution: where arrays live (``ef.distribute.DataParallel``, ``FSDP`` or
+            ``ModelParallel``); default: data parallel over all devices.
 
     Attributes:
         stop_training: set to ``True`` (e.g. from a callback) to end ``fit`` after the step.
@@ -76,10 +81,16 @@ class Model:
     """
 
     def __init__(self, module: Any, sample_input: Any = None,
-                 distribution: DataParallel | None = None):
+                 distribution: Distribution | None = None):
+        if distribution is not None and not isinstance(distribution, Distribution):
+            raise TypeError(f"distribution must be an ef.distribute strategy (DataParallel, "
+                            f"FSDP, ModelParallel); got {type(distribution).__name__}.")
+        self._distribution = distribution or DataParallel()
+        if is_factory(module):
+            module = self._distribution.create(module)
         self._user_module = module
         self._module = as_nnx(module, sample_input)
-        self._distribution = distribution or DataParallel()
+        self._shardings: TrainState | None = None  # of every part of the training state
         self._compiled = False
         self.stop_training = False
         self.history: History | None = None
@@ -216,10 +227,20 @@ class Model:
             params, rest = split(self._module)
             rest = reseed(rest, self._seed)
             nnx.update(self._module, rest)
-            sample = data.sample_batch()
-            self._state = self._distribution.replicate(TrainState(
-                params=params, rest=rest, opt_state=transform.init(params),
-                step=jnp.zeros([], jnp.int32), totals=steps.zero_totals(params, rest, sample)))
+            dist, replicated = self._distribution, self._distribution.replicate
+            params_sharding, opt_sharding = dist.state_shardings(
+                params, jax.eval_shape(transform.init, params))
+            params = dist.place(params, params_sharding)
+            # The optimizer state is created where it lives: never whole on one device.
+            opt_state = jax.jit(transform.init, out_shardings=opt_sharding)(params)
+            totals = steps.zero_totals(params, rest, data.sample_batch())
+            one = jax.sharding.NamedSharding(dist.mesh, jax.sharding.PartitionSpec())
+            self._shardings = TrainState(params=params_sharding, rest=one,
+                                         opt_state=opt_sharding, step=one, totals=one)
+            self._state = TrainState(params=params, rest=replicated(rest), opt_state=opt_state,
+                                     step=replicated(jnp.zeros([], jnp.int32)),
+                                     totals=replicated(totals))
+            steps.shard_train(self._shardings)
             self._module_shared = True
             self._step_count = 0
             self._has_lr = self._optimizer.current_lr(self._state.opt_state) is not None
@@ -227,8 +248,9 @@ class Model:
     def _train_on_chunk(self, chunk: Any, batches: int) -> None:
         if self._module_shared:  # the module may hold the state's buffers or user edits
             params, rest = split(self._module)
-            self._state = self._state.replace(params=copy_tree(params), rest=copy_tree(rest))
-            self._state = self._distribution.replicate(self._state)
+            self._state = self._distribution.place(
+                self._state.replace(params=copy_tree(params), rest=copy_tree(rest)),
+                self._shardings)
             self._module_shared = False
         self._state = self._steps.train(self._state, chunk)
         self._module_stale = True
@@ -241,7 +263,14 @@ class Model:
     def _eval_state(self) -> tuple[Any, Any]:
         if self._state is not None and not self._module_shared:
             return self._state.params, self._state.rest
-        return self._distribution.replicate(split(self.module))
+        params, rest = split(self.module)
+        return (self._distribution.place(params, self._params_sharding(params)),
+                self._distribution.replicate(rest))
+
+    def _params_sharding(self, params: Any) -> Any:
+        if self._shardings is not None:
+            return self._shardings.params
+        return self._distribution.param_shardings(params)
 
     # -- checkpoints: what is saved and restored -------------------------------------------
     def _host_step(self) -> int:
@@ -379,7 +408,7 @@ class Model:
                 (x_key, y_key))
         total_steps = None if train.steps is None else train.steps * epochs
         self._build(train, total_steps)
-        verbose = _verbosity(verbose)
+        verbose = _verbosity(verbose) if is_chief() else 0  # one progress display per job
         history = History()
         extra = [ProgressBar(verbose)] if verbose else []
         # As Keras: the progress display first, History after the user's callbacks (it records

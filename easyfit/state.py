@@ -77,6 +77,18 @@ class LinenModule(nnx.Module):
         return self.linen(x, mutable=mutable, **self._flag_kwargs(self.deterministic))
 
 
+def is_factory(module: Any) -> bool:
+    """Whether ``module`` is a function of no arguments (that builds a module)."""
+    if not callable(module) or isinstance(module, (nnx.Module, linen.Module)):
+        return False
+    try:
+        return not any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                           p.POSITIONAL_OR_KEYWORD)
+                       for p in inspect.signature(module).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
 def as_nnx(module: Any, sample_input: Any = None, seed: int = 0) -> nnx.Module | None:
     """Returns an NNX module for ``module``; ``None`` while a Linen module awaits its input."""
     if isinstance(module, nnx.Module):
@@ -85,8 +97,8 @@ def as_nnx(module: Any, sample_input: Any = None, seed: int = 0) -> nnx.Module |
         if sample_input is None:
             return None
         return LinenModule(module, sample_input, seed)
-    raise TypeError(f"ef.Model expects a flax.nnx.Module or a flax.linen.Module; got "
-                    f"{type(module).__name__}.")
+    raise TypeError(f"ef.Model expects a flax.nnx.Module, a flax.linen.Module, or a function "
+                    f"of no arguments that builds an nnx.Module; got {type(module).__name__}.")
 
 
 class ModuleGraphs:

@@ -57,6 +57,11 @@ class Steps:
         self.logs = jax.jit(self._logs)
         self.results = jax.jit(self._results)
 
+    def shard_train(self, shardings: TrainState) -> None:
+        """Pins the train step's output state to ``shardings`` (the input's), so the state
+        keeps its layout from step to step and the step compiles once."""
+        self.train = jax.jit(self._train_chunk, donate_argnums=0, out_shardings=shardings)
+
     # -- one batch --------------------------------------------------------------------------
     def _forward(self, graphdef, params, rest, x):
         module = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace

@@ -8,6 +8,7 @@ import os
 from typing import Callable
 
 from easyfit.callbacks.base import Callback
+from easyfit.distribute.hosts import is_chief
 
 
 class TerminateOnNaN(Callback):
@@ -60,6 +61,8 @@ class CSVLogger(Callback):
         self._keys: list[str] | None = None
 
     def on_train_begin(self, logs=None):
+        if not is_chief():  # one file per job, written by process 0
+            return
         exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename)
         os.makedirs(os.path.dirname(os.path.abspath(self.filename)), exist_ok=True)
         self._file = open(self.filename, "a" if self.append else "w", newline="")
@@ -70,6 +73,8 @@ class CSVLogger(Callback):
             self._keys = header[1:] if header else None
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._file is None:
+            return
         logs = dict(logs or {})
         if self._keys is None:
             self._keys = list(logs)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 from easyfit.callbacks.base import Callback
+from easyfit.distribute.hosts import is_chief
+
+
+class _NullWriter:
+    def add_scalar(self, *args, **kwargs) -> None: ...
 
 
 class TensorBoard(Callback):
@@ -30,6 +35,8 @@ class TensorBoard(Callback):
         self._last_step = 0
 
     def _writer(self, name: str):
+        if not is_chief():  # one set of event files per job, written by process 0
+            return _NullWriter()
         if name not in self._writers:
             try:
                 from tensorboardX import SummaryWriter
