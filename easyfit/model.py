@@ -32,6 +32,7 @@ from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays, adapt
 from easyfit.checkpoint import Checkpoints, abstract
 from easyfit.distribute import DataParallel, Distribution, is_chief
+from easyfit.distribute.strategies import put
 from easyfit.loop import evaluate_loop, fit_loop, predict_loop
 from easyfit.state import (GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree, is_factory,
                            reseed, split)
@@ -349,7 +350,7 @@ class Model:
         return None if self._state is None else self._state.opt_state
 
     def _set_opt_state(self, opt_state: Any) -> None:
-        placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
+        placed = jax.tree.map(lambda new, old: put(new, old.sharding),
                               opt_state, self._state.opt_state)
         self._state = self._state.replace(opt_state=placed)
 

@@ -76,6 +76,25 @@ def _axes(entry: Any) -> tuple[str, ...]:
     return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
+def put(value: Any, sharding: NamedSharding) -> jax.Array:
+    """``jax.device_put`` that also works when the mesh spans several processes.
+
+    A value that is not yet a global array must be the same on every process (the same
+    seed built it); each process then places its own devices' part of it.
+    """
+    if sharding.is_fully_addressable:
+        return jax.device_put(value, sharding)
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        if value.sharding == sharding:
+            return value
+        return jax.jit(lambda a: a, out_shardings=sharding)(value)
+    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        data = put(jax.random.key_data(value), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 class Distribution:
     """Base class: a mesh with a ``"data"`` axis; subclasses say where parameters live.
 
@@ -191,11 +210,13 @@ class Distribution:
     # -- placement --------------------------------------------------------------------------
     def replicate(self, tree: Any) -> Any:
         """Places a pytree whole on every device."""
-        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+        return self.place(tree, NamedSharding(self.mesh, P()))
 
     def place(self, tree: Any, shardings: Any) -> Any:
-        """Places a pytree with the given shardings."""
-        return jax.device_put(tree, shardings)
+        """Places a pytree with the given shardings (a sharding or a pytree prefix of them)."""
+        if isinstance(shardings, NamedSharding):
+            return jax.tree.map(lambda leaf: put(leaf, shardings), tree)
+        return jax.tree.map(lambda sharding, sub: self.place(sub, sharding), shardings, tree)
 
     def chunk_sharding(self) -> NamedSharding:
         """A chunk of stacked batches: axis 1 (the batch) split over ``"data"``."""
