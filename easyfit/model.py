@@ -32,7 +32,7 @@ from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays, adapt
 from easyfit.checkpoint import Checkpoints, abstract
 from easyfit.distribute import DataParallel, Distribution, is_chief
-from easyfit.distribute.strategies import put
+from easyfit.distribute.strategies import flatten, put
 from easyfit.loop import evaluate_loop, fit_loop, predict_loop
 from easyfit.state import (GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree, is_factory,
                            reseed, split)
@@ -478,8 +478,17 @@ class Model:
         return predict_loop(self, data, CallbackList(callbacks or [], model=self))
 
     def summary(self, print_fn=print) -> str:
-        """Prints (and returns) a table of the module's layers, parameter shapes and sizes."""
-        text = summarize(self.module)
+        """Prints (and returns) a table of the module's layers, parameter shapes and sizes;
+        on several devices also the mesh and each sharded parameter's partition spec."""
+        module, dist = self.module, self._distribution
+        placement = None
+        if dist.mesh.size > 1:  # each parameter's partition spec, and the mesh
+            shardings = self._params_sharding(split(module)[0])
+            placement = {"/".join(names): str(sharding.spec)
+                         for names, sharding in flatten(shardings)[0]}
+        text = summarize(module, placement,
+                         dist.describe() + "; parameters replicated unless a spec is shown"
+                         if placement is not None else None)
         if print_fn is not None:
             print_fn(text)
         return text

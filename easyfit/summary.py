@@ -16,8 +16,15 @@ def _human(num_bytes: float) -> str:
     return ""
 
 
-def summarize(module: nnx.Module) -> str:
+def summarize(module: nnx.Module, placement: dict[str, str] | None = None,
+              mesh: str | None = None) -> str:
     """One row per layer that owns parameters: path, type, shapes, count, bytes; then totals.
+
+    Args:
+        module: the NNX module.
+        placement: ``{"l1/kernel": "P(None, 'model')"}``: each parameter's partition spec,
+            shown next to its shape when given.
+        mesh: a line describing the device mesh, printed under the title.
 
     Example:
         >>> print(summarize(nnx.Linear(2, 3, rngs=nnx.Rngs(0))))  # doctest: +SKIP
@@ -27,14 +34,16 @@ def summarize(module: nnx.Module) -> str:
     prefix = 1 if isinstance(module, LinenModule) else 0
     layers: dict[tuple, list[tuple[str, jax.Array]]] = {}
     for path, variable in nnx.to_flat_state(nnx.state(module, nnx.Param, graph=GRAPH)):
-        layers.setdefault(tuple(path[:-1]), []).append((str(path[-1]), variable.get_value()))
+        spec = (placement or {}).get("/".join(map(str, path)), "")
+        layers.setdefault(tuple(path[:-1]), []).append(
+            (str(path[-1]), variable.get_value(), "" if spec in ("", "P()") else f" {spec}"))
     rows = [("Layer (path)", "Type", "Parameter shapes", "Params", "Bytes")]
     total_count = total_bytes = 0
     for path, params in layers.items():
-        count = sum(value.size for _, value in params)
-        size = sum(value.nbytes for _, value in params)
+        count = sum(value.size for _, value, _ in params)
+        size = sum(value.nbytes for _, value, _ in params)
         total_count, total_bytes = total_count + count, total_bytes + size
-        shapes = ", ".join(f"{name}{tuple(value.shape)}" for name, value in params)
+        shapes = ", ".join(f"{name}{tuple(value.shape)}{spec}" for name, value, spec in params)
         kind = types.get(path) or str(path[-1]).rsplit("_", 1)[0]  # Linen: Dense_0 -> Dense
         rows.append(("/".join(map(str, path[prefix:])) or "(root)", kind, shapes,
                      f"{count:,}", _human(size)))
@@ -44,7 +53,8 @@ def summarize(module: nnx.Module) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     line = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
     rule = "-" * len(line(rows[0]))
-    out = [f'Model: "{type(module).__name__}"', rule, line(rows[0]), rule]
+    out = [f'Model: "{type(module).__name__}"'] + ([mesh] if mesh else [])
+    out += [rule, line(rows[0]), rule]
     out += [line(row) for row in rows[1:]] + [rule]
     out.append(f"Trainable params: {total_count:,} ({_human(total_bytes)})")
     out.append(f"Other variables (batch stats, RNG state): {_human(other_bytes)}")
