@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from easyfit import losses as losses_lib
+from easyfit import memory as memory_lib
 from easyfit import metrics as metrics_lib
 from easyfit import optimizers as optimizers_lib
 from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
@@ -477,9 +478,37 @@ class Model:
         self._ensure_steps()
         return predict_loop(self, data, CallbackList(callbacks or [], model=self))
 
-    def summary(self, print_fn=print) -> str:
+    # -- memory -------------------------------------------------------------------------------
+    def estimate_memory(self, batch_size: int, x: Any = None, y: Any = None
+                        ) -> "memory_lib.MemoryEstimate":
+        """Per-device memory of training at ``batch_size``, from the compiled train step.
+
+        Args:
+            batch_size: the global batch size to estimate for.
+            x: a few input rows (needed only before the model has seen data).
+            y: matching targets.
+
+        Example:
+            >>> print(model.estimate_memory(256, x_train[:2], y_train[:2]))  # doctest: +SKIP
+        """
+        return memory_lib.estimate_memory(self, batch_size, x, y)
+
+    def find_batch_size(self, x: Any = None, y: Any = None, budget_bytes: int | None = None,
+                        max_batch_size: int = 65536) -> int:
+        """The largest batch size whose compiled train step fits ``budget_bytes`` per device
+        (default: the device's capacity), found from compiled estimates, with no trial runs.
+
+        Example:
+            >>> model.find_batch_size(x_train[:2], y_train[:2], budget_bytes=2 * 2**30)  # doctest: +SKIP
+            1024
+        """
+        return memory_lib.find_batch_size(self, x, y, budget_bytes, max_batch_size)
+
+    def summary(self, print_fn=print, batch_size: int | None = None) -> str:
         """Prints (and returns) a table of the module's layers, parameter shapes and sizes;
-        on several devices also the mesh and each sharded parameter's partition spec."""
+        on several devices also the mesh and each sharded parameter's partition spec; with
+        ``batch_size``, the per-device memory estimate of training at that batch size
+        (:meth:`estimate_memory`; the model must have seen data)."""
         module, dist = self.module, self._distribution
         placement = None
         if dist.mesh.size > 1:  # each parameter's partition spec, and the mesh
@@ -489,6 +518,8 @@ class Model:
         text = summarize(module, placement,
                          dist.describe() + "; parameters replicated unless a spec is shown"
                          if placement is not None else None)
+        if batch_size is not None:
+            text += "\n" + str(self.estimate_memory(batch_size))
         if print_fn is not None:
             print_fn(text)
         return text
