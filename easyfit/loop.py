@@ -18,6 +18,7 @@ from easyfit.data.adapters import DataAdapter
 from easyfit.data.batch import Batch
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
+from easyfit.execution import StepTimer, compile_ahead, regroup
 
 if TYPE_CHECKING:
     from easyfit.model import Model
@@ -54,7 +55,9 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     names = steps.log_names(with_lr=model._has_lr)
     read_logs = lambda: _floats(steps.logs(model._state.totals, model._state.opt_state), names)
     batch_hooks = callbacks.wants("on_train_batch_end")
-    k = model._steps_per_execution
+    if model._steps_per_execution == "auto" and model._auto_k is None and \
+            callbacks.needs_every_batch():
+        model._auto_k = 1  # as Keras: a callback with batch hooks sees every batch
     logs: dict[str, float] = {}
     callbacks.on_train_begin()
     # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.
@@ -64,10 +67,22 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
         if done == 0:  # mid-epoch resumes keep the restored metric sums
             model._reset_totals()
         callbacks.on_epoch_begin(epoch)
-        for chunk, sizes in _on_device(model, train, epoch, k, start=done):
+        k = model._execution_steps()
+        timer = None if k else StepTimer(train.steps)  # "auto", not yet measured: measure
+        if timer is None:
+            chunks = _on_device(model, train, epoch, k, start=done)
+        else:  # one step per dispatch until measured, then regrouped into timer.k
+            place = model._distribution.place_chunk
+            chunks = prefetch(regroup(train.chunks(epoch, 1, done), lambda: timer.k),
+                              lambda item: (place(item[0]), item[1]))
+        used_k = False
+        for chunk, sizes in chunks:
+            used_k = used_k or (timer is not None and chunk.mask.shape[0] == timer.k)
             if callbacks.wants("on_train_batch_begin"):
                 callbacks.on_train_batch_begin(done)
             model._train_on_chunk(chunk, len(sizes))
+            if timer is not None and timer.k is None:
+                timer.after_chunk(model._state, chunk, len(sizes))
             done += len(sizes)
             model._position = (epoch, done)
             if batch_hooks:
@@ -76,6 +91,11 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                 model.stop_training = any_process(model.stop_training)
             if model.stop_training:
                 break
+        if timer is not None:
+            timer.settle(model._state)  # a short epoch: decide from what was timed
+            model._auto_k = timer.k
+            if timer.k and timer.k > 1 and not used_k:  # ready for the next epoch or fit
+                compile_ahead(model._steps.train, model._state, chunk, timer.k)
         if done == 0:
             warnings.warn("The training input ran out of data; stopping training. Make it "
                           "repeat, or pass steps_per_epoch x epochs batches at most.",
@@ -108,7 +128,7 @@ def evaluate_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) ->
     totals = None
     callbacks.on_test_begin()
     done = 0
-    for chunk, sizes in _on_device(model, data, 0, model._steps_per_execution):
+    for chunk, sizes in _on_device(model, data, 0, model._execution_steps() or 1):
         if totals is None:
             totals = model._distribution.replicate(
                 steps.zero_totals(params, rest, jax.tree.map(lambda a: a[0], chunk)))
@@ -133,7 +153,7 @@ def predict_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) -> 
     pending = None  # (device outputs, sizes): fetched after the next chunk is dispatched
     callbacks.on_predict_begin()
     done = 0
-    for chunk, sizes in _on_device(model, data, 0, model._steps_per_execution):
+    for chunk, sizes in _on_device(model, data, 0, model._execution_steps() or 1):
         callbacks.on_predict_batch_begin(done)
         result = steps.predict(params, rest, chunk.x)
         if pending is not None:

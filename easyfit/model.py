@@ -102,7 +102,9 @@ class Model:
         self._module_shared = True   # the module may share buffers with the state, or be edited
         self._optimizer: optimizers_lib.Optimizer | None = None
         self._loss, self._metrics, self._weighted_metrics = None, [], []
-        self._steps_per_execution, self._seed, self._has_lr = 1, 0, False
+        self._steps_per_execution: int | str = "auto"
+        self._auto_k: int | None = None  # what "auto" measured for this compile
+        self._seed, self._has_lr = 0, False
         self._augment = None
         self._position = (0, 0)        # (epoch, batch in epoch) reached by fit
         self._step_count = 0           # optimizer steps taken, counted on the host
@@ -161,7 +163,7 @@ class Model:
     def compile(self, optimizer: Any = "adamw", loss: Any = None,
                 metrics: Sequence[Any] | None = None,
                 weighted_metrics: Sequence[Any] | None = None,
-                steps_per_execution: int = 1, seed: int = 0,
+                steps_per_execution: int | str = "auto", seed: int = 0,
                 augment: Any = None) -> None:
         """Configures training, as Keras's ``compile``.
 
@@ -174,7 +176,11 @@ class Model:
             metrics: names, ``ef.metrics`` objects or callables; padding rows never count,
                 sample weights are ignored.
             weighted_metrics: as ``metrics``, weighted by ``sample_weight``/``class_weight``.
-            steps_per_execution: train steps run per dispatch (a ``lax.scan`` on the device).
+            steps_per_execution: train steps run per dispatch (a ``lax.scan`` on the device);
+                ``"auto"`` measures the first steps of the first epoch and fuses enough of
+                them that the host's per-dispatch work stops mattering (1 for large
+                models). Callbacks with batch hooks of their own get 1, so they see every
+                batch; evaluate and predict use the same number.
             seed: seeds the dropout RNG streams, the shuffling order and ``augment``.
             augment: ``fn((x, y), rng) -> (x, y)``, run inside the jitted train step on every
                 training batch (never in evaluate / predict / validation), with its own RNG
@@ -186,8 +192,9 @@ class Model:
         if loss is None:
             raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy' "
                              "or a callable (y_true, y_pred) -> per-example loss.")
-        if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
-            raise ValueError(f"steps_per_execution must be a positive int, got "
+        if steps_per_execution != "auto" and (not isinstance(steps_per_execution, int)
+                                              or steps_per_execution < 1):
+            raise ValueError(f"steps_per_execution must be 'auto' or a positive int, got "
                              f"{steps_per_execution!r}.")
         self._optimizer = optimizers_lib.get(optimizer)
         self._optimizer._binding = self
@@ -198,10 +205,17 @@ class Model:
         names = ["loss"] + [m.name for m in self._metrics + self._weighted_metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"Two metrics share a name in {names}; give them distinct `name=`s.")
-        self._steps_per_execution = steps_per_execution
+        self._steps_per_execution, self._auto_k = steps_per_execution, None
         self._seed, self._augment = seed, augment
         self._state, self._steps = None, None
         self._compiled = True
+
+    def _execution_steps(self) -> int | None:
+        """Steps per dispatch: the compiled number, what "auto" chose, or ``None`` while
+        "auto" has not measured yet."""
+        if self._steps_per_execution == "auto":
+            return self._auto_k
+        return self._steps_per_execution
 
     def _require_compiled(self, action: str) -> None:
         if not self._compiled:

@@ -242,3 +242,14 @@ class CompileCounter:
     def __exit__(self, *exc):
         CompileCounter._active.remove(self)
         return False
+
+
+def train_programs(model) -> int:
+    """How many train-step programs one compile of ``model`` may make: one per chunk size.
+
+    ``steps_per_execution="auto"`` runs one step per dispatch while it measures, then the
+    size it chose: two programs when that is more than one step. A padded last batch or a
+    short last chunk never adds one.
+    """
+    k = model._execution_steps()
+    return 2 if model._steps_per_execution == "auto" and k not in (None, 1) else 1

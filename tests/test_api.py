@@ -13,7 +13,7 @@ from flax import nnx
 
 import easyfit as ef
 from conftest import (BNMLP, MLP, DictMLP, Identity, assert_params_close, forward, grad_of,
-                      make_data, mean_loss, params_of)
+                      make_data, mean_loss, params_of, train_programs)
 
 
 def _model(module=None, optimizer=None, loss="sparse_categorical_crossentropy", **kw):
@@ -324,7 +324,7 @@ def test_list_of_batches_with_a_smaller_last_batch():
     assert_params_close(params_of(from_list.module), params_of(from_arrays.module), atol=1e-6)
     assert from_list.evaluate(batches, verbose=0) == pytest.approx(
         from_arrays.evaluate(x, y, batch_size=32, verbose=0), rel=1e-6)
-    assert from_list._steps.train._cache_size() == 1
+    assert from_list._steps.train._cache_size() == train_programs(from_list)
 
 
 def test_list_of_batches_with_sample_weights():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import train_programs
 from data_fixtures import (DIGITS_BAR, DIGITS_EPOCHS, BatchCounter, assert_params_close,
                            deadline, digits_data_dir, digits_model, make_data, mlp_model,
                            params_differ, params_of, per_example_loss, MLP)
@@ -122,7 +123,7 @@ def test_partial_batches_compile_once_and_exact_loss():
                                atol=1e-6)
     assert predictions.shape == (1000, 4)
 
-    assert model._steps.train._cache_size() == 1
+    assert model._steps.train._cache_size() == train_programs(model)
     assert model._steps.eval._cache_size() == 1
     assert model._steps.predict._cache_size() == 1
 

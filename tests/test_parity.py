@@ -92,9 +92,6 @@ def test_steps_per_execution_matches_one_step_per_dispatch(k):
     np.testing.assert_allclose(lossk, loss1, rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DESIGN gap: DESIGN.md says steps_per_execution='auto' is the default; compile() "
-    "defaults to 1 and rejects 'auto' with a ValueError"))
 def test_steps_per_execution_auto():
     x, y = make_data(200)
     model = _fit(MLP(rngs=nnx.Rngs(4)), ef.optimizers.sgd(0.1, momentum=0.9), x, y, 24,

@@ -30,6 +30,8 @@ class BackupAndRestore(Callback):
         >>> cb = BackupAndRestore("runs/backup", save_freq=200)
     """
 
+    every_batch = False  # its batch hooks work once per dispatch
+
     runs_last = True  # after History and the other callbacks, so it saves their final state
 
     def __init__(self, backup_dir: str | os.PathLike, save_freq: str | int = "epoch",

@@ -49,6 +49,10 @@ class Callback:
     Attributes:
         model: the :class:`~easyfit.Model` being trained (set by ``fit``).
         params: ``{"epochs", "steps", "verbose"}`` of the running ``fit``.
+        every_batch: ``True`` (the default) if this callback's train batch hooks must run on
+            every batch: ``steps_per_execution="auto"`` then keeps one step per dispatch.
+            Set it to ``False`` when once per dispatch is enough (the hooks then get the
+            index of the last batch of each dispatch), as the built-in callbacks do.
 
     Example:
         >>> class Stopper(Callback):
@@ -56,6 +60,8 @@ class Callback:
         ...         if logs["loss"] < 0.1:
         ...             self.model.stop_training = True
     """
+
+    every_batch = True
 
     def __init__(self):
         self.model: Any = None
@@ -125,6 +131,12 @@ class CallbackList:
             if params is not None:
                 callback.set_params(params)
         self._hooks = {hook: [c for c in self.callbacks if _overrides(c, hook)] for hook in HOOKS}
+
+    def needs_every_batch(self) -> bool:
+        """Whether a callback has train batch hooks that must run on every batch (user
+        callbacks); built-ins that work per dispatch say ``every_batch = False``."""
+        return any(getattr(c, "every_batch", True) for hook in
+                   ("on_train_batch_begin", "on_train_batch_end") for c in self._hooks[hook])
 
     def wants(self, hook: str) -> bool:
         """Whether any callback overrides ``hook`` (so the loop can skip work for it)."""

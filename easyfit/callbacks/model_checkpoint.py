@@ -29,6 +29,11 @@ class ModelCheckpoint(Callback):
         >>> cb = ModelCheckpoint("runs/ckpt", monitor="val_accuracy", mode="max", keep_best=3)
     """
 
+    @property
+    def every_batch(self) -> bool:
+        """Saves every ``save_freq`` steps need every step ("auto" then runs one per dispatch)."""
+        return self.save_freq != "epoch"
+
     runs_last = True
 
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", verbose: int = 0,

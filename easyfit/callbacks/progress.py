@@ -29,6 +29,8 @@ class ProgressBar(Callback):
         refresh_seconds: least time between two reads of the running metrics.
     """
 
+    every_batch = False  # its batch hooks work once per dispatch
+
     def __init__(self, verbose: int = 1, refresh_seconds: float = 0.25):
         super().__init__()
         self.verbose, self.refresh_seconds = verbose, refresh_seconds

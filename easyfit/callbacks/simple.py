@@ -18,6 +18,8 @@ class TerminateOnNaN(Callback):
     makes the host wait for the device each time; use it when debugging.
     """
 
+    every_batch = False  # its batch hooks work once per dispatch
+
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):

@@ -28,6 +28,8 @@ class TensorBoard(Callback):
         >>> cb = TensorBoard("runs/tb", update_freq=100)
     """
 
+    every_batch = False  # its batch hooks work once per dispatch
+
     def __init__(self, log_dir: str | os.PathLike = "logs", update_freq: str | int = "epoch"):
         super().__init__()
         self.log_dir, self.update_freq = os.fspath(log_dir), update_freq

@@ -1,0 +1,88 @@
+"""steps_per_execution="auto": the choice, the regrouping of batches, and what users see."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import easyfit as ef
+from conftest import MLP, make_data, params_of, train_programs
+from easyfit.data.adapters import ArrayAdapter
+from easyfit.execution import MAX_STEPS, TARGET_SECONDS, choose_steps, regroup
+
+
+def test_a_slow_step_runs_alone():
+    assert choose_steps(TARGET_SECONDS, 1000, None) == 1
+    assert choose_steps(1.0, 1000, None) == 1
+
+
+def test_fast_steps_are_fused_in_powers_of_two_up_to_the_caps():
+    assert choose_steps(TARGET_SECONDS / 3, 1000, None) == 4
+    assert choose_steps(1e-7, 1000, None) == MAX_STEPS
+    assert choose_steps(1e-7, 1000, steps_per_epoch=20) == 20       # no more than an epoch
+    assert choose_steps(1e-7, 64 * 2**20, None) == 4                # chunk input <= 256 MiB
+
+
+def test_regroup_stacks_single_batches_once_the_size_is_known():
+    x, y = make_data(10)
+    adapter = ArrayAdapter(x, y, batch_size=2)
+    k = {"value": None}
+    out = []
+    for i, (chunk, sizes) in enumerate(regroup(adapter.chunks(0, 1), lambda: k["value"])):
+        out.append((chunk.mask.shape[0], sizes))
+        k["value"] = 3 if i == 0 else k["value"]
+    # first chunk passes through; the other 4 batches become a 3-chunk and a padded one
+    assert out == [(1, [2]), (3, [2, 2, 2]), (3, [2])]
+
+
+def _fit(x, y, callbacks=(), epochs=2, steps_per_execution="auto"):
+    model = ef.Model(MLP(rngs=nnx.Rngs(0)))
+    model.compile(ef.optimizers.sgd(0.1), "sparse_categorical_crossentropy",
+                  steps_per_execution=steps_per_execution)
+    model.fit(x, y, batch_size=10, epochs=epochs, verbose=0, callbacks=list(callbacks))
+    return model
+
+
+def test_auto_fuses_the_steps_of_a_small_model_and_trains_like_one_step():
+    x, y = make_data(400)
+    auto, single = _fit(x, y), _fit(x, y, steps_per_execution=1)
+    assert auto._execution_steps() > 1           # a tiny MLP step is far below 20 ms
+    assert int(auto._state.step) == int(single._state.step) == 80
+    for a, b in zip(params_of(auto.module), params_of(single.module)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert auto._steps.train._cache_size() == train_programs(auto) == 2
+
+
+def test_a_callback_with_batch_hooks_sees_every_batch():
+    seen = []
+    x, y = make_data(200)
+    model = _fit(x, y, callbacks=[ef.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(batch))], epochs=1)
+    assert model._execution_steps() == 1
+    assert seen == list(range(20))
+
+
+def test_a_callback_fine_with_dispatches_keeps_auto():
+    class PerDispatch(ef.callbacks.Callback):
+        every_batch = False
+
+        def __init__(self):
+            super().__init__()
+            self.batches = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches.append(batch)
+
+    x, y = make_data(400)
+    callback = PerDispatch()
+    model = _fit(x, y, callbacks=[callback], epochs=2)
+    k = model._execution_steps()
+    assert k > 1
+    assert callback.batches[-1] == 39 and len(callback.batches) < 80   # per dispatch
+
+
+def test_bad_steps_per_execution_names_auto():
+    model = ef.Model(MLP(rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="'auto' or a positive int"):
+        model.compile("sgd", "mse", steps_per_execution="fast")
