@@ -6,10 +6,11 @@ from easyfit.callbacks.early_stopping import EarlyStopping
 from easyfit.callbacks.history import History
 from easyfit.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
 from easyfit.callbacks.model_checkpoint import ModelCheckpoint
+from easyfit.callbacks.profiler import Profiler
 from easyfit.callbacks.progress import ProgressBar
 from easyfit.callbacks.simple import CSVLogger, LambdaCallback, TerminateOnNaN
 from easyfit.callbacks.tensorboard import TensorBoard
 
 __all__ = ["BackupAndRestore", "CSVLogger", "Callback", "CallbackList", "EarlyStopping", "History",
-           "LambdaCallback", "LazyLogs", "LearningRateScheduler", "ModelCheckpoint", "ProgressBar",
-           "ReduceLROnPlateau", "TensorBoard", "TerminateOnNaN"]
+           "LambdaCallback", "LazyLogs", "LearningRateScheduler", "ModelCheckpoint", "Profiler",
+           "ProgressBar", "ReduceLROnPlateau", "TensorBoard", "TerminateOnNaN"]
