@@ -262,7 +262,7 @@ def _measurable(model: "Model", x: Any, y: Any) -> Iterator[Batch]:
 
     saved = dict(model.__dict__)
     optimizer = model._optimizer
-    saved_optimizer = (optimizer._transform, optimizer._lr_fn)
+    saved_optimizer = dict(optimizer.__dict__)  # build() resolves the schedule in place
     saved_train = None if model._steps is None else model._steps.train
     module = model._module
     saved_rest = None if module is None else jax.tree.map(
@@ -275,7 +275,8 @@ def _measurable(model: "Model", x: Any, y: Any) -> Iterator[Batch]:
             saved["_steps"].train = saved_train
         model.__dict__.clear()
         model.__dict__.update(saved)
-        optimizer._transform, optimizer._lr_fn = saved_optimizer
+        optimizer.__dict__.clear()
+        optimizer.__dict__.update(saved_optimizer)
         if saved_rest is not None:
             nnx.update(module, saved_rest)
 
