@@ -3,10 +3,11 @@
 A dispatch (one call of the jitted step, a ``lax.scan`` over ``k`` stacked batches) costs the
 host a roughly fixed amount of work. For a large model that is nothing next to the step;
 for a small one it is most of the time. ``"auto"`` measures it: the first epoch starts with
-one step per dispatch, times a few steady-state steps, then fuses enough steps that one
-dispatch does about ``TARGET_SECONDS`` of work. The batches already read are regrouped on
-the fly, so nothing is read twice; the train step compiles at most twice per model (one
-step, then ``k``), and a later ``fit`` reuses both.
+one step per dispatch and times a few steady-state steps; if they are short, it fuses enough
+of them that one dispatch does about ``TARGET_SECONDS`` of work, times that too, and keeps
+whichever is faster per step (a loop body can be slower than the same program unrolled).
+Batches already read are regrouped on the fly, so nothing is read twice. The train step
+compiles at most twice per model (one step, and the fused size), and later fits reuse both.
 
 Example:
     >>> choose_steps(step_seconds=0.0005, batch_bytes=8192, steps_per_epoch=1000)
@@ -51,44 +52,74 @@ def batch_bytes(chunk: Batch) -> int:
 
 
 class StepTimer:
-    """Times the first steady-state steps of an epoch, then settles ``k``.
+    """Measures one step per dispatch, then the fused size it suggests; keeps the faster.
+
+    Fusing is not always faster: some backends run a loop body slower than the same program
+    unrolled (XLA:CPU with convolutions, for one). So the candidate size is timed too, and
+    ``k`` falls back to 1 when it does not beat one step per dispatch.
 
     Args:
         steps_per_epoch: known steps per epoch (caps ``k``), or ``None``.
 
     Attributes:
-        k: the chosen steps per execution, ``None`` until measured.
+        k: steps per dispatch to use now: ``None`` while measuring single steps, then the
+            candidate while it is timed, then the decision.
+        settled: whether ``k`` is final.
     """
 
     def __init__(self, steps_per_epoch: int | None):
         self.steps_per_epoch = steps_per_epoch
         self.k: int | None = None
-        self._trained = 0
+        self.settled = False
+        self._single: float | None = None  # seconds per step at one step per dispatch
         self._start: float | None = None
+        self._timed = 0
         self._batch_bytes = 0
 
     def after_chunk(self, state: Any, chunk: Batch, steps: int) -> None:
-        """Call after each dispatch while ``k`` is ``None``; waits for the device twice."""
-        self._trained += steps
-        self._batch_bytes = batch_bytes(chunk)
-        if self._start is None:  # the first dispatch includes compiling: not timed
+        """Call after each dispatch until ``settled``; waits for the device a few times."""
+        size = chunk.mask.shape[0]
+        if self.k is None:
+            self._batch_bytes = batch_bytes(chunk)
+        if size != (self.k or 1):
+            return  # a chunk read ahead at the previous size
+        if self._start is None:  # the first dispatch of a size includes compiling: not timed
             jax.block_until_ready(state)
-            self._start, self._trained = time.perf_counter(), 0
-        elif self._trained >= PROBE_STEPS:
-            self.settle(state)
+            self._start, self._timed = time.perf_counter(), 0
+            return
+        self._timed += steps
+        if self._timed >= max(PROBE_STEPS, 2 * size):
+            self._next(state)
+
+    def _next(self, state: Any) -> None:
+        jax.block_until_ready(state)
+        seconds = (time.perf_counter() - self._start) / self._timed
+        self._start = None
+        if self._single is None:
+            self._single = seconds
+            k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
+            self.k, self.settled = _agreed(k), k == 1
+        else:  # keep the candidate only if it is faster per step
+            self.k, self.settled = _agreed(self.k if seconds < self._single else 1), True
 
     def settle(self, state: Any) -> None:
-        """Chooses ``k`` from the steps timed so far (no-op if none were)."""
-        if self.k is not None or self._start is None or self._trained == 0:
+        """At the end of an epoch: decide from what was timed, keeping an untimed candidate."""
+        if self.settled:
             return
-        jax.block_until_ready(state)
-        seconds = (time.perf_counter() - self._start) / self._trained
-        k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
-        if jax.process_count() > 1:  # every process must run the same programs: take 0's
-            from jax.experimental import multihost_utils
+        if self._start is not None and self._timed:
+            self._next(state)
+        if self._single is not None:
+            self.settled = True
+            self.k = self.k or 1
 
-            k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
-        self.k = k
+
+def _agreed(k: int) -> int:
+    """Process 0's choice on every process (they must all run the same programs)."""
+    if jax.process_count() == 1:
+        return k
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(k)))
 
 
 def compile_ahead(train: Callable, state: Any, chunk: Batch, k: int) -> None:
@@ -104,16 +135,20 @@ def compile_ahead(train: Callable, state: Any, chunk: Batch, k: int) -> None:
 
 def regroup(chunks: Iterable[tuple[Batch, list[int]]],
             size: Callable[[], int | None]) -> Iterator[tuple[Batch, list[int]]]:
-    """Re-stacks one-batch chunks into chunks of ``size()`` batches once that is known.
+    """Re-stacks one-batch chunks into chunks of ``size()`` batches (1 while ``None``).
 
-    Until ``size()`` returns a number, chunks pass through unchanged; then single batches are
-    collected and stacked (the last chunk filled with masked batches, as adapters do).
+    When the size changes, the batches collected so far go out at the old size (filled up
+    with masked batches, as adapters do), so only sizes already compiled are used.
     """
     pending: list[tuple[Batch, int]] = []
-    k = None
+    k = 1
     for chunk, sizes in chunks:
-        k = size()
-        if not k or k == 1:
+        new_k = size() or 1
+        if new_k != k and pending:
+            yield stack([b for b, _ in pending], k), [n for _, n in pending]
+            pending = []
+        k = new_k
+        if k == 1:
             yield chunk, sizes
             continue
         pending.append((jax.tree.map(lambda a: a[0], chunk), sizes[0]))

@@ -75,13 +75,13 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             place = model._distribution.place_chunk
             chunks = prefetch(regroup(train.chunks(epoch, 1, done), lambda: timer.k),
                               lambda item: (place(item[0]), item[1]))
-        used_k = False
+        sizes_run = set()
         for chunk, sizes in chunks:
-            used_k = used_k or (timer is not None and chunk.mask.shape[0] == timer.k)
+            sizes_run.add(chunk.mask.shape[0])
             if callbacks.wants("on_train_batch_begin"):
                 callbacks.on_train_batch_begin(done)
             model._train_on_chunk(chunk, len(sizes))
-            if timer is not None and timer.k is None:
+            if timer is not None and not timer.settled:
                 timer.after_chunk(model._state, chunk, len(sizes))
             done += len(sizes)
             model._position = (epoch, done)
@@ -93,8 +93,9 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                 break
         if timer is not None:
             timer.settle(model._state)  # a short epoch: decide from what was timed
-            model._auto_k = timer.k
-            if timer.k and timer.k > 1 and not used_k:  # ready for the next epoch or fit
+            model._auto_k = timer.k if timer.settled else None
+            model._auto_sizes |= sizes_run | ({timer.k} if timer.settled else set())
+            if timer.settled and timer.k not in sizes_run:  # ready for the next epoch or fit
                 compile_ahead(model._steps.train, model._state, chunk, timer.k)
         if done == 0:
             warnings.warn("The training input ran out of data; stopping training. Make it "

@@ -27,6 +27,8 @@ from flax import nnx
 
 from easyfit import losses as losses_lib
 from easyfit import memory as memory_lib
+from easyfit import precision as precision_lib
+from easyfit import remat as remat_lib
 from easyfit import metrics as metrics_lib
 from easyfit import optimizers as optimizers_lib
 from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
@@ -104,8 +106,11 @@ class Model:
         self._loss, self._metrics, self._weighted_metrics = None, [], []
         self._steps_per_execution: int | str = "auto"
         self._auto_k: int | None = None  # what "auto" measured for this compile
+        self._auto_sizes: set[int] = set()  # chunk sizes "auto" compiled the train step for
         self._seed, self._has_lr = 0, False
         self._augment = None
+        self._compute_dtype, self._precision, self._float32_layers = None, "float32", ()
+        self._accumulation, self._remat = 1, False
         self._position = (0, 0)        # (epoch, batch in epoch) reached by fit
         self._step_count = 0           # optimizer steps taken, counted on the host
         self._pending_resume = None    # (position, callback states) from a restored backup
@@ -164,7 +169,9 @@ class Model:
                 metrics: Sequence[Any] | None = None,
                 weighted_metrics: Sequence[Any] | None = None,
                 steps_per_execution: int | str = "auto", seed: int = 0,
-                augment: Any = None) -> None:
+                augment: Any = None, precision: str = "float32",
+                float32_layers: Sequence[type] = precision_lib.FLOAT32_LAYERS,
+                gradient_accumulation_steps: int = 1, remat: bool | str = False) -> None:
         """Configures training, as Keras's ``compile``.
 
         Args:
@@ -185,6 +192,17 @@ class Model:
             augment: ``fn((x, y), rng) -> (x, y)``, run inside the jitted train step on every
                 training batch (never in evaluate / predict / validation), with its own RNG
                 stream derived from ``seed``. Part of the step, so it is set here.
+            precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (with dynamic loss
+                scaling): the type layers compute in; weights, gradients, optimizer state,
+                the loss and the metrics stay float32.
+            float32_layers: layer types that keep computing in float32 under a low
+                precision (default: the normalisation layers).
+            gradient_accumulation_steps: average the gradients of this many batches per
+                optimizer update (``optax.MultiSteps``): ``k`` batches of ``b`` rows update
+                like one of ``k * b``. Schedules count updates; progress and ``save_freq``
+                count batches.
+            remat: ``True`` or a ``jax.checkpoint_policies`` name: recompute each top-level
+                layer's activations in the backward pass (less memory, more compute).
 
         Example:
             >>> model.compile(optimizer=ef.optimizers.adamw(3e-4), loss="mse")  # doctest: +SKIP
@@ -196,7 +214,15 @@ class Model:
                                               or steps_per_execution < 1):
             raise ValueError(f"steps_per_execution must be 'auto' or a positive int, got "
                              f"{steps_per_execution!r}.")
+        if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be a positive int, got "
+                             f"{gradient_accumulation_steps!r}.")
+        self._compute_dtype = precision_lib.compute_dtype(precision)
+        remat_lib.policy(remat) if remat else None  # refuses an unknown policy now
+        self._precision, self._float32_layers = precision, tuple(float32_layers)
+        self._accumulation, self._remat = gradient_accumulation_steps, remat
         self._optimizer = optimizers_lib.get(optimizer)
+        self._optimizer._transform = None  # built for this compile by the next fit
         self._optimizer._binding = self
         self._loss = losses_lib.get(loss)
         from_logits = getattr(self._loss, "from_logits", True)
@@ -206,6 +232,7 @@ class Model:
         if len(set(names)) != len(names):
             raise ValueError(f"Two metrics share a name in {names}; give them distinct `name=`s.")
         self._steps_per_execution, self._auto_k = steps_per_execution, None
+        self._auto_sizes = set()
         self._seed, self._augment = seed, augment
         self._state, self._steps = None, None
         self._compiled = True
@@ -229,16 +256,25 @@ class Model:
 
     def _ensure_steps(self) -> Steps:
         if self._steps is None:
-            self._steps = Steps(ModuleGraphs(self._module), self._loss, self._metrics,
-                                self._weighted_metrics, self._optimizer, self._augment, self._seed)
+            self._steps = Steps(ModuleGraphs(self._module, self._edit_view), self._loss,
+                                self._metrics, self._weighted_metrics, self._optimizer,
+                                self._augment, self._seed, self._compute_dtype)
         return self._steps
+
+    def _edit_view(self, view: nnx.Module, train: bool) -> None:
+        """What the steps run: layers in the compute precision, rematerialised in training."""
+        if self._compute_dtype is not None:
+            precision_lib.set_compute_dtype(view, self._compute_dtype, self._float32_layers)
+        if train and self._remat:
+            remat_lib.rematerialise(view, self._remat)
 
     def _build(self, data: DataAdapter, total_steps: int | None) -> None:
         """Makes the module, the steps and (once per compile) the training state."""
         self._ensure_module(data)
         self._distribution.check_batch_size(data.batch_size)
         steps = self._ensure_steps()
-        transform = self._optimizer.build(total_steps)
+        transform = self._optimizer.build(total_steps, self._accumulation,
+                                          loss_scaling=self._precision == "float16")
         if self._state is None:
             params, rest = split(self._module)
             rest = reseed(rest, self._seed)
@@ -424,6 +460,7 @@ class Model:
                 (x_key, y_key))
         total_steps = None if train.steps is None else train.steps * epochs
         self._build(train, total_steps)
+        memory_lib.check_capacity(self, train.batch_size, train)  # warns if it cannot fit
         verbose = _verbosity(verbose) if is_chief() else 0  # one progress display per job
         history = History()
         extra = [ProgressBar(verbose)] if verbose else []

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from easyfit.precision import dynamic_loss_scaling
 from easyfit.schedules import Schedule, as_schedule
 
 
@@ -104,7 +105,8 @@ class Optimizer:
         self._clip = [t for t in (
             optax.clip_by_global_norm(clipnorm) if clipnorm is not None else None,
             optax.clip(clipvalue) if clipvalue is not None else None) if t is not None]
-        self._transform = transform
+        self._base = transform  # a user's optax transformation, used as built
+        self._transform: optax.GradientTransformation | None = None
         self._lr_fn: optax.Schedule | None = None
         self._binding: _Binding | None = None
 
@@ -114,14 +116,31 @@ class Optimizer:
         return cls("optax", None, None, transform=transform)
 
     # -- building ---------------------------------------------------------------------------
-    def build(self, total_steps: int | None) -> optax.GradientTransformation:
-        """Returns the optax transformation, resolving schedule fractions on first call."""
+    def build(self, total_steps: int | None, accumulation_steps: int = 1,
+              loss_scaling: bool = False) -> optax.GradientTransformation:
+        """Returns the optax transformation, built on first call.
+
+        Args:
+            total_steps: batches in the whole run (resolves schedule fractions), or ``None``.
+            accumulation_steps: average the gradients of this many batches per update
+                (``optax.MultiSteps``); schedules then count updates, not batches.
+            loss_scaling: wrap in :func:`easyfit.precision.dynamic_loss_scaling` (float16).
+        """
         if self._transform is None:
-            if not self._constant:
-                self._lr_fn = self._schedule.resolve(total_steps)
-            self._transform = optax.chain(
-                *self._clip, self._rule,
-                scale_by_learning_rate(self._lr_fn, self._initial_lr if self._constant else 1.0))
+            transform = self._base
+            if transform is None:
+                if not self._constant:
+                    updates = None if total_steps is None else -(-total_steps // accumulation_steps)
+                    self._lr_fn = self._schedule.resolve(updates)
+                transform = optax.chain(
+                    *self._clip, self._rule,
+                    scale_by_learning_rate(self._lr_fn, self._initial_lr if self._constant else 1.0))
+            if accumulation_steps > 1:
+                transform = optax.MultiSteps(transform, every_k_schedule=accumulation_steps
+                                             ).gradient_transformation()
+            if loss_scaling:
+                transform = dynamic_loss_scaling(transform)
+            self._transform = transform
         return self._transform
 
     @property

@@ -10,7 +10,7 @@ A Linen module enters the same path through ``flax.nnx.bridge``.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -102,16 +102,26 @@ def as_nnx(module: Any, sample_input: Any = None, seed: int = 0) -> nnx.Module |
 
 
 class ModuleGraphs:
-    """The static halves of a module in train and eval mode, and its split state."""
+    """The static halves of a module in train and eval mode.
 
-    def __init__(self, module: nnx.Module):
-        self.train = self._graphdef(module, deterministic=False)
-        self.eval = self._graphdef(module, deterministic=True)
+    Args:
+        module: the NNX module.
+        edit: ``edit(view, train)`` may change a view of the module before it is split (set
+            layers' compute ``dtype``, wrap layers in ``nnx.remat``); the module itself and
+            its variables are untouched.
+    """
+
+    def __init__(self, module: nnx.Module,
+                 edit: Callable[[nnx.Module, bool], None] | None = None):
+        self.train = self._graphdef(module, train=True, edit=edit)
+        self.eval = self._graphdef(module, train=False, edit=edit)
 
     @staticmethod
-    def _graphdef(module: nnx.Module, deterministic: bool):
-        view = nnx.view(module, deterministic=deterministic, use_running_average=deterministic,
+    def _graphdef(module: nnx.Module, train: bool, edit):
+        view = nnx.view(module, deterministic=not train, use_running_average=not train,
                         raise_if_not_found=False, graph=GRAPH)
+        if edit is not None:
+            edit(view, train)
         return nnx.split(view, nnx.Param, ..., graph=GRAPH)[0]
 
 

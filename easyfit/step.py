@@ -19,6 +19,7 @@ from easyfit import losses as losses_lib
 from easyfit.data.batch import Batch
 from easyfit.metrics import Metric
 from easyfit.optimizers import Optimizer
+from easyfit.precision import cast_floating, loss_scale
 from easyfit.state import GRAPH, ModuleGraphs, TrainState
 
 
@@ -42,12 +43,14 @@ class Steps:
         optimizer: the easyfit optimizer (built by ``fit`` before the first train step).
         augment: ``fn((x, y), rng) -> (x, y)`` applied to training batches only.
         seed: seeds the augmentation's RNG stream (``fold_in(seed stream, step)``).
+        compute_dtype: mixed precision: floating inputs are cast to it and outputs back to
+            float32 (the layers' own ``dtype`` is set in ``graphs``); ``None``: as given.
     """
 
     def __init__(self, graphs: ModuleGraphs, loss_fn: Callable | None, metrics: Sequence[Metric],
                  weighted_metrics: Sequence[Metric], optimizer: Optimizer | None,
-                 augment: Callable | None = None, seed: int = 0):
-        self.graphs, self.loss_fn = graphs, loss_fn
+                 augment: Callable | None = None, seed: int = 0, compute_dtype: Any = None):
+        self.graphs, self.loss_fn, self.compute_dtype = graphs, loss_fn, compute_dtype
         self.augment, self.seed = augment, seed
         self.metrics, self.weighted_metrics = list(metrics), list(weighted_metrics)
         self.optimizer = optimizer
@@ -65,7 +68,9 @@ class Steps:
     # -- one batch --------------------------------------------------------------------------
     def _forward(self, graphdef, params, rest, x):
         module = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
-        y_pred = module(x)
+        y_pred = module(cast_floating(x, self.compute_dtype))
+        if self.compute_dtype is not None:  # the loss and the metrics see float32
+            y_pred = cast_floating(y_pred, jnp.float32)
         return y_pred, nnx.split(module, nnx.Param, ..., graph=GRAPH)[2]
 
     def _batch_totals(self, per_example, batch: Batch, y_pred) -> dict[str, Any]:
@@ -87,7 +92,11 @@ class Steps:
             y_pred, rest = self._forward(self.graphs.train, params, state.rest, batch.x)
             per_example = losses_lib.per_example(self.loss_fn, batch.y, y_pred)
             mean = jnp.sum(per_example * batch.weight) / jnp.maximum(jnp.sum(batch.weight), 1e-12)
+            if scale is not None:  # float16: scaled up here, gradients scaled back by the optimizer
+                mean = mean * scale
             return mean, (y_pred, per_example, rest)
+
+        scale = loss_scale(state.opt_state)
 
         grads, (y_pred, per_example, rest) = jax.grad(loss, has_aux=True)(state.params)
         updates, opt_state = self.optimizer.transform.update(grads, state.opt_state, state.params)

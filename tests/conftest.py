@@ -247,9 +247,8 @@ class CompileCounter:
 def train_programs(model) -> int:
     """How many train-step programs one compile of ``model`` may make: one per chunk size.
 
-    ``steps_per_execution="auto"`` runs one step per dispatch while it measures, then the
-    size it chose: two programs when that is more than one step. A padded last batch or a
-    short last chunk never adds one.
+    ``steps_per_execution="auto"`` runs one step per dispatch while it measures, then times
+    the fused size it suggests (and keeps whichever is faster): up to two programs. A padded
+    last batch or a short last chunk never adds one.
     """
-    k = model._execution_steps()
-    return 2 if model._steps_per_execution == "auto" and k not in (None, 1) else 1
+    return len(model._auto_sizes) if model._steps_per_execution == "auto" else 1

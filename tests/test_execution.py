@@ -86,3 +86,37 @@ def test_bad_steps_per_execution_names_auto():
     model = ef.Model(MLP(rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="'auto' or a positive int"):
         model.compile("sgd", "mse", steps_per_execution="fast")
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _chunk(k: int):
+    x, y = make_data(2 * k)
+    return next(ArrayAdapter(x, y, batch_size=2).chunks(0, k))[0]
+
+
+@pytest.mark.parametrize("fused_seconds, expected", [(0.0001, 32), (0.002, 1)])
+def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds, expected):
+    from easyfit import execution
+
+    clock = _FakeClock()
+    monkeypatch.setattr(execution.time, "perf_counter", clock)
+    timer = execution.StepTimer(steps_per_epoch=None)
+    one, state = _chunk(1), np.zeros(())
+    timer.after_chunk(state, one, 1)                 # compiles: not timed
+    for _ in range(execution.PROBE_STEPS):
+        clock.now += 0.001                           # 1 ms per step, one per dispatch
+        timer.after_chunk(state, one, 1)
+    assert timer.k == 32 and not timer.settled       # 20 ms / 1 ms -> 32, to be timed
+    fused = _chunk(32)
+    timer.after_chunk(state, fused, 32)              # compiles: not timed
+    for _ in range(2):
+        clock.now += 32 * fused_seconds
+        timer.after_chunk(state, fused, 32)
+    assert timer.settled and timer.k == expected
