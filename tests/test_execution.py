@@ -101,8 +101,8 @@ def _chunk(k: int):
     return next(ArrayAdapter(x, y, batch_size=2).chunks(0, k))[0]
 
 
-@pytest.mark.parametrize("fused_seconds, expected", [(0.0001, 32), (0.002, 1)])
-def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds, expected):
+@pytest.mark.parametrize("fused_seconds, keep", [(0.0001, True), (0.002, False)])
+def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds, keep):
     from easyfit import execution
 
     clock = _FakeClock()
@@ -113,10 +113,38 @@ def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds,
     for _ in range(execution.PROBE_STEPS):
         clock.now += 0.001                           # 1 ms per step, one per dispatch
         timer.after_chunk(state, one, 1)
-    assert timer.k == 32 and not timer.settled       # 20 ms / 1 ms -> 32, to be timed
-    fused = _chunk(32)
-    timer.after_chunk(state, fused, 32)              # compiles: not timed
+    candidate = choose_steps(0.001, 0, None)         # TARGET_SECONDS / 1 ms, a power of 2
+    assert candidate > 1 and timer.k == candidate and not timer.settled   # to be timed
+    fused = _chunk(candidate)
+    timer.after_chunk(state, fused, candidate)       # compiles: not timed
     for _ in range(2):
-        clock.now += 32 * fused_seconds
-        timer.after_chunk(state, fused, 32)
-    assert timer.settled and timer.k == expected
+        clock.now += candidate * fused_seconds
+        timer.after_chunk(state, fused, candidate)
+    assert timer.settled and timer.k == (candidate if keep else 1)
+
+
+def test_small_array_datasets_train_from_the_device_like_from_the_host(monkeypatch):
+    from easyfit import loop
+
+    x, y = make_data(300)
+    w = np.linspace(0.5, 1.5, 300).astype(np.float32)
+    trained = []
+    for limit in (loop.DEVICE_DATA_BYTES, 0):     # on the device, then host gathers
+        monkeypatch.setattr(loop, "DEVICE_DATA_BYTES", limit)
+        model = ef.Model(MLP(rngs=nnx.Rngs(0)))
+        model.compile(ef.optimizers.sgd(0.1), "sparse_categorical_crossentropy", ["accuracy"])
+        history = model.fit(x, y, sample_weight=w, batch_size=32, epochs=3, verbose=0)
+        trained.append((params_of(model.module), history.history))
+    (device_params, device_history), (host_params, host_history) = trained
+    for a, b in zip(device_params, host_params):
+        np.testing.assert_array_equal(a, b)
+    assert device_history == host_history
+
+
+def test_device_tables_only_for_one_process_and_small_data():
+    x, y = make_data(100)
+    assert ArrayAdapter(x, y).device_tables(10**9) is not None
+    assert ArrayAdapter(x, y).device_tables(100) is None                       # too big
+    assert ArrayAdapter(x, y, process_count=2).device_tables(10**9) is None    # per process
+    index_chunk = next(ArrayAdapter(x, y, batch_size=10).chunks(0, 2, as_index=True))[0]
+    assert index_chunk.x.dtype == np.int32 and index_chunk.x.shape == (2, 10)
