@@ -122,7 +122,7 @@ def _agreed(k: int) -> int:
     return int(multihost_utils.broadcast_one_to_all(np.int32(k)))
 
 
-def compile_ahead(train: Callable, state: Any, chunk: Batch, k: int, source: Any = None) -> None:
+def compile_ahead(train: Callable, state: Any, chunk: Batch, k: int) -> None:
     """Compiles ``train`` for chunks of ``k`` batches shaped like ``chunk`` without running
     it, so that a later ``fit`` finds the program ready (no data is made)."""
     def widen(leaf: jax.Array) -> jax.ShapeDtypeStruct:
@@ -130,7 +130,7 @@ def compile_ahead(train: Callable, state: Any, chunk: Batch, k: int, source: Any
 
     abstract = lambda tree: jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
-    train.lower(abstract(state), jax.tree.map(widen, chunk), abstract(source)).compile()
+    train.lower(abstract(state), jax.tree.map(widen, chunk)).compile()
 
 
 def regroup(chunks: Iterable[tuple[Batch, list[int]]],

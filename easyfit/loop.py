@@ -31,21 +31,10 @@ def _floats(tree: dict[str, Any], names: list[str]) -> dict[str, float]:
 
 
 def _on_device(model: "Model", data: DataAdapter, epoch: int, k: int,
-               start: int = 0, **chunk_args: Any) -> Iterator[tuple[Batch, list[int]]]:
+               start: int = 0) -> Iterator[tuple[Batch, list[int]]]:
     """Chunks placed on the mesh by a background thread, ahead of the step that needs them."""
     place = model._distribution.place_chunk
-    return prefetch(data.chunks(epoch, k, start, **chunk_args),
-                    lambda item: (place(item[0]), item[1]))
-
-
-# Array datasets up to this size are copied to every device once per fit; train chunks then
-# carry row numbers and the step gathers the rows on the device (no host gather per chunk).
-DEVICE_DATA_BYTES = 32 * 2**20
-
-
-def _device_source(model: "Model", train: DataAdapter) -> Any:
-    tables = getattr(train, "device_tables", lambda limit: None)(DEVICE_DATA_BYTES)
-    return None if tables is None else model._distribution.replicate(tables)
+    return prefetch(data.chunks(epoch, k, start), lambda item: (place(item[0]), item[1]))
 
 
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
@@ -70,8 +59,6 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             callbacks.needs_every_batch():
         model._auto_k = 1  # as Keras: a callback with batch hooks sees every batch
     logs: dict[str, float] = {}
-    source = _device_source(model, train)
-    chunk_args = {} if source is None else {"as_index": True}
     callbacks.on_train_begin()
     # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.
     start_epoch, start_batch = model._take_resume_position(callbacks) or (initial_epoch, 0)
@@ -83,18 +70,17 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
         k = model._execution_steps()
         timer = None if k else StepTimer(train.steps)  # "auto", not yet measured: measure
         if timer is None:
-            chunks = _on_device(model, train, epoch, k, start=done, **chunk_args)
+            chunks = _on_device(model, train, epoch, k, start=done)
         else:  # one step per dispatch until measured, then regrouped into timer.k
             place = model._distribution.place_chunk
-            chunks = prefetch(regroup(train.chunks(epoch, 1, done, **chunk_args),
-                                      lambda: timer.k),
+            chunks = prefetch(regroup(train.chunks(epoch, 1, done), lambda: timer.k),
                               lambda item: (place(item[0]), item[1]))
         sizes_run = set()
         for chunk, sizes in chunks:
             sizes_run.add(chunk.mask.shape[0])
             if callbacks.wants("on_train_batch_begin"):
                 callbacks.on_train_batch_begin(done)
-            model._train_on_chunk(chunk, len(sizes), source)
+            model._train_on_chunk(chunk, len(sizes))
             if timer is not None and not timer.settled:
                 timer.after_chunk(model._state, chunk, len(sizes))
             done += len(sizes)
@@ -110,7 +96,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             model._auto_k = timer.k if timer.settled else None
             model._auto_sizes |= sizes_run | ({timer.k} if timer.settled else set())
             if timer.settled and timer.k not in sizes_run:  # ready for the next epoch or fit
-                compile_ahead(model._steps.train, model._state, chunk, timer.k, source)
+                compile_ahead(model._steps.train, model._state, chunk, timer.k)
         if done == 0:
             warnings.warn("The training input ran out of data; stopping training. Make it "
                           "repeat, or pass steps_per_epoch x epochs batches at most.",

@@ -297,14 +297,14 @@ class Model:
             self._step_count = 0
             self._has_lr = self._optimizer.current_lr(self._state.opt_state) is not None
 
-    def _train_on_chunk(self, chunk: Any, batches: int, source: Any = None) -> None:
+    def _train_on_chunk(self, chunk: Any, batches: int) -> None:
         if self._module_shared:  # the module may hold the state's buffers or user edits
             params, rest = split(self._module)
             self._state = self._distribution.place(
                 self._state.replace(params=copy_tree(params), rest=copy_tree(rest)),
                 self._shardings)
             self._module_shared = False
-        self._state = self._steps.train(self._state, chunk, source)
+        self._state = self._steps.train(self._state, chunk)
         self._module_stale = True
         self._step_count += batches
 

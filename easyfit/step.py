@@ -26,11 +26,6 @@ from easyfit.state import GRAPH, ModuleGraphs, TrainState
 _AUGMENT_STREAM = 0x5EED  # keeps augmentation randomness apart from the dropout streams
 
 
-def _gather(table: Any, rows: jax.Array) -> Any:
-    """``table[rows]`` for every array of a pytree; ``rows`` is ``(k, batch)``."""
-    return jax.tree.map(lambda t: jnp.take(t, rows, axis=0, mode="clip"), table)
-
-
 def _add(a: Any, b: Any) -> Any:
     return jax.tree.map(jnp.add, a, b)
 
@@ -111,9 +106,7 @@ class Steps:
             totals=_add(state.totals, self._batch_totals(per_example, batch, y_pred)))
 
     # -- chunks -----------------------------------------------------------------------------
-    def _train_chunk(self, state: TrainState, chunk: Batch, source: Any = None) -> TrainState:
-        if source is not None:  # the dataset is on the device; the chunk holds row numbers
-            chunk = chunk._replace(x=_gather(source[0], chunk.x), y=_gather(source[1], chunk.y))
+    def _train_chunk(self, state: TrainState, chunk: Batch) -> TrainState:
         if chunk.mask.shape[0] == 1:
             return self._train_batch(state, jax.tree.map(lambda a: a[0], chunk))
 

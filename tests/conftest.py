@@ -251,4 +251,4 @@ def train_programs(model) -> int:
     the fused size it suggests (and keeps whichever is faster): up to two programs. A padded
     last batch or a short last chunk never adds one.
     """
-    return len(model._auto_sizes) if model._steps_per_execution == "auto" else 1
+    return max(1, len(model._auto_sizes)) if model._steps_per_execution == "auto" else 1
