@@ -15,7 +15,7 @@ import numpy as np
 
 from easyfit.callbacks.base import CallbackList, LazyLogs
 from easyfit.data.adapters import DataAdapter
-from easyfit.data.batch import Batch
+from easyfit.data.batch import Batch, gather_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
 from easyfit.execution import StepTimer, compile_ahead, regroup
@@ -31,10 +31,37 @@ def _floats(tree: dict[str, Any], names: list[str]) -> dict[str, float]:
 
 
 def _on_device(model: "Model", data: DataAdapter, epoch: int, k: int,
-               start: int = 0) -> Iterator[tuple[Batch, list[int]]]:
+               start: int = 0, **chunk_args: Any) -> Iterator[tuple[Batch, list[int]]]:
     """Chunks placed on the mesh by a background thread, ahead of the step that needs them."""
     place = model._distribution.place_chunk
-    return prefetch(data.chunks(epoch, k, start), lambda item: (place(item[0]), item[1]))
+    return prefetch(data.chunks(epoch, k, start, **chunk_args),
+                    lambda item: (place(item[0]), item[1]))
+
+
+# Array datasets up to this size are copied to every device once per fit; train chunks then
+# carry row numbers, and a small jitted gather makes the rows on the device: no host gather,
+# stack and transfer of the rows per chunk (the train step itself is unchanged).
+DEVICE_DATA_BYTES = 32 * 2**20
+
+
+class _DeviceRows:
+    """The training arrays on the devices, and the jitted gather of a chunk's rows."""
+
+    def __init__(self, model: "Model", tables: Any):
+        self.tables = model._distribution.replicate(tables)
+        self.gather = jax.jit(gather_rows, out_shardings=model._distribution.chunk_sharding())
+
+    def __call__(self, chunk: Batch) -> Batch:
+        return self.gather(self.tables, chunk)
+
+    def compile_ahead(self, index_chunk: Batch, k: int) -> None:
+        widen = lambda a: jax.ShapeDtypeStruct((k, *a.shape[1:]), a.dtype, sharding=a.sharding)
+        self.gather.lower(self.tables, jax.tree.map(widen, index_chunk)).compile()
+
+
+def _device_rows(model: "Model", train: DataAdapter) -> _DeviceRows | None:
+    tables = getattr(train, "device_tables", lambda limit: None)(DEVICE_DATA_BYTES)
+    return None if tables is None else _DeviceRows(model, tables)
 
 
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
@@ -59,6 +86,8 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             callbacks.needs_every_batch():
         model._auto_k = 1  # as Keras: a callback with batch hooks sees every batch
     logs: dict[str, float] = {}
+    rows = _device_rows(model, train)
+    chunk_args = {} if rows is None else {"as_index": True}
     callbacks.on_train_begin()
     # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.
     start_epoch, start_batch = model._take_resume_position(callbacks) or (initial_epoch, 0)
@@ -70,13 +99,16 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
         k = model._execution_steps()
         timer = None if k else StepTimer(train.steps)  # "auto", not yet measured: measure
         if timer is None:
-            chunks = _on_device(model, train, epoch, k, start=done)
+            chunks = _on_device(model, train, epoch, k, start=done, **chunk_args)
         else:  # one step per dispatch until measured, then regrouped into timer.k
             place = model._distribution.place_chunk
-            chunks = prefetch(regroup(train.chunks(epoch, 1, done), lambda: timer.k),
+            chunks = prefetch(regroup(train.chunks(epoch, 1, done, **chunk_args),
+                                      lambda: timer.k),
                               lambda item: (place(item[0]), item[1]))
         sizes_run = set()
         for chunk, sizes in chunks:
+            if rows is not None:
+                index_chunk, chunk = chunk, rows(chunk)
             sizes_run.add(chunk.mask.shape[0])
             if callbacks.wants("on_train_batch_begin"):
                 callbacks.on_train_batch_begin(done)
@@ -97,6 +129,8 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             model._auto_sizes |= sizes_run | ({timer.k} if timer.settled else set())
             if timer.settled and timer.k not in sizes_run:  # ready for the next epoch or fit
                 compile_ahead(model._steps.train, model._state, chunk, timer.k)
+                if rows is not None:
+                    rows.compile_ahead(index_chunk, timer.k)
         if done == 0:
             warnings.warn("The training input ran out of data; stopping training. Make it "
                           "repeat, or pass steps_per_epoch x epochs batches at most.",

@@ -122,3 +122,32 @@ def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds,
         timer.after_chunk(state, fused, candidate)
     assert timer.settled and timer.k == (candidate if keep else 1)
 
+
+
+def test_small_array_datasets_train_from_the_device_like_from_the_host(monkeypatch):
+    from easyfit import loop
+
+    x, y = make_data(300)
+    w = np.linspace(0.5, 1.5, 300).astype(np.float32)
+    trained = []
+    for limit in (loop.DEVICE_DATA_BYTES, 0):     # rows gathered on the device, then on the host
+        monkeypatch.setattr(loop, "DEVICE_DATA_BYTES", limit)
+        model = ef.Model(MLP(rngs=nnx.Rngs(0)))
+        model.compile(ef.optimizers.sgd(0.1), "sparse_categorical_crossentropy", ["accuracy"],
+                      steps_per_execution=4)
+        history = model.fit(x, y, sample_weight=w, batch_size=32, epochs=3, verbose=0)
+        trained.append((params_of(model.module), history.history))
+    (device_params, device_history), (host_params, host_history) = trained
+    for a, b in zip(device_params, host_params):
+        np.testing.assert_array_equal(a, b)
+    assert device_history == host_history
+
+
+def test_device_tables_only_for_one_process_and_small_data():
+    x, y = make_data(100)
+    assert ArrayAdapter(x, y).device_tables(10**9) is not None
+    assert ArrayAdapter(x, y).device_tables(100) is None                       # too big
+    assert ArrayAdapter(x, y, process_count=2).device_tables(10**9) is None    # per process
+    chunk, sizes = next(ArrayAdapter(x, y, batch_size=30).chunks(3, 4, start=3, as_index=True))
+    assert chunk.x.dtype == np.int32 and chunk.x.shape == (4, 30)
+    assert sizes == [10]                                   # the last, padded batch

@@ -119,9 +119,15 @@ def test_no_backend_compile_after_the_first_fit():
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, validation_data=(x[:50], y[:50]))
     model.evaluate(x, y, batch_size=32, verbose=0)
     model.predict(x, batch_size=32, verbose=0)
-    with CompileCounter() as counter:
-        model.fit(x[:250], y[:250], batch_size=32, epochs=3, verbose=0,
-                  validation_data=(x[:50], y[:50]))
-        model.evaluate(x[:77], y[:77], batch_size=32, verbose=0)
+    with CompileCounter() as counter:  # the same shapes: nothing compiles
+        model.fit(x, y, batch_size=32, epochs=3, verbose=0, validation_data=(x[:50], y[:50]))
+        model.evaluate(x[:77], y[:77], batch_size=32, verbose=0)   # padded: same programs
         model.predict(x[:77], batch_size=32, verbose=0)
     assert counter.count == 0
+    steps = model._steps
+    programs = [f._cache_size() for f in (steps.train, steps.eval, steps.predict)]
+    with CompileCounter() as counter:  # another dataset size: the steps still do not compile
+        model.fit(x[:250], y[:250], batch_size=32, epochs=2, verbose=0,
+                  validation_data=(x[:50], y[:50]))
+    assert [f._cache_size() for f in (steps.train, steps.eval, steps.predict)] == programs
+    assert counter.count <= 1  # at most the gather from a device-held dataset of a new size

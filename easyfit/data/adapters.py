@@ -158,8 +158,22 @@ class ArrayAdapter(DataAdapter):
         for chunk, sizes in self.chunks(epoch, 1):
             yield jax.tree.map(lambda a: a[0], chunk), sizes[0]
 
-    def chunks(self, epoch: int, k: int, start: int = 0) -> Iterator[tuple[Batch, list[int]]]:
-        """One gather per chunk (not per batch): ``k * batch_size`` rows, then a reshape."""
+    def device_tables(self, limit_bytes: int) -> tuple[Any, Any] | None:
+        """``(x, y)`` if the whole dataset can live on each device (one process, at most
+        ``limit_bytes``): the step then gathers its rows there and chunks carry only row
+        indices (see :meth:`chunks`)."""
+        size = sum(leaf.nbytes for leaf in jax.tree.leaves((self.x, self.y)))
+        if self.process_count > 1 or self.y is None or size > limit_bytes:
+            return None
+        return self.x, self.y
+
+    def chunks(self, epoch: int, k: int, start: int = 0,
+               as_index: bool = False) -> Iterator[tuple[Batch, list[int]]]:
+        """One gather per chunk (not per batch): ``k * batch_size`` rows, then a reshape.
+
+        With ``as_index``, ``x`` and ``y`` are the int32 row numbers instead of the rows, for
+        a step that gathers from :meth:`device_tables`.
+        """
         order, size = self._order(epoch), self.batch_size
         for first in range(start, self.steps, k):
             count = min(k, self.steps - first)
@@ -171,9 +185,13 @@ class ArrayAdapter(DataAdapter):
             index, mask = index.reshape(k, size)[:, cols].ravel(), mask.reshape(k, size)[:, cols]
             weight = mask if self.sample_weight is None else \
                 mask * self.sample_weight[index].reshape(k, local)
-            take = lambda tree: jax.tree.map(
-                lambda a: np.take(a, index, axis=0).reshape(k, local, *a.shape[1:]), tree)
-            chunk = Batch(take(self.x), take(self.y), weight, mask)
+            if as_index:
+                row_ids = index.astype(np.int32).reshape(k, local)
+                chunk = Batch(row_ids, row_ids, weight, mask)
+            else:
+                take = lambda tree: jax.tree.map(
+                    lambda a: np.take(a, index, axis=0).reshape(k, local, *a.shape[1:]), tree)
+                chunk = Batch(take(self.x), take(self.y), weight, mask)
             yield chunk, [min(size, len(rows) - i * size) for i in range(count)]
 
     def split(self, validation_split: float) -> tuple["ArrayAdapter", "ArrayAdapter"]:

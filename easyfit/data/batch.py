@@ -47,6 +47,13 @@ def make_batch(x: Any, y: Any, sample_weight: np.ndarray | None, size: int,
     return Batch(pad_rows(x, size, batch_size), pad_rows(y, size, batch_size), weight, mask)
 
 
+def gather_rows(tables: tuple[Any, Any], chunk: Batch) -> Batch:
+    """A chunk of row numbers (``x`` and ``y`` int32, ``(k, batch)``) made a chunk of rows,
+    from ``tables = (x, y)``: whole datasets on the device (jit it)."""
+    take = lambda table, rows: jax.tree.map(lambda t: t[rows], table)
+    return chunk._replace(x=take(tables[0], chunk.x), y=take(tables[1], chunk.y))
+
+
 def stack(batches: Sequence[Batch], length: int) -> Batch:
     """Stacks batches into a chunk of ``length``, filling up with fully masked batches.
 
