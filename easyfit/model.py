@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from easyfit import losses as losses_lib
+from easyfit import lr_finder
 from easyfit import memory as memory_lib
 from easyfit import precision as precision_lib
 from easyfit import remat as remat_lib
@@ -528,6 +529,21 @@ class Model:
         self._distribution.check_batch_size(data.batch_size)
         self._ensure_steps()
         return predict_loop(self, data, CallbackList(callbacks or [], model=self))
+
+    # -- choosing the learning rate ------------------------------------------------------------
+    def find_lr(self, x: Any, y: Any = None, min_lr: float = 1e-7, max_lr: float = 1.0,
+                steps: int = 100, batch_size: int | None = None,
+                **options: Any) -> "lr_finder.LRFinderResult":
+        """The learning-rate range test (see :func:`easyfit.lr_finder.find_lr`): trains a
+        copy of the state for ``steps`` batches while the rate grows from ``min_lr`` to
+        ``max_lr``; the model's weights and optimizer are left as they were.
+
+        Example:
+            >>> result = model.find_lr(x_train, y_train)   # doctest: +SKIP
+            >>> result.suggestion, result.plot("lr.png")   # doctest: +SKIP
+        """
+        return lr_finder.find_lr(self, x, y, min_lr=min_lr, max_lr=max_lr, steps=steps,
+                                 batch_size=batch_size, **options)
 
     # -- memory -------------------------------------------------------------------------------
     def estimate_memory(self, batch_size: int, x: Any = None, y: Any = None
