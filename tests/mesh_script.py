@@ -31,9 +31,6 @@ class _TrainCompiles(logging.Handler):
             COMPILES.append(1)
 
 
-jax.config.update("jax_log_compiles", True)
-logging.getLogger("jax._src.interpreters.pxla").addHandler(_TrainCompiles())
-logging.getLogger("jax._src.interpreters.pxla").propagate = False
 
 
 class Net(nnx.Module):
@@ -76,6 +73,9 @@ def error(make) -> str:
 
 
 def main(out: str, checkpoints: str) -> None:
+    jax.config.update("jax_log_compiles", True)
+    logging.getLogger("jax._src.interpreters.pxla").addHandler(_TrainCompiles())
+    logging.getLogger("jax._src.interpreters.pxla").propagate = False
     x, y = data()
     one = ef.distribute.DataParallel(devices=jax.devices()[:1])
     results = {"devices": len(jax.devices()), "runs": {}}

@@ -22,25 +22,9 @@ import numpy as np
 from flax import nnx
 
 import easyfit as ef
+from mesh_script import Net, data  # the same model and data as the 8-device checks
 
 EPOCHS, BATCH = 4, 40
-
-
-class Net(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.l1 = nnx.Linear(16, 64, rngs=rngs)
-        self.l2 = nnx.Linear(64, 64, rngs=rngs)
-        self.drop = nnx.Dropout(0.1, rngs=rngs)
-        self.out = nnx.Linear(64, 4, rngs=rngs)
-
-    def __call__(self, x):
-        return self.out(self.drop(nnx.relu(self.l2(nnx.relu(self.l1(x))))))
-
-
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 16)).astype(np.float32)
-    return x, (x[:, :4] @ rng.normal(size=(4, 4))).argmax(-1)
 
 
 def model(distribution=None) -> ef.Model:
