@@ -7,11 +7,12 @@ Example:
     >>> model.fit(x, y, epochs=10, validation_split=0.1)              # doctest: +SKIP
 """
 
-from easyfit import callbacks, config, data, distribute, losses, metrics, optimizers, schedules
+from easyfit import (callbacks, config, data, distribute, losses, metrics, optimizers,
+                     schedules, tune)
 from easyfit.callbacks import History
 from easyfit.model import Model
 
 __version__ = "0.1.0"
 
 __all__ = ["History", "Model", "callbacks", "config", "data", "distribute", "losses", "metrics",
-           "optimizers", "schedules", "__version__"]
+           "optimizers", "schedules", "tune", "__version__"]
