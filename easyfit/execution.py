@@ -64,7 +64,8 @@ class StepTimer:
     Attributes:
         k: steps per dispatch to use now: ``None`` while measuring single steps, then the
             candidate while it is timed, then the decision.
-        settled: whether ``k`` is final.
+        settled: whether ``k`` is final. A short epoch does not decide: the timer carries
+            over to the next epoch (and the next ``fit``) until it has timed both sizes.
     """
 
     def __init__(self, steps_per_epoch: int | None):
@@ -75,21 +76,46 @@ class StepTimer:
         self._start: float | None = None
         self._timed = 0
         self._batch_bytes = 0
+        self._compiled: set[int] = set()  # sizes whose first (compiling) dispatch has run
 
     def after_chunk(self, state: Any, chunk: Batch, steps: int) -> None:
         """Call after each dispatch until ``settled``; waits for the device a few times."""
         size = chunk.mask.shape[0]
         if self.k is None:
             self._batch_bytes = batch_bytes(chunk)
-        if size != (self.k or 1):
-            return  # a chunk read ahead at the previous size
-        if self._start is None:  # the first dispatch of a size includes compiling: not timed
-            jax.block_until_ready(state)
-            self._start, self._timed = time.perf_counter(), 0
+        if size != (self.k or 1):  # read ahead at the previous size: time from after it
+            if self._start is not None:
+                self.resume(state)
+            return
+        if size not in self._compiled:  # the first dispatch of a size compiles: not timed
+            self._compiled.add(size)
+            self.resume(state)
+            return
+        if self._start is None:  # the first dispatch after a pause
+            self.resume(state)
             return
         self._timed += steps
-        if self._timed >= max(PROBE_STEPS, 2 * size):
+        if self._timed >= PROBE_STEPS or size > 1:  # single steps, or one fused dispatch
             self._next(state)
+
+    def compiled(self, size: int, state: Any) -> None:
+        """The loop compiled ``size`` ahead of its first dispatch: time from now."""
+        self._compiled.add(size)
+        self.resume(state)
+
+    def resume(self, state: Any) -> None:
+        """Starts timing from now (after waiting for the device)."""
+        jax.block_until_ready(state)
+        self._start, self._timed = time.perf_counter(), 0
+
+    def pause(self) -> None:
+        """At the end of an epoch: what runs between epochs is not step time."""
+        self._start = None
+
+    def start_epoch(self, state: Any) -> None:
+        """At the start of an epoch: times from here if the size in use is compiled."""
+        if (self.k or 1) in self._compiled:
+            self.resume(state)
 
     def _next(self, state: Any) -> None:
         jax.block_until_ready(state)
@@ -101,16 +127,6 @@ class StepTimer:
             self.k, self.settled = _agreed(k), k == 1
         else:  # keep the candidate only if it is faster per step
             self.k, self.settled = _agreed(self.k if seconds < self._single else 1), True
-
-    def settle(self, state: Any) -> None:
-        """At the end of an epoch: decide from what was timed, keeping an untimed candidate."""
-        if self.settled:
-            return
-        if self._start is not None and self._timed:
-            self._next(state)
-        if self._single is not None:
-            self.settled = True
-            self.k = self.k or 1
 
 
 def _agreed(k: int) -> int:

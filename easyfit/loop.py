@@ -97,7 +97,10 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             model._reset_totals()
         callbacks.on_epoch_begin(epoch)
         k = model._execution_steps()
-        timer = None if k else StepTimer(train.steps)  # "auto", not yet measured: measure
+        timer = None  # "auto", not yet decided: measure (across epochs and fits if short)
+        if not k:
+            timer = model._auto_timer = model._auto_timer or StepTimer(train.steps)
+            timer.start_epoch(model._state)
         if timer is None:
             chunks = _on_device(model, train, epoch, k, start=done, **chunk_args)
         else:  # one step per dispatch until measured, then regrouped into timer.k
@@ -115,6 +118,13 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             model._train_on_chunk(chunk, len(sizes))
             if timer is not None and not timer.settled:
                 timer.after_chunk(model._state, chunk, len(sizes))
+                if timer.k and timer.k not in model._auto_sizes:
+                    # a candidate size: compile it now, so that its first dispatch is timed
+                    compile_ahead(model._steps.train, model._state, chunk, timer.k)
+                    if rows is not None:
+                        rows.compile_ahead(index_chunk, timer.k)
+                    model._auto_sizes.add(timer.k)
+                    timer.compiled(timer.k, model._state)
             done += len(sizes)
             model._position = (epoch, done)
             if batch_hooks:
@@ -124,13 +134,10 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             if model.stop_training:
                 break
         if timer is not None:
-            timer.settle(model._state)  # a short epoch: decide from what was timed
-            model._auto_k = timer.k if timer.settled else None
-            model._auto_sizes |= sizes_run | ({timer.k} if timer.settled else set())
-            if timer.settled and timer.k not in sizes_run:  # ready for the next epoch or fit
-                compile_ahead(model._steps.train, model._state, chunk, timer.k)
-                if rows is not None:
-                    rows.compile_ahead(index_chunk, timer.k)
+            timer.pause()
+            model._auto_sizes |= sizes_run
+            if timer.settled:
+                model._auto_k, model._auto_timer = timer.k, None
         if done == 0:
             warnings.warn("The training input ran out of data; stopping training. Make it "
                           "repeat, or pass steps_per_epoch x epochs batches at most.",
@@ -145,6 +152,8 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
         model.stop_training = any_process(model.stop_training)
         if model.stop_training or (train.exhausted and train.steps is None):
             break
+    if model._auto_timer is not None:  # too short a fit to time both sizes: one per dispatch
+        model._auto_k, model._auto_timer = 1, None
     callbacks.on_train_end(logs)
     return logs
 

@@ -108,6 +108,7 @@ class Model:
         self._steps_per_execution: int | str = "auto"
         self._auto_k: int | None = None  # what "auto" measured for this compile
         self._auto_sizes: set[int] = set()  # chunk sizes "auto" compiled the train step for
+        self._auto_timer = None  # "auto"'s measurement while it lasts
         self._seed, self._has_lr = 0, False
         self._augment = None
         self._compute_dtype, self._precision, self._float32_layers = None, "float32", ()
@@ -233,7 +234,7 @@ class Model:
         if len(set(names)) != len(names):
             raise ValueError(f"Two metrics share a name in {names}; give them distinct `name=`s.")
         self._steps_per_execution, self._auto_k = steps_per_execution, None
-        self._auto_sizes = set()
+        self._auto_sizes, self._auto_timer = set(), None
         self._seed, self._augment = seed, augment
         self._state, self._steps = None, None
         self._compiled = True
