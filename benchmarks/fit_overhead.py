@@ -1,68 +1,107 @@
-"""How close does ``Model.fit`` get to the dispatch-free limit?
+"""Speed and memory of ``Model.fit`` against a hand-written loop, the dispatch-free limit and
+Keras 3.
 
-For two MLPs (small: 64-64-10, batch 32; medium: 784-512-512-10, batch 128), trained with
-AdamW (lr 1e-3, no weight decay) on synthetic float32 data with sparse integer labels and
-softmax cross-entropy, this measures training steps per second, compile excluded, for:
+For two MLPs (small: 64-64-10, batch 32, dispatch-bound; medium: 784-512-512-10, batch 128),
+trained with AdamW (lr 1e-3, no weight decay) on synthetic float32 data with sparse integer
+labels and softmax cross-entropy on logits, one run prints, per regime:
 
-  (a) easyfit   ``ef.Model(mlp).compile(..., steps_per_execution=k).fit(x, y, ...)`` for
-                several ``k``;
-  (b) hand      what a typical user writes: ``nnx.split`` once, a ``jax.jit``-ed, donated
-                train step over ``(params, opt_state, x, y)`` called once per batch from
-                Python with numpy batches sliced on the host;
-  (c) limit     the whole epoch in ONE jitted ``lax.scan`` over batches already on the
-                device (``(steps, B, ...)`` jnp arrays): no per-step dispatch, no host data
-                work. This is the throughput the machine gives to this model and batch.
+  easyfit default   ``ef.Model(mlp).compile(optimizer, loss)`` and ``fit(x, y, batch_size=B)``
+                    with default arguments: ``steps_per_execution="auto"``, ``shuffle=True``
+                    (``verbose=0`` everywhere: no progress output in any variant);
+  easyfit tuned     the same with the fastest fixed ``steps_per_execution`` among ``--ks``;
+  hand loop         what a typical user writes: ``nnx.split`` once, a ``jax.jit``-ed, donated
+                    optax step over ``(params, opt_state, x, y)`` called once per batch from
+                    Python, with numpy batches gathered on the host in a fresh random order
+                    each epoch (shuffled, as ``fit``'s default);
+  limit             the dispatch-free limit: the whole epoch in ONE jitted ``lax.scan`` over
+                    batches already on the device (``(steps, B, ...)`` jnp arrays), no
+                    per-step dispatch and no host data work;
+  Keras 3 default   ``keras.Sequential`` of the same Dense(relu) layers, ``AdamW(1e-3,
+                    weight_decay=0)``, ``SparseCategoricalCrossentropy(from_logits=True)``,
+                    ``fit(x, y, batch_size=B)`` with default arguments (``shuffle=True``,
+                    ``steps_per_execution=1``), ``KERAS_BACKEND=jax``, in a subprocess;
+  Keras 3 best      the same with its fastest ``steps_per_execution`` among ``--ks``;
 
-Each variant is warmed up with one epoch (this compiles), then timed in trials of whole
-epochs (about ``--seconds`` each); trials of all variants are interleaved, ``--repeats``
-rounds, and each variant keeps its best trial, so bursts of other work on the machine hit
-every variant alike and the best trial is the least disturbed one. easyfit's trials are
-further ``fit(..., epochs=n)`` calls on the same model: they must reuse the compiled step,
-which is checked (``model._steps.train._cache_size() == 1``; anything else is reported as a
-bug). A diagnostic row times easyfit's jitted step alone on chunks already on the device.
+with, for each: training steps/s (compile excluded), the ratio to the limit and to Keras
+default, the first-epoch time (a fresh process: ``fit(epochs=1)`` on a fresh model, compile
+included) and the peak RSS of a fresh process that trains ``--rss-epochs`` epochs (ratio to
+the hand loop's); then one line per target saying whether it is met.
 
-Run:  python benchmarks/fit_overhead.py            (full, ~5 minutes on 2 CPU cores)
-      python benchmarks/fit_overhead.py --quick    (short smoke run)
+Steps/s: each in-process variant is warmed up with one epoch (this compiles; for easyfit
+default it is also where "auto" measures and picks its size), then timed in trials of whole
+epochs (about ``--seconds`` each). Keras runs in a worker subprocess (Keras must see
+``KERAS_BACKEND`` before its import, and must not share the process with flax) that times a
+trial when asked, so trials of ALL variants are interleaved, ``--repeats`` rounds, and each
+variant keeps its best trial: bursts of other work on the machine hit every variant alike.
+Trials wait for the machine to be quiet and are retried while other processes used more than
+``QUIET`` of the CPU; the "others" column is that share in the best trial. easyfit's trials
+are further ``fit`` calls on the same model: they must reuse the compiled step (its cache must
+not grow after the warm-up; anything else is reported as a bug). Diagnostic rows time
+easyfit's jitted step alone on chunks already on the device, and easyfit's input path alone
+(chunks gathered, stacked and placed, no step): where the time of the small regime goes.
+
+First epoch and peak RSS: each of the six main variants runs in a fresh subprocess
+(``--first-repeats`` times, interleaved, each retried while others used the CPU; the fastest
+quiet first epoch and the largest RSS are kept) that imports only what it needs (the hand
+loop and the limit: jax, flax, optax; easyfit: those and easyfit; Keras: keras and jax),
+builds the data and the model, times the first epoch, trains the remaining epochs, and
+reports its peak RSS (``VmHWM``; "before fit" is the peak once imports, data and model are
+ready).
+
+Run:  pip install -e ".[benchmark]"                 (Keras 3 for the peer rows)
+      python benchmarks/fit_overhead.py            (full, ~7 minutes on 2 CPU cores)
+      python benchmarks/fit_overhead.py --quick    (short smoke run, ~2 minutes)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
+import json
 import os
 import platform
+import resource
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
-import easyfit as ef
+ROLE_ENV = "FIT_OVERHEAD_ROLE"
+KERAS_CHILD = os.environ.get(ROLE_ENV) == "keras"
+
+import jax  # noqa: E402  (Keras children import it too: it is Keras's backend)
+import jax.numpy as jnp  # noqa: E402
+
+if not KERAS_CHILD:  # Keras children keep flax and optax out of their memory
+    import optax
+    from flax import nnx
 
 LR = 1e-3
 WAIT_IDLE = True  # --no-wait-idle turns it off
 QUIET = 0.10      # a trial is "quiet" if other processes used at most this share of the CPU
+MARK = "@@fit_overhead "  # prefix of the result lines children print on stdout
 
 
 # ---------------------------------------------------------------------------------------------
 # model and data
 # ---------------------------------------------------------------------------------------------
-class MLP(nnx.Module):
-    """Dense layers with relu between them; the last layer gives logits."""
+if not KERAS_CHILD:
+    class MLP(nnx.Module):
+        """Dense layers with relu between them; the last layer gives logits."""
 
-    def __init__(self, sizes: tuple[int, ...], rngs: nnx.Rngs):
-        self.layers = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        def __init__(self, sizes: tuple[int, ...], rngs: nnx.Rngs):
+            self.layers = nnx.List(
+                [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
 
-    def __call__(self, x):
-        for layer in self.layers[:-1]:
-            x = nnx.relu(layer(x))
-        return self.layers[-1](x)
+        def __call__(self, x):
+            for layer in self.layers[:-1]:
+                x = nnx.relu(layer(x))
+            return self.layers[-1](x)
 
 
 @dataclass
@@ -72,11 +111,24 @@ class Config:
     batch: int
     steps: int          # batches per epoch (rows = batch * steps, so no partial batch)
     epochs: int         # at most this many epochs per timed trial
-    ks: tuple[int, ...]  # steps_per_execution values for easyfit
+    ks: tuple[int, ...]  # fixed steps_per_execution values tried (easyfit and Keras)
 
     @property
     def label(self) -> str:
         return f"{self.name} ({'-'.join(map(str, self.sizes))}, B={self.batch})"
+
+
+def configs(quick: bool, ks: tuple[int, ...] | None = None) -> list[Config]:
+    # Steps per epoch are powers of two so every k divides them: no filler batches. k=1 is
+    # always there: it is Keras's default.
+    ks = tuple(sorted({1, *ks})) if ks else None
+    # Trials need ~--seconds of work (others' CPU share is counted in 10 ms ticks): the
+    # epochs cap is high enough for the fastest variant to get there.
+    if quick:
+        return [Config("small", (64, 64, 10), 32, 128, 64, ks or (1, 8, 128)),
+                Config("medium", (784, 512, 512, 10), 128, 32, 16, ks or (1, 8, 32))]
+    return [Config("small", (64, 64, 10), 32, 512, 128, ks or (1, 8, 32, 128, 512)),
+            Config("medium", (784, 512, 512, 10), 128, 128, 16, ks or (1, 8, 32, 128))]
 
 
 def make_data(cfg: Config, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +139,7 @@ def make_data(cfg: Config, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def make_module(cfg: Config) -> MLP:
+def make_module(cfg: Config) -> "MLP":
     return MLP(cfg.sizes, rngs=nnx.Rngs(0))
 
 
@@ -127,6 +179,10 @@ def wait_idle(max_busy: float = 0.15, window: float = 0.5, timeout: float = 2.0)
 def timed(run: Callable[[], None]) -> tuple[float, float]:
     """Wall time (s) of ``run()`` (which ends synchronised) and the share of the machine's
     CPU that *other* processes used meanwhile (0.0 = we had the machine to ourselves)."""
+    if not os.path.exists("/proc/stat"):
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start, 0.0
     busy0, total0 = _cpu_times()
     own0 = sum(os.times()[:2])
     start = time.perf_counter()
@@ -138,6 +194,23 @@ def timed(run: Callable[[], None]) -> tuple[float, float]:
     return seconds, others
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far (MiB).
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. Not ``ru_maxrss``: Linux carries that over
+    ``fork`` + ``exec``, so a child started by a big parent reports the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes / KiB
+
+
 @dataclass
 class Variant:
     """One thing to time: ``run(n)`` trains ``n`` epochs and returns when the device is done."""
@@ -146,8 +219,10 @@ class Variant:
     name: str
     run: Callable[[int], None]
     check: Callable[[], str] = lambda: ""   # after timing: "" or a problem to report
+    info: Callable[[], str] = lambda: ""    # after timing: a remark for the note column
     epochs: int = 1                         # per timed trial (calibrated)
-    trials: list[tuple[float, float]] = None  # (seconds, others' CPU share)
+    trials: list[tuple[float, float]] = field(default_factory=list)  # (s, others' CPU share)
+    key: str = ""                           # for the main table: "default", "hand", ...
 
     def prepare(self, target_s: float, max_epochs: int) -> None:
         """Warm-up epoch (compiles), then picks the epochs per trial for ~``target_s``."""
@@ -156,12 +231,15 @@ class Variant:
         self.epochs = int(min(max_epochs, max(1, round(target_s / seconds))))
         self.trials = []
 
+    def measure(self) -> tuple[float, float]:
+        return timed(lambda: self.run(self.epochs))
+
     def trial(self, attempts: int = 1) -> None:
         """One timed trial; retried (up to ``attempts`` runs) while others used the CPU."""
         for _ in range(attempts):
             if WAIT_IDLE:
                 wait_idle()
-            self.trials.append(timed(lambda: self.run(self.epochs)))
+            self.trials.append(self.measure())
             if self.trials[-1][1] <= QUIET:
                 return
 
@@ -169,14 +247,14 @@ class Variant:
         # Contention only ever slows a run down: the fastest quiet trial is the measurement.
         quiet = [t for t in self.trials if t[1] <= QUIET]
         seconds, others = min(quiet or self.trials)
-        note = self.check()
+        note = "; ".join(n for n in (self.check(), self.info()) if n)
         if not quiet:
             note = (note + "; " if note else "") + "no quiet trial: contended"
         pool = sorted(t for t, _ in (quiet or self.trials))
         median = pool[len(pool) // 2] if len(pool) % 2 else sum(pool[len(pool) // 2 - 1:][:2]) / 2
         steps = self.epochs * self.config.steps
         return Result(self.config.label, self.name, steps / seconds, others, note,
-                      len(quiet), len(self.trials), steps / median)
+                      len(quiet), len(self.trials), steps / median, self.key)
 
 
 @dataclass
@@ -189,6 +267,7 @@ class Result:
     quiet_trials: int = 0
     trials: int = 0
     median_steps_per_s: float = 0.0  # over the trials the best was chosen from
+    key: str = ""
 
 
 def _split(cfg: Config):
@@ -197,7 +276,7 @@ def _split(cfg: Config):
     return graphdef, params, tx, tx.init(params)
 
 
-# (c) the dispatch-free limit ------------------------------------------------------------------
+# the dispatch-free limit --------------------------------------------------------------------
 def limit_variant(cfg: Config, x: np.ndarray, y: np.ndarray) -> Variant:
     graphdef, params, tx, opt_state = _split(cfg)
     xs = jnp.asarray(x.reshape(cfg.steps, cfg.batch, -1))
@@ -223,10 +302,10 @@ def limit_variant(cfg: Config, x: np.ndarray, y: np.ndarray) -> Variant:
         jax.block_until_ready((p, o, total))
         state[:] = [p, o]
 
-    return Variant(cfg, "(c) limit: 1 jitted scan / epoch", run)
+    return Variant(cfg, "limit: 1 jitted scan / epoch", run, key="limit")
 
 
-# (b) hand-written per-step loop --------------------------------------------------------------
+# hand-written per-step loop ------------------------------------------------------------------
 def hand_variant(cfg: Config, x: np.ndarray, y: np.ndarray) -> Variant:
     graphdef, params, tx, opt_state = _split(cfg)
 
@@ -237,44 +316,70 @@ def hand_variant(cfg: Config, x: np.ndarray, y: np.ndarray) -> Variant:
 
     train_step = jax.jit(train_step, donate_argnums=(0, 1))
     state = [params, opt_state]
+    rng = np.random.default_rng(0)
     B = cfg.batch
 
     def run(n):
         p, o = state
         loss = None
         for _ in range(n):
+            order = rng.permutation(len(x))  # a fresh order each epoch, as fit's shuffle
             for i in range(cfg.steps):
-                p, o, loss = train_step(p, o, x[i * B:(i + 1) * B], y[i * B:(i + 1) * B])
+                rows = order[i * B:(i + 1) * B]
+                p, o, loss = train_step(p, o, x[rows], y[rows])
         jax.block_until_ready((p, o, loss))
         state[:] = [p, o]
 
-    return Variant(cfg, "(b) hand-written jit step / batch", run)
+    return Variant(cfg, "hand-written jit step / batch", run, key="hand")
 
 
-# (a) easyfit -------------------------------------------------------------------------------
-def _easyfit_model(cfg: Config, k: int) -> "ef.Model":
+# easyfit -----------------------------------------------------------------------------------
+def _easyfit_model(cfg: Config, k: int | str):
+    import easyfit as ef
+
     model = ef.Model(make_module(cfg))
-    model.compile(optimizer=ef.optimizers.adamw(LR, weight_decay=0.0),
-                  loss="sparse_categorical_crossentropy", steps_per_execution=k)
+    if k == "auto":  # the default: leave the argument out
+        model.compile(optimizer=ef.optimizers.adamw(LR, weight_decay=0.0),
+                      loss="sparse_categorical_crossentropy")
+    else:
+        model.compile(optimizer=ef.optimizers.adamw(LR, weight_decay=0.0),
+                      loss="sparse_categorical_crossentropy", steps_per_execution=k)
     return model
 
 
-def easyfit_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int) -> Variant:
+def _easyfit_fit(model, cfg: Config, x, y, epochs: int) -> None:
+    """``fit`` with default arguments but the batch size and the epochs (and no output)."""
+    model.fit(x, y, batch_size=cfg.batch, epochs=epochs, verbose=0)
+    jax.block_until_ready(model._state)
+
+
+def easyfit_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int | str) -> Variant:
     model = _easyfit_model(cfg, k)
     fits = [0]
+    warm = [None]  # compiled train programs after the warm-up
 
     def run(n):
-        model.fit(x, y, batch_size=cfg.batch, epochs=n, shuffle=False, verbose=0)
-        jax.block_until_ready(model._state)
+        _easyfit_fit(model, cfg, x, y, n)
         fits[0] += 1
+        if warm[0] is None:
+            warm[0] = model._steps.train._cache_size()
 
     def check() -> str:
         cache = model._steps.train._cache_size()
-        if cache == 1:
+        allowed = 2 if k == "auto" else 1  # auto: one step, and the fused size
+        if cache == warm[0] and cache <= allowed:
             return ""
-        return f"BUG: train step compiled {cache}x over {fits[0]} fit calls (expected 1)"
+        return (f"BUG: train step compiled {cache}x over {fits[0]} fit calls (after the "
+                f"warm-up: {warm[0]}; expected at most {allowed})")
 
-    return Variant(cfg, f"(a) easyfit steps_per_execution={k}", run, check)
+    def info() -> str:
+        return f"auto chose k={model._execution_steps()}" if k == "auto" else ""
+
+    name = "easyfit default (steps_per_execution='auto')" if k == "auto" else \
+        f"easyfit steps_per_execution={k}"
+    variant = Variant(cfg, name, run, check, info, key="default" if k == "auto" else f"ef{k}")
+    variant.model = model
+    return variant
 
 
 def easyfit_step_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int) -> Variant:
@@ -302,20 +407,224 @@ def easyfit_step_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int)
                 st = train(st, chunk)
         state[0] = jax.block_until_ready(st)
 
-    return Variant(cfg, f"    easyfit step only, k={k} (diagnostic)", run)
+    return Variant(cfg, f"  easyfit step only, k={k} (diagnostic)", run, key="diag")
+
+
+def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int) -> Variant:
+    """Diagnostic: easyfit's input path alone, as ``fit`` runs it for arrays with shuffling:
+    ``ArrayAdapter.chunks`` placed on the device by the prefetch thread and consumed by the
+    main thread (for a dataset small enough to live on the device, as ``fit`` does it: chunks
+    of row numbers and the jitted gather of ``easyfit.loop._device_rows``); no train step.
+    Its steps/s bounds ``fit``'s. Uses easyfit internals."""
+    from easyfit import loop
+    from easyfit.data.adapters import ArrayAdapter
+    from easyfit.data.prefetch import prefetch
+
+    model = _easyfit_model(cfg, k)
+    model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, verbose=0)
+    adapter = ArrayAdapter(x, y, batch_size=cfg.batch, shuffle=True)
+    place = model._distribution.place_chunk
+    device_rows = getattr(loop, "_device_rows", lambda model, data: None)(model, adapter)
+    how = "host gather" if device_rows is None else "device gather"
+
+    def run(n):
+        last = None
+        for epoch in range(n):
+            args = {} if device_rows is None else {"as_index": True}
+            for chunk, _ in prefetch(adapter.chunks(epoch, k, **args),
+                                     lambda item: (place(item[0]), item[1])):
+                last = chunk if device_rows is None else device_rows(chunk)
+        jax.block_until_ready(last)
+
+    return Variant(cfg, f"  easyfit input only, k={k} (diagnostic)", run,
+                   info=lambda: how, key="diag")
+
+
+# Keras 3 -----------------------------------------------------------------------------------
+def keras_available() -> bool:
+    return importlib.util.find_spec("keras") is not None
+
+
+def keras_model(cfg: Config, k: int):
+    """The same MLP in Keras 3 (call only in a process started with ``KERAS_BACKEND=jax``)."""
+    import keras
+
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((cfg.sizes[0],))]
+    layers += [keras.layers.Dense(n, activation="relu") for n in cfg.sizes[1:-1]]
+    layers.append(keras.layers.Dense(cfg.sizes[-1]))  # logits
+    model = keras.Sequential(layers)
+    kwargs = {} if k == 1 else {"steps_per_execution": k}  # 1 is Keras's default
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=LR, weight_decay=0.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **kwargs)
+    return model
+
+
+def _keras_fit(model, cfg: Config, x, y, epochs: int) -> None:
+    """Keras's ``fit`` with default arguments but the batch size and the epochs (and no
+    output: its default progress bar would read the logs every step)."""
+    model.fit(x, y, batch_size=cfg.batch, epochs=epochs, verbose=0)
+    jax.block_until_ready([v.value for v in model.variables])
+
+
+def _child_env(keras: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    if keras:
+        env.update({"KERAS_BACKEND": "jax", ROLE_ENV: "keras"})
+    else:
+        env.pop(ROLE_ENV, None)
+    return env
+
+
+def _reply(payload: dict) -> None:
+    print(MARK + json.dumps(payload), flush=True)
+
+
+class KerasWorker:
+    """A subprocess holding one Keras model per ``steps_per_execution``, each warmed up and
+    calibrated; it times one trial whenever asked, so its trials interleave with ours."""
+
+    def __init__(self, cfg: Config, target_s: float, argv_common: list[str]):
+        self._log = tempfile.TemporaryFile(mode="w+")
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "keras-worker",
+               "--config", cfg.name, "--seconds", str(target_s), *argv_common]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, text=True, env=_child_env(True))
+        self.epochs = {int(k): n for k, n in self._read()["epochs"].items()}
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK):])
+        self._log.seek(0)
+        raise RuntimeError("the Keras worker ended early:\n" + self._log.read()[-3000:])
+
+    def request(self, payload: dict) -> dict:
+        self.proc.stdin.write(json.dumps(payload) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.request({"op": "quit"})
+            except Exception:  # noqa: BLE001 -- it is going away anyway
+                pass
+            self.proc.wait(timeout=30)
+        self._log.close()
+
+
+class KerasVariant(Variant):
+    """A Keras model living in the worker; ``measure`` asks the worker for one trial."""
+
+    def __init__(self, cfg: Config, worker: KerasWorker, k: int):
+        name = "Keras 3 default (steps_per_execution=1)" if k == 1 else \
+            f"Keras 3 steps_per_execution={k}"
+        super().__init__(cfg, name, run=None, key=f"keras{k}")
+        self.worker, self.k, self.epochs = worker, k, worker.epochs[k]
+
+    def prepare(self, target_s: float, max_epochs: int) -> None:
+        self.trials = []  # the worker warmed up and calibrated at its start
+
+    def measure(self) -> tuple[float, float]:
+        answer = self.worker.request({"op": "trial", "k": self.k})
+        return answer["seconds"], answer["others"]
+
+
+def keras_worker_main(cfg: Config, target_s: float) -> int:
+    x, y = make_data(cfg)
+    variants = {}
+    for k in cfg.ks:
+        model = keras_model(cfg, k)
+        variants[k] = Variant(cfg, f"keras{k}", lambda n, m=model: _keras_fit(m, cfg, x, y, n))
+        variants[k].prepare(target_s, cfg.epochs)
+    _reply({"epochs": {k: v.epochs for k, v in variants.items()}})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "quit":
+            _reply({})
+            return 0
+        variant = variants[request["k"]]
+        seconds, others = variant.measure()
+        _reply({"seconds": seconds, "others": others})
+    return 0
+
+
+# first epoch and peak RSS, in fresh processes ---------------------------------------------------
+@dataclass
+class FreshRun:
+    """What one fresh process measured."""
+
+    first_s: float
+    others: float
+    rss_mib: float
+    before_mib: float = 0.0  # peak RSS once imports, data and model are ready (before fit)
+    note: str = ""
+
+
+def fresh_main(cfg: Config, variant: str, k: int | str, epochs: int) -> int:
+    """Child: a fresh model, its first epoch timed (compile included), ``epochs - 1`` more
+    epochs, then the peak RSS. Imports only what the variant needs."""
+    x, y = make_data(cfg)
+    note = ""
+    if variant == "keras":
+        model = keras_model(cfg, int(k))
+        train = lambda n: _keras_fit(model, cfg, x, y, n)
+    elif variant == "easyfit":
+        model = _easyfit_model(cfg, k)
+        train = lambda n: _easyfit_fit(model, cfg, x, y, n)
+    elif variant in ("hand", "limit"):
+        train = (hand_variant if variant == "hand" else limit_variant)(cfg, x, y).run
+    else:
+        raise ValueError(variant)
+    before = peak_rss_mib()  # imports, data and model: what the process holds before fit
+    if WAIT_IDLE:
+        wait_idle()
+    first, others = timed(lambda: train(1))
+    if epochs > 1:
+        train(epochs - 1)
+    if variant == "easyfit" and k == "auto":
+        note = f"auto chose k={model._execution_steps()}"
+    _reply({"first_s": first, "others": others, "rss_mib": peak_rss_mib(),
+            "before_mib": before, "note": note})
+    return 0
+
+
+def fresh_run(cfg: Config, variant: str, k: int | str, epochs: int,
+              argv_common: list[str]) -> FreshRun:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "fresh", "--config", cfg.name,
+           "--variant", variant, "--k", str(k), "--rss-epochs", str(epochs), *argv_common]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(variant == "keras"),
+                          timeout=600)
+    for line in done.stdout.splitlines():
+        if line.startswith(MARK):
+            return FreshRun(**json.loads(line[len(MARK):]))
+    raise RuntimeError(f"fresh {variant} run failed (rc {done.returncode}):\n"
+                       f"{done.stderr[-3000:]}")
 
 
 # ---------------------------------------------------------------------------------------------
-def configs(quick: bool) -> list[Config]:
-    if quick:
-        return [Config("small", (64, 64, 10), 32, 128, 8, (1, 8, 128)),
-                Config("medium", (784, 512, 512, 10), 128, 16, 2, (1, 16))]
-    # Steps per epoch are powers of two so every k divides them: no filler batches.
-    return [Config("small", (64, 64, 10), 32, 512, 64, (1, 8, 32, 128, 512)),
-            Config("medium", (784, 512, 512, 10), 128, 128, 8, (1, 8, 32, 128))]
+# report
+# ---------------------------------------------------------------------------------------------
+def _git_state(module) -> str:
+    """The commit the imported package comes from, and whether its files differ from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
+    try:
+        git = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True,
+                                        text=True, timeout=10, check=True).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", os.path.basename(module.__path__[0]))
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    changed = len(dirty.splitlines())
+    return f"git {head}" + (f", {changed} file(s) modified" if changed else ", clean")
 
 
 def machine_info() -> str:
+    import easyfit as ef
+
     lines = [
         f"date:     {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"python:   {platform.python_version()}  ({platform.platform()})",
@@ -323,33 +632,192 @@ def machine_info() -> str:
         f"devices:  {jax.devices()}",
         f"cpus:     os.cpu_count()={os.cpu_count()}, "
         f"sched_getaffinity={len(os.sched_getaffinity(0))}",
-        f"easyfit:  {ef.__version__}",
+        f"easyfit:  {ef.__version__}  ({os.path.dirname(ef.__file__)}; {_git_state(ef)})",
     ]
     try:
         import flax
         lines.append(f"flax:     {flax.__version__}  optax: {optax.__version__}")
     except Exception:  # pragma: no cover
         pass
+    if keras_available():
+        from importlib.metadata import version
+        lines.append(f"keras:    {version('keras')} (backend jax, in subprocesses)")
+    else:
+        lines.append("keras:    not installed (pip install -e '.[benchmark]'): no Keras rows")
     return "\n".join(lines)
 
 
-def table(results: list[Result]) -> str:
-    header = (f"| {'config':<30} | {'variant':<42} | {'steps/s':>9} | {'vs (c)':>6} | "
-              f"{'vs (b)':>6} | {'median':>9} | {'others':>6} | note")
-    rule = (f"|{'-' * 32}|{'-' * 44}|{'-' * 10}:|{'-' * 7}:|{'-' * 7}:|{'-' * 10}:|"
+def detail_table(results: list[Result]) -> str:
+    """Every timed variant: steps/s against the limit and the hand loop."""
+    header = (f"| {'config':<30} | {'variant':<44} | {'steps/s':>9} | {'vs limit':>8} | "
+              f"{'vs hand':>7} | {'median':>9} | {'others':>6} | note")
+    rule = (f"|{'-' * 32}|{'-' * 46}|{'-' * 10}:|{'-' * 9}:|{'-' * 8}:|{'-' * 10}:|"
             f"{'-' * 7}:|------")
     rows = [header, rule]
     by_config: dict[str, dict[str, float]] = {}
     for r in results:
-        by_config.setdefault(r.config, {})[r.variant[:3]] = r.steps_per_s
+        by_config.setdefault(r.config, {})[r.key] = r.steps_per_s
     for r in results:
         ref = by_config[r.config]
-        vs_c = r.steps_per_s / ref["(c)"]
-        vs_b = r.steps_per_s / ref["(b)"]
-        rows.append(f"| {r.config:<30} | {r.variant:<42} | {r.steps_per_s:>9.0f} | "
-                    f"{vs_c:>5.2f}x | {vs_b:>5.2f}x | {r.median_steps_per_s:>9.0f} | {r.others:>6.0%} | "
-                    f"{r.note}")
+        rows.append(f"| {r.config:<30} | {r.variant:<44} | {r.steps_per_s:>9.0f} | "
+                    f"{r.steps_per_s / ref['limit']:>7.2f}x | "
+                    f"{r.steps_per_s / ref['hand']:>6.2f}x | {r.median_steps_per_s:>9.0f} | "
+                    f"{r.others:>6.0%} | {r.note}")
     return "\n".join(rows)
+
+
+@dataclass
+class Row:
+    """One line of a regime's main table."""
+
+    name: str
+    result: Result
+    fresh: FreshRun | None
+
+
+def main_table(rows: list[Row]) -> str:
+    by = {row.name: row for row in rows}
+    limit = by["limit"].result.steps_per_s
+    keras = by["keras"].result.steps_per_s if "keras" in by else None
+    hand_rss = by["hand"].fresh.rss_mib if by["hand"].fresh else None
+    out = ["| variant | steps/s | vs limit | vs Keras default | first epoch s | peak RSS MiB | "
+           "RSS vs hand | note |",
+           "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        r, f = row.result, row.fresh
+        vs_keras = f"{r.steps_per_s / keras:.2f}x" if keras else "-"
+        first = f"{f.first_s:.2f}" if f else "-"
+        rss = f"{f.rss_mib:.0f}" if f else "-"
+        vs_hand = f"{f.rss_mib / hand_rss:.3f}x" if f and hand_rss else "-"
+        notes = [r.note] + ([f.note] if f and f.note and f.note not in r.note else [])
+        if f and f.others > QUIET:
+            notes.append(f"first epoch contended ({f.others:.0%} others)")
+        if r.others > QUIET:
+            notes.append(f"best trial {r.others:.0%} others")
+        out.append(f"| {r.variant} | {r.steps_per_s:.0f} | {r.steps_per_s / limit:.2f}x | "
+                   f"{vs_keras} | {first} | {rss} | {vs_hand} | "
+                   f"{'; '.join(n for n in notes if n)} |")
+    return "\n".join(out)
+
+
+def targets(regimes: dict[str, list[Row]]) -> list[str]:
+    """The issue's targets, each met or not, with the figures."""
+    lines = []
+
+    def say(ok: bool | None, text: str) -> None:
+        lines.append(f"- {'MET    ' if ok else 'not met' if ok is not None else 'n/a    '}  "
+                     f"{text}")
+
+    for name, rows in regimes.items():
+        by = {row.name: row for row in rows}
+        d, lim, hand = by["default"], by["limit"], by["hand"]
+        ratio = d.result.steps_per_s / lim.result.steps_per_s
+        say(ratio >= 0.9, f"{name}: easyfit default >= 0.9x the limit: {ratio:.2f}x "
+            f"({d.result.steps_per_s:.0f} vs {lim.result.steps_per_s:.0f} steps/s)")
+        keras = by.get("keras")
+        if name == "small":
+            if keras:
+                ratio = d.result.steps_per_s / keras.result.steps_per_s
+                say(ratio >= 2.0, f"{name}: easyfit default >= 2x Keras 3 default: {ratio:.2f}x "
+                    f"({d.result.steps_per_s:.0f} vs {keras.result.steps_per_s:.0f} steps/s)")
+            else:
+                say(None, f"{name}: easyfit default >= 2x Keras 3 default: Keras not installed")
+        if keras and keras.fresh and d.fresh:
+            say(d.fresh.first_s <= keras.fresh.first_s,
+                f"{name}: first epoch easyfit default <= Keras 3 default: "
+                f"{d.fresh.first_s:.2f} s vs {keras.fresh.first_s:.2f} s "
+                f"({d.fresh.first_s / keras.fresh.first_s:.2f}x)")
+        elif d.fresh:
+            say(None, f"{name}: first epoch vs Keras 3: Keras not measured")
+        if d.fresh and hand.fresh:
+            ratio = d.fresh.rss_mib / hand.fresh.rss_mib
+            say(ratio <= 1.1, f"{name}: peak RSS easyfit default <= 1.1x the hand loop: "
+                f"{ratio:.3f}x ({d.fresh.rss_mib:.0f} vs {hand.fresh.rss_mib:.0f} MiB)")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+def run_regime(cfg: Config, args, argv_common: list[str]) -> tuple[list[Result], list[Row]]:
+    x, y = make_data(cfg)
+    default = easyfit_variant(cfg, x, y, "auto")
+    variants = [limit_variant(cfg, x, y), hand_variant(cfg, x, y), default]
+    variants += [easyfit_variant(cfg, x, y, k) for k in cfg.ks]
+    print(f"{cfg.label}: {cfg.steps} steps/epoch; warming up {len(variants)} variants",
+          flush=True)
+    for variant in variants:
+        variant.prepare(args.seconds, cfg.epochs)
+    if not args.no_diagnostic:
+        k = default.model._execution_steps() or 1
+        for make in (easyfit_step_only_variant, easyfit_input_only_variant):
+            try:
+                variants.append(make(cfg, x, y, k))
+                variants[-1].prepare(args.seconds, cfg.epochs)
+            except Exception as error:  # internals moved: skip the diagnostic, keep going
+                print(f"  (diagnostic skipped: {type(error).__name__}: {error})")
+    worker = None
+    if keras_available() and not args.no_keras:
+        print("  starting the Keras worker (warms up and calibrates each model)", flush=True)
+        worker = KerasWorker(cfg, args.seconds, argv_common)
+        variants += [KerasVariant(cfg, worker, k) for k in cfg.ks]
+    try:
+        for i in range(args.repeats):
+            for variant in variants:
+                variant.trial(attempts=args.attempts)
+            print(f"  trial round {i + 1}/{args.repeats} done", flush=True)
+    finally:
+        if worker is not None:
+            worker.close()
+    results = []
+    for variant in variants:
+        results.append(variant.result())
+        r = results[-1]
+        print(f"  {r.variant:<44} {r.steps_per_s:>9.0f} steps/s  ({variant.epochs} epochs "
+              f"a trial; {r.quiet_trials}/{r.trials} trials quiet; others in best "
+              f"{r.others:.0%}) {r.note}", flush=True)
+
+    by_key = {r.key: r for r in results}
+    tuned_k = max(cfg.ks, key=lambda k: by_key[f"ef{k}"].steps_per_s)
+    main = [("default", by_key["default"], "easyfit", "auto"),
+            ("tuned", by_key[f"ef{tuned_k}"], "easyfit", tuned_k),
+            ("hand", by_key["hand"], "hand", 0),
+            ("limit", by_key["limit"], "limit", 0)]
+    if worker is not None:
+        best_k = max(cfg.ks, key=lambda k: by_key[f"keras{k}"].steps_per_s)
+        main += [("keras", by_key["keras1"], "keras", 1),
+                 ("keras_best", by_key[f"keras{best_k}"], "keras", best_k)]
+
+    # First epoch and peak RSS: fresh processes, interleaved over the repeats.
+    fresh: dict[str, list[FreshRun]] = {name: [] for name, *_ in main}
+    if not args.no_fresh:
+        print(f"  fresh processes: first epoch + peak RSS over {args.rss_epochs} epochs, "
+              f"{args.first_repeats} run(s) each", flush=True)
+        for _ in range(args.first_repeats):
+            for name, _, variant, k in main:
+                for _ in range(args.attempts):  # retried while others used the CPU
+                    fresh[name].append(fresh_run(cfg, variant, k, args.rss_epochs, argv_common))
+                    f = fresh[name][-1]
+                    print(f"    {name:<10} first epoch {f.first_s:6.2f} s  (others "
+                          f"{f.others:.0%})  peak RSS {f.rss_mib:6.0f} MiB (before fit "
+                          f"{f.before_mib:4.0f})  {f.note}", flush=True)
+                    if f.others <= QUIET:
+                        break
+    rows = []
+    for name, result, _, k in main:
+        runs = fresh[name]
+        best = None
+        if runs:
+            quiet = [f for f in runs if f.others <= QUIET]
+            quick = min(quiet or runs, key=lambda f: f.first_s)
+            best = FreshRun(quick.first_s, quick.others, max(f.rss_mib for f in runs),
+                            max(f.before_mib for f in runs),
+                            "; ".join(sorted({f.note for f in runs if f.note})))
+        label = result.variant
+        if name == "tuned":
+            label = f"easyfit tuned (steps_per_execution={k})"
+        elif name == "keras_best":
+            label = f"Keras 3 best (steps_per_execution={k})"
+        rows.append(Row(name, Result(**{**result.__dict__, "variant": label}), best))
+    return results, rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,63 +830,89 @@ def main(argv: list[str] | None = None) -> int:
                         help="target length of one trial (default 1.0, 0.3 with --quick)")
     parser.add_argument("--attempts", type=int, default=4,
                         help="runs per trial at most, retrying while other processes use "
-                             f"more than {QUIET:.0%} of the CPU (default 4)")
+                             f"more than {QUIET * 100:.0f}%% of the CPU (default 4)")
+    parser.add_argument("--ks", type=lambda s: tuple(int(v) for v in s.split(",")),
+                        help="fixed steps_per_execution values for easyfit tuned and Keras "
+                             "best (default 1,8,32,128,512 small / 1,8,32,128 medium; "
+                             "1,8,128 / 1,8,32 with --quick)")
+    parser.add_argument("--rss-epochs", type=int, default=None,
+                        help="epochs each fresh process trains (default 3, 2 with --quick)")
+    parser.add_argument("--first-repeats", type=int, default=None,
+                        help="fresh processes per variant (default 2, 1 with --quick)")
     parser.add_argument("--only", choices=["small", "medium"], help="one config only")
     parser.add_argument("--no-diagnostic", action="store_true",
-                        help="skip the 'easyfit step only' diagnostic rows")
+                        help="skip the 'easyfit step only' / 'input only' diagnostic rows")
+    parser.add_argument("--no-keras", action="store_true", help="skip the Keras 3 rows")
+    parser.add_argument("--no-fresh", action="store_true",
+                        help="skip the fresh processes (first epoch, peak RSS)")
     parser.add_argument("--no-wait-idle", action="store_true",
                         help="do not wait for other processes to go quiet before each trial")
+    # children (started by this script)
+    parser.add_argument("--child", choices=["keras-worker", "fresh"], help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--k", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global WAIT_IDLE
     WAIT_IDLE = not args.no_wait_idle
-    repeats = args.repeats or (3 if args.quick else 5)
-    target = args.seconds or (0.3 if args.quick else 1.0)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.seconds = args.seconds or (0.3 if args.quick else 1.0)
+    args.rss_epochs = args.rss_epochs or (2 if args.quick else 3)
+    args.first_repeats = args.first_repeats or (1 if args.quick else 2)
+    cfgs = configs(args.quick, args.ks)
+    argv_common = (["--quick"] if args.quick else []) + \
+        (["--no-wait-idle"] if args.no_wait_idle else []) + \
+        (["--ks", ",".join(map(str, args.ks))] if args.ks else [])
 
+    if args.child:
+        cfg = next(c for c in cfgs if c.name == args.config)
+        if args.child == "keras-worker":
+            return keras_worker_main(cfg, args.seconds)
+        k = args.k if args.k == "auto" else int(args.k)
+        return fresh_main(cfg, args.variant, k, args.rss_epochs)
+
+    started = time.perf_counter()
     print(machine_info())
     print(f"command:  python {' '.join(sys.argv)}")
-    print(f"timing:   {repeats} interleaved trials per variant of ~{target:g} s each, best kept; "
-          f"compile excluded (one warm-up epoch per variant first)\n", flush=True)
+    print(f"timing:   {args.repeats} interleaved trials per variant of ~{args.seconds:g} s each, "
+          f"best kept; compile excluded (one warm-up epoch per variant first)")
+    print(f"fresh:    {args.first_repeats} fresh process(es) per main variant: first epoch "
+          f"(compile included; fastest kept), peak RSS after {args.rss_epochs} epochs "
+          f"(largest kept)\n", flush=True)
 
     results: list[Result] = []
-    for cfg in configs(args.quick):
+    regimes: dict[str, list[Row]] = {}
+    for cfg in cfgs:
         if args.only and cfg.name != args.only:
             continue
-        x, y = make_data(cfg)
-        variants = [limit_variant(cfg, x, y), hand_variant(cfg, x, y)]
-        variants += [easyfit_variant(cfg, x, y, k) for k in cfg.ks]
-        if not args.no_diagnostic:
-            try:
-                variants.append(easyfit_step_only_variant(cfg, x, y, max(cfg.ks)))
-            except Exception as error:  # internals moved: skip the diagnostic, keep going
-                print(f"  (diagnostic skipped: {type(error).__name__}: {error})")
-        print(f"{cfg.label}: {cfg.steps} steps/epoch; warming up {len(variants)} variants",
-              flush=True)
-        for variant in variants:
-            variant.prepare(target, cfg.epochs)
-        for i in range(repeats):
-            for variant in variants:
-                variant.trial(attempts=args.attempts)
-            print(f"  trial round {i + 1}/{repeats} done", flush=True)
-        for variant in variants:
-            results.append(variant.result())
-            r = results[-1]
-            print(f"  {r.variant:<42} {r.steps_per_s:>9.0f} steps/s  ({variant.epochs} epochs "
-                  f"a trial; {r.quiet_trials}/{r.trials} trials quiet; others in best "
-                  f"{r.others:.0%}) {r.note}", flush=True)
+        found, rows = run_regime(cfg, args, argv_common)
+        results += found
+        regimes[cfg.name] = rows
 
-    print()
-    print(table(results))
-    problems = [f"{r.config} {r.variant.strip()}: {r.note}" for r in results if r.note]
+    for cfg in cfgs:
+        if cfg.name in regimes:
+            print(f"\n### {cfg.label}, {cfg.steps} steps/epoch\n")
+            print(main_table(regimes[cfg.name]))
+    print("\nAll timed variants:\n")
+    print(detail_table(results))
+    print("\nTargets:")
+    print("\n".join(targets(regimes)))
+    problems = [f"{r.config} {r.variant.strip()}: {r.note}" for r in results
+                if "BUG" in r.note or "contended" in r.note]
     if problems:
         print("\nPROBLEMS:")
         for p in problems:
             print(f"  - {p}")
     else:
-        print("\neasyfit: the train step compiled once per model across all fit calls "
-              "(model._steps.train._cache_size() == 1)")
+        print("\neasyfit: the train step never recompiled after the warm-up fit (fixed k: one "
+              "program per model; auto: at most two)")
     print(f"steps/s = best trial; median = median trial (of the quiet ones); others = CPU "
           f"share used by other processes during the best trial; trials above {QUIET:.0%} are "
-          f"retried (--attempts) and count only if no quiet one exists")
+          f"retried (--attempts) and count only if no quiet one exists. first epoch = a fresh "
+          f"process's fit(epochs=1) on a fresh model, compile included (fastest quiet run); "
+          f"peak RSS = VmHWM of a fresh process after {args.rss_epochs} epochs on the same "
+          f"data (largest run). "
+          f"Total {time.perf_counter() - started:.0f} s.")
     return 0
 
 

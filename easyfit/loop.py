@@ -175,7 +175,8 @@ def evaluate_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) ->
     for chunk, sizes in _on_device(model, data, 0, model._execution_steps() or 1):
         if totals is None:
             totals = model._distribution.replicate(
-                steps.zero_totals(params, rest, jax.tree.map(lambda a: a[0], chunk)))
+                steps.zero_totals(params, rest, jax.tree.map(  # shapes only: nothing runs
+                    lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), chunk)))
         callbacks.on_test_batch_begin(done)
         totals = steps.eval(params, rest, totals, chunk)
         done += len(sizes)
