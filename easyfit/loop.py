@@ -15,7 +15,8 @@ import numpy as np
 
 from easyfit.callbacks.base import CallbackList, LazyLogs
 from easyfit.data.adapters import DataAdapter
-from easyfit.data.batch import Batch, gather_rows
+from easyfit.data.batch import Batch
+from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
 from easyfit.execution import StepTimer, compile_ahead, regroup
@@ -36,32 +37,6 @@ def _on_device(model: "Model", data: DataAdapter, epoch: int, k: int,
     place = model._distribution.place_chunk
     return prefetch(data.chunks(epoch, k, start, **chunk_args),
                     lambda item: (place(item[0]), item[1]))
-
-
-# Array datasets up to this size are copied to every device once per fit; train chunks then
-# carry row numbers, and a small jitted gather makes the rows on the device: no host gather,
-# stack and transfer of the rows per chunk (the train step itself is unchanged).
-DEVICE_DATA_BYTES = 32 * 2**20
-
-
-class _DeviceRows:
-    """The training arrays on the devices, and the jitted gather of a chunk's rows."""
-
-    def __init__(self, model: "Model", tables: Any):
-        self.tables = model._distribution.replicate(tables)
-        self.gather = jax.jit(gather_rows, out_shardings=model._distribution.chunk_sharding())
-
-    def __call__(self, chunk: Batch) -> Batch:
-        return self.gather(self.tables, chunk)
-
-    def compile_ahead(self, index_chunk: Batch, k: int) -> None:
-        widen = lambda a: jax.ShapeDtypeStruct((k, *a.shape[1:]), a.dtype, sharding=a.sharding)
-        self.gather.lower(self.tables, jax.tree.map(widen, index_chunk)).compile()
-
-
-def _device_rows(model: "Model", train: DataAdapter) -> _DeviceRows | None:
-    tables = getattr(train, "device_tables", lambda limit: None)(DEVICE_DATA_BYTES)
-    return None if tables is None else _DeviceRows(model, tables)
 
 
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
@@ -86,7 +61,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             callbacks.needs_every_batch():
         model._auto_k = 1  # as Keras: a callback with batch hooks sees every batch
     logs: dict[str, float] = {}
-    rows = _device_rows(model, train)
+    rows = device_rows(train, model._distribution)
     chunk_args = {} if rows is None else {"as_index": True}
     callbacks.on_train_begin()
     # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.

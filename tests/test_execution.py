@@ -125,13 +125,13 @@ def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds,
 
 
 def test_small_array_datasets_train_from_the_device_like_from_the_host(monkeypatch):
-    from easyfit import loop
+    from easyfit.data import on_device
 
     x, y = make_data(300)
     w = np.linspace(0.5, 1.5, 300).astype(np.float32)
     trained = []
-    for limit in (loop.DEVICE_DATA_BYTES, 0):     # rows gathered on the device, then on the host
-        monkeypatch.setattr(loop, "DEVICE_DATA_BYTES", limit)
+    for limit in (on_device.DEVICE_DATA_BYTES, 0):   # rows gathered on the device, then the host
+        monkeypatch.setattr(on_device, "DEVICE_DATA_BYTES", limit)
         model = ef.Model(MLP(rngs=nnx.Rngs(0)))
         model.compile(ef.optimizers.sgd(0.1), "sparse_categorical_crossentropy", ["accuracy"],
                       steps_per_execution=4)

@@ -24,7 +24,7 @@ import pytest
 from flax import nnx
 
 import easyfit as ef
-from easyfit import loop
+from easyfit.data import on_device
 from easyfit import memory
 from easyfit.data.adapters import ArrayAdapter
 
@@ -145,8 +145,9 @@ def test_total_counts_what_fit_keeps_beside_the_step(data):
     model.fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=[Live()])
     grown = max(seen) - before
     # a small array dataset is also copied to the device for the fit (not in the estimate,
-    # which sees only a few rows; at most loop.DEVICE_DATA_BYTES)
-    dataset = x.nbytes + y.nbytes if x.nbytes + y.nbytes <= loop.DEVICE_DATA_BYTES else 0
+    # which sees only a few rows; at most on_device.DEVICE_DATA_BYTES)
+    size = x.nbytes + y.nbytes
+    dataset = size if size <= on_device.DEVICE_DATA_BYTES else 0
     assert grown <= estimate.argument_bytes + estimate.prefetch_bytes + dataset + 1024
     assert grown >= estimate.argument_bytes - 1024  # the state and the current chunk
 
