@@ -2,7 +2,9 @@
 
 The host never waits for the device inside an epoch: a chunk is dispatched, the next one is
 prepared while it runs, and metric sums stay on the device until a log point (a callback
-reading batch logs, the progress bar's refresh, the end of the epoch).
+reading batch logs, the progress bar's refresh, the end of the epoch). The exceptions are
+the few waits of ``steps_per_execution="auto"`` while it times the first steps
+(:mod:`easyfit.execution`).
 """
 
 from __future__ import annotations
