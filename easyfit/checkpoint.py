@@ -20,8 +20,13 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+
+def _orbax() -> Any:
+    """orbax-checkpoint, imported on first use (it costs ~25 MB and a second to import)."""
+    import orbax.checkpoint as ocp
+
+    return ocp
 
 ITEMS = ("weights", "train", "meta", "arrays")
 
@@ -52,7 +57,7 @@ def join_arrays(obj: Any, arrays: dict[str, Any]) -> Any:
 
 def abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of a pytree of arrays: the target of a restore."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    return jax.tree.map(_orbax().utils.to_shape_dtype_struct, tree)
 
 
 class CheckpointError(RuntimeError):
@@ -97,6 +102,9 @@ class Checkpoints:
                  keep_best: int | None = None, mode: str = "min", async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
         self.mode = mode
+        ocp = _orbax()
+        from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
         keep = [policies.LatestN(max(1, keep_latest))]
         if keep_best:  # "rank" is the metric signed so that smaller is better, whatever the mode
             keep.append(policies.BestN(get_metric_fn=lambda metrics: metrics["rank"],
@@ -132,6 +140,7 @@ class Checkpoints:
 
         Arrays inside ``meta`` (e.g. a callback's saved weights) are stored as arrays.
         """
+        ocp = _orbax()
         arrays: dict[str, Any] = {}
         meta = split_arrays(meta, arrays)
         items = {"weights": ocp.args.StandardSave(weights), "meta": ocp.args.JsonSave(meta)}
@@ -179,6 +188,7 @@ class Checkpoints:
         turn, warning about every one skipped. Returns ``None`` when there is no checkpoint.
         Raises :class:`CheckpointError` when a checkpoint belongs to a different model.
         """
+        ocp = _orbax()
         candidates = self.steps()
         if step is not None:
             if step not in candidates:
