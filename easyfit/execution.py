@@ -27,7 +27,7 @@ from easyfit.data.batch import Batch, stack
 
 TARGET_SECONDS = 0.1           # host work per dispatch is ~0.1-1 ms: this keeps it < ~1%
 MAX_STEPS = 1024               # keeps logs and callbacks reasonably fresh
-MAX_CHUNK_BYTES = 256 * 2**20  # input bytes of one chunk held on the devices
+MAX_CHUNK_BYTES = 16 * 2**20   # input bytes of one chunk (three are prefetched onto the devices)
 PROBE_STEPS = 8                # steady-state steps timed before choosing
 
 

@@ -21,7 +21,7 @@ def test_fast_steps_are_fused_in_powers_of_two_up_to_the_caps():
     assert choose_steps(TARGET_SECONDS / 3, 1000, None) == 4
     assert choose_steps(1e-7, 1000, None) == MAX_STEPS
     assert choose_steps(1e-7, 1000, steps_per_epoch=20) == 20       # no more than an epoch
-    assert choose_steps(1e-7, 64 * 2**20, None) == 4                # chunk input <= 256 MiB
+    assert choose_steps(1e-7, 4 * 2**20, None) == 4                 # chunk input <= 16 MiB
 
 
 def test_regroup_stacks_single_batches_once_the_size_is_known():
