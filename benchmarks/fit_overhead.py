@@ -49,8 +49,9 @@ reports its peak RSS (``VmHWM``; "before fit" is the peak once imports, data and
 ready).
 
 Run:  pip install -e ".[benchmark]"                 (Keras 3 for the peer rows)
-      python benchmarks/fit_overhead.py            (full, ~7 minutes on 2 CPU cores)
-      python benchmarks/fit_overhead.py --quick    (short smoke run, ~2 minutes)
+      python benchmarks/fit_overhead.py            (full: ~6 minutes on 2 idle CPU cores,
+                                                    longer while other work retries trials)
+      python benchmarks/fit_overhead.py --quick    (short smoke run, ~2-3 minutes)
 """
 
 from __future__ import annotations
@@ -416,7 +417,6 @@ def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int
     main thread (for a dataset small enough to live on the device, as ``fit`` does it: chunks
     of row numbers and the jitted gather of ``easyfit.loop._device_rows``); no train step.
     Its steps/s bounds ``fit``'s. Uses easyfit internals."""
-    from easyfit import loop
     from easyfit.data.adapters import ArrayAdapter
     from easyfit.data.prefetch import prefetch
 
@@ -424,7 +424,12 @@ def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int
     model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, verbose=0)
     adapter = ArrayAdapter(x, y, batch_size=cfg.batch, shuffle=True)
     place = model._distribution.place_chunk
-    device_rows = getattr(loop, "_device_rows", lambda model, data: None)(model, adapter)
+    try:  # where fit's device-held datasets live (they moved once)
+        from easyfit.data.on_device import device_rows as make_rows
+        device_rows = make_rows(adapter, model._distribution)
+    except ImportError:
+        from easyfit import loop
+        device_rows = getattr(loop, "_device_rows", lambda model, data: None)(model, adapter)
     how = "host gather" if device_rows is None else "device gather"
 
     def run(n):
@@ -450,7 +455,8 @@ def keras_model(cfg: Config, k: int):
     import keras
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
-    keras.utils.set_random_seed(0)
+    # No keras.utils.set_random_seed: it imports TensorFlow (when installed) to seed it too,
+    # ~500 MiB that a JAX-backend Keras user does not otherwise load.
     layers = [keras.Input((cfg.sizes[0],))]
     layers += [keras.layers.Dense(n, activation="relu") for n in cfg.sizes[1:-1]]
     layers.append(keras.layers.Dense(cfg.sizes[-1]))  # logits
@@ -561,14 +567,14 @@ class FreshRun:
     others: float
     rss_mib: float
     before_mib: float = 0.0  # peak RSS once imports, data and model are ready (before fit)
-    note: str = ""
+    auto_k: list[int] = field(default_factory=list)  # what "auto" chose (easyfit default)
 
 
 def fresh_main(cfg: Config, variant: str, k: int | str, epochs: int) -> int:
     """Child: a fresh model, its first epoch timed (compile included), ``epochs - 1`` more
     epochs, then the peak RSS. Imports only what the variant needs."""
     x, y = make_data(cfg)
-    note = ""
+    auto_k = []
     if variant == "keras":
         model = keras_model(cfg, int(k))
         train = lambda n: _keras_fit(model, cfg, x, y, n)
@@ -586,9 +592,9 @@ def fresh_main(cfg: Config, variant: str, k: int | str, epochs: int) -> int:
     if epochs > 1:
         train(epochs - 1)
     if variant == "easyfit" and k == "auto":
-        note = f"auto chose k={model._execution_steps()}"
+        auto_k = [model._execution_steps()]
     _reply({"first_s": first, "others": others, "rss_mib": peak_rss_mib(),
-            "before_mib": before, "note": note})
+            "before_mib": before, "auto_k": auto_k})
     return 0
 
 
@@ -689,7 +695,9 @@ def main_table(rows: list[Row]) -> str:
         first = f"{f.first_s:.2f}" if f else "-"
         rss = f"{f.rss_mib:.0f}" if f else "-"
         vs_hand = f"{f.rss_mib / hand_rss:.3f}x" if f and hand_rss else "-"
-        notes = [r.note] + ([f.note] if f and f.note and f.note not in r.note else [])
+        notes = [r.note]
+        if f and f.auto_k:
+            notes.append(f"in the fresh processes k={', '.join(map(str, f.auto_k))}")
         if f and f.others > QUIET:
             notes.append(f"first epoch contended ({f.others:.0%} others)")
         if r.others > QUIET:
@@ -798,7 +806,8 @@ def run_regime(cfg: Config, args, argv_common: list[str]) -> tuple[list[Result],
                     f = fresh[name][-1]
                     print(f"    {name:<10} first epoch {f.first_s:6.2f} s  (others "
                           f"{f.others:.0%})  peak RSS {f.rss_mib:6.0f} MiB (before fit "
-                          f"{f.before_mib:4.0f})  {f.note}", flush=True)
+                          f"{f.before_mib:4.0f})"
+                          f"{'  auto chose k=%d' % f.auto_k[0] if f.auto_k else ''}", flush=True)
                     if f.others <= QUIET:
                         break
     rows = []
@@ -810,7 +819,7 @@ def run_regime(cfg: Config, args, argv_common: list[str]) -> tuple[list[Result],
             quick = min(quiet or runs, key=lambda f: f.first_s)
             best = FreshRun(quick.first_s, quick.others, max(f.rss_mib for f in runs),
                             max(f.before_mib for f in runs),
-                            "; ".join(sorted({f.note for f in runs if f.note})))
+                            sorted({k for f in runs for k in f.auto_k}))
         label = result.variant
         if name == "tuned":
             label = f"easyfit tuned (steps_per_execution={k})"
@@ -828,9 +837,9 @@ def main(argv: list[str] | None = None) -> int:
                              "default 5 (3 with --quick)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="target length of one trial (default 1.0, 0.3 with --quick)")
-    parser.add_argument("--attempts", type=int, default=4,
+    parser.add_argument("--attempts", type=int, default=3,
                         help="runs per trial at most, retrying while other processes use "
-                             f"more than {QUIET * 100:.0f}%% of the CPU (default 4)")
+                             f"more than {QUIET * 100:.0f}%% of the CPU (default 3)")
     parser.add_argument("--ks", type=lambda s: tuple(int(v) for v in s.split(",")),
                         help="fixed steps_per_execution values for easyfit tuned and Keras "
                              "best (default 1,8,32,128,512 small / 1,8,32,128 medium; "
