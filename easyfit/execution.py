@@ -77,6 +77,7 @@ class StepTimer:
         self._timed = 0
         self._batch_bytes = 0
         self._compiled: set[int] = set()  # sizes whose first (compiling) dispatch has run
+        self._warmup = 0  # fused dispatches still to run untimed (the first one is cold)
 
     def after_chunk(self, state: Any, chunk: Batch, steps: int) -> None:
         """Call after each dispatch until ``settled``; waits for the device a few times."""
@@ -94,13 +95,18 @@ class StepTimer:
         if self._start is None:  # the first dispatch after a pause
             self.resume(state)
             return
+        if size > 1 and self._warmup:
+            self._warmup -= 1
+            self.resume(state)
+            return
         self._timed += steps
-        if self._timed >= PROBE_STEPS or size > 1:  # single steps, or one fused dispatch
+        if self._timed >= PROBE_STEPS or size > 1:  # single steps, or one warm fused dispatch
             self._next(state)
 
     def compiled(self, size: int, state: Any) -> None:
-        """The loop compiled ``size`` ahead of its first dispatch: time from now."""
+        """The loop compiled ``size`` ahead of its first dispatch: time from its second."""
         self._compiled.add(size)
+        self._warmup = 1
         self.resume(state)
 
     def resume(self, state: Any) -> None:

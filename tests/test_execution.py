@@ -116,7 +116,10 @@ def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds,
     candidate = choose_steps(0.001, 0, None)         # TARGET_SECONDS / 1 ms, a power of 2
     assert candidate > 1 and timer.k == candidate and not timer.settled   # to be timed
     fused = _chunk(candidate)
-    timer.after_chunk(state, fused, candidate)       # compiles: not timed
+    timer.compiled(candidate, state)                 # the loop compiles it ahead
+    clock.now += 1.0                                 # a cold first fused dispatch: not timed
+    timer.after_chunk(state, fused, candidate)
+    assert not timer.settled
     for _ in range(2):
         clock.now += candidate * fused_seconds
         timer.after_chunk(state, fused, candidate)
