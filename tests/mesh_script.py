@@ -102,7 +102,7 @@ def main(out: str, checkpoints: str) -> None:
             "loss": history.history["loss"], "params": specs(m._state.params),
             "opt_state": specs(m._state.opt_state), "compiles_second_fit": len(COMPILES) - before,
             "compiles_first_fit": compiled_first,
-            "train_programs": 2 if m._execution_steps() > 1 else 1,
+            "train_programs": max(1, len(m._auto_sizes)),  # "auto" may try two sizes
             "mesh": dict(m._distribution.mesh.shape), "summary": m.summary(print_fn=None)}
         trained[name] = m
     results["errors"] = {
