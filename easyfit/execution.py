@@ -11,7 +11,7 @@ compiles at most twice per model (one step, and the fused size), and later fits 
 
 Example:
     >>> choose_steps(step_seconds=0.0005, batch_bytes=8192, steps_per_epoch=1000)
-    64
+    256
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
-import numpy as np
 
 from easyfit.data.batch import Batch, stack
 
@@ -130,23 +129,14 @@ class StepTimer:
         if self._single is None:
             self._single = seconds
             k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
-            self.k, self.settled = _agreed(k), k == 1
+            self.k, self.settled = k, k == 1
         else:  # keep the candidate only if it is faster per step
-            self.k, self.settled = _agreed(self.k if seconds < self._single else 1), True
-
-
-def _agreed(k: int) -> int:
-    """Process 0's choice on every process (they must all run the same programs)."""
-    if jax.process_count() == 1:
-        return k
-    from jax.experimental import multihost_utils
-
-    return int(multihost_utils.broadcast_one_to_all(np.int32(k)))
+            self.k, self.settled = (self.k if seconds < self._single else 1), True
 
 
 def compile_ahead(train: Callable, state: Any, chunk: Batch, k: int) -> None:
     """Compiles ``train`` for chunks of ``k`` batches shaped like ``chunk`` without running
-    it, so that a later ``fit`` finds the program ready (no data is made)."""
+    it (no data is made), so that the first dispatch of that size can be timed."""
     def widen(leaf: jax.Array) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((k, *leaf.shape[1:]), leaf.dtype, sharding=leaf.sharding)
 

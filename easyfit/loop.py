@@ -60,8 +60,11 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     read_logs = lambda: _floats(steps.logs(model._state.totals, model._state.opt_state), names)
     batch_hooks = callbacks.wants("on_train_batch_end")
     if model._steps_per_execution == "auto" and model._auto_k is None and \
-            callbacks.needs_every_batch():
-        model._auto_k = 1  # as Keras: a callback with batch hooks sees every batch
+            (callbacks.needs_every_batch() or jax.process_count() > 1):
+        # As Keras: a callback with batch hooks sees every batch. With several processes,
+        # where "auto" regroups batches depends on each process's timing, and they must all
+        # run the same programs: one step per dispatch (pass a number to fuse there).
+        model._auto_k = 1
     logs: dict[str, float] = {}
     rows = device_rows(train, model._distribution)
     chunk_args = {} if rows is None else {"as_index": True}
