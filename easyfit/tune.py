@@ -404,7 +404,6 @@ class _TrialRunner:
         self.count = 0
 
     def __call__(self, trial: Any) -> float:
-        optuna = _optuna()
         self.count += 1
         start = time.perf_counter()
         model = _checked(self.study._build(trial))

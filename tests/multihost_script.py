@@ -18,7 +18,6 @@ import os
 import sys
 
 import jax
-import numpy as np
 from flax import nnx
 
 import easyfit as ef

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import glob
 import math
-import os
 
 import jax
 import jax.numpy as jnp

@@ -38,7 +38,7 @@ def _rows(tree: Any) -> int:
         raise ValueError("The input holds no arrays.")
     for leaf in leaves:
         if leaf.ndim == 0:
-            raise ValueError(f"Every input array needs a batch dimension; got a scalar.")
+            raise ValueError("Every input array needs a batch dimension; got a scalar.")
     return leaves[0].shape[0]
 
 
