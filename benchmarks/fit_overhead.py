@@ -92,17 +92,7 @@ MARK = "@@fit_overhead "  # prefix of the result lines children print on stdout
 # model and data
 # ---------------------------------------------------------------------------------------------
 if not KERAS_CHILD:
-    class MLP(nnx.Module):
-        """Dense layers with relu between them; the last layer gives logits."""
-
-        def __init__(self, sizes: tuple[int, ...], rngs: nnx.Rngs):
-            self.layers = nnx.List(
-                [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
-
-        def __call__(self, x):
-            for layer in self.layers[:-1]:
-                x = nnx.relu(layer(x))
-            return self.layers[-1](x)
+    from _models import MLP  # noqa: E402
 
 
 @dataclass
