@@ -224,7 +224,7 @@ class Model:
         self._precision, self._float32_layers = precision, tuple(float32_layers)
         self._accumulation, self._remat = gradient_accumulation_steps, remat
         self._optimizer = optimizers_lib.get(optimizer)
-        self._optimizer._transform = None  # built for this compile by the next fit
+        self._optimizer.reset()  # built for this compile by the next fit
         self._optimizer._binding = self
         self._loss = losses_lib.get(loss)
         from_logits = getattr(self._loss, "from_logits", True)

@@ -143,6 +143,11 @@ class Optimizer:
             self._transform = transform
         return self._transform
 
+    def reset(self) -> None:
+        """Forgets the built transformation, so the next :meth:`build` resolves anew (a new
+        ``compile`` may ask for other accumulation or loss scaling, a new run length)."""
+        self._transform, self._lr_fn = None, None
+
     @property
     def built(self) -> bool:
         return self._transform is not None
