@@ -21,6 +21,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from easyfit.state import path_names
+
 
 def _orbax() -> Any:
     """orbax-checkpoint, imported on first use (it costs ~25 MB and a second to import)."""
@@ -64,22 +66,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or does not fit the model."""
 
 
-def _name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def _paths_and_shapes(tree: Any) -> dict[str, tuple]:
     """``{"params/dense/kernel": shape}``: paths of ``nnx.State`` and of restored dicts agree."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     out = {}
     for path, leaf in flat:
-        names = [_name(key) for key in path]
-        if names and names[-1] == "value":  # nnx Variable leaves
-            names = names[:-1]
-        out["/".join(names)] = tuple(getattr(leaf, "shape", ()))
+        out["/".join(path_names(path))] = tuple(getattr(leaf, "shape", ()))
     return out
 
 

@@ -125,6 +125,14 @@ class ModuleGraphs:
         return nnx.split(view, nnx.Param, ..., graph=GRAPH)[0]
 
 
+def path_names(path: Any) -> tuple[str, ...]:
+    """``("l1", "kernel")`` for a pytree path into an ``nnx.State`` or a restored dict (a
+    Variable's trailing ``.value`` dropped), so the two kinds of path compare equal."""
+    names = tuple(str(next((getattr(key, attr) for attr in ("key", "name", "idx")
+                            if hasattr(key, attr)), key)) for key in path)
+    return names[:-1] if names and names[-1] == "value" else names
+
+
 def split(module: nnx.Module) -> tuple[Any, Any]:
     """``(params, rest)`` of a module: its ``nnx.Param`` leaves and all other variables."""
     _, params, rest = nnx.split(module, nnx.Param, ..., graph=GRAPH)

@@ -29,25 +29,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from easyfit.state import GRAPH
+from easyfit.state import GRAPH, path_names
 
 DATA = "data"
 
 Spec = Sequence[str | Sequence[str] | None]
 """A partition spec as a tuple: one mesh axis name (or a tuple of them, or None) per dim."""
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def path_names(path: Sequence[Any]) -> tuple[str, ...]:
-    """``("l1", "kernel")`` for a pytree path into an ``nnx.State`` (its ``.value`` dropped)."""
-    names = tuple(_key_name(key) for key in path)
-    return names[:-1] if names and names[-1] == "value" else names
 
 
 def flatten(tree: Any) -> tuple[list[tuple[tuple[str, ...], Any]], Any]:
