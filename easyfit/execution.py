@@ -77,9 +77,16 @@ class StepTimer:
         self._batch_bytes = 0
         self._compiled: set[int] = set()  # sizes whose first (compiling) dispatch has run
         self._warmup = 0  # fused dispatches still to run untimed (the first one is cold)
+        self._steps_left: int | None = None
 
-    def after_chunk(self, state: Any, chunk: Batch, steps: int) -> None:
-        """Call after each dispatch until ``settled``; waits for the device a few times."""
+    def after_chunk(self, state: Any, chunk: Batch, steps: int,
+                    steps_left: int | None = None) -> None:
+        """Call after each dispatch until ``settled``; waits for the device a few times.
+
+        ``steps_left``: steps the running ``fit`` has yet to take, if known: the candidate
+        is small enough to be timed (after its untimed first dispatch) before the fit ends.
+        """
+        self._steps_left = steps_left
         size = chunk.mask.shape[0]
         if self.k is None:
             self._batch_bytes = batch_bytes(chunk)
@@ -129,6 +136,8 @@ class StepTimer:
         if self._single is None:
             self._single = seconds
             k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
+            if self._steps_left is not None:
+                k = min(k, 2 ** int(math.log2(max(self._steps_left // 2, 1))))
             self.k, self.settled = k, k == 1
         else:  # keep the candidate only if it is faster per step
             self.k, self.settled = (self.k if seconds < self._single else 1), True

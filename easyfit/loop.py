@@ -9,6 +9,7 @@ the few waits of ``steps_per_execution="auto"`` while it times the first steps
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -41,6 +42,55 @@ def _on_device(model: "Model", data: DataAdapter, epoch: int, k: int,
                     lambda item: (place(item[0]), item[1]))
 
 
+_EPOCH_END = object()
+
+
+def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
+                 timer: StepTimer | None) -> Iterator[Iterator[tuple[Batch, list[int]]]]:
+    """One iterator of placed training chunks per epoch of ``epochs`` (the first from batch
+    ``start``).
+
+    While "auto" measures (``timer`` not settled), epochs are read one batch at a time and
+    regrouped into ``timer.k``. Arrays small enough live on the devices (chunks of row numbers,
+    gathered there by the input thread). Arrays are read ahead across epochs: the next epoch's
+    first chunk is ready when this one ends, so nothing waits for it at the boundary (reading
+    an array ahead has no side effect; a generator's next batches could be lost on a stop).
+    """
+    rows = device_rows(train, model._distribution)
+    args = {} if rows is None else {"as_index": True}
+    place = model._distribution.place_chunk
+    k = model._execution_steps()
+
+    def host(epoch: int) -> Iterator[tuple[Batch, list[int]]]:
+        first = start if epoch == epochs.start else 0
+        if timer is not None and not timer.settled:
+            return regroup(train.chunks(epoch, 1, first, **args), lambda: timer.k)
+        return train.chunks(epoch, k or timer.k, first, **args)
+
+    def placed(item: Any) -> Any:
+        if item is _EPOCH_END:
+            return item
+        chunk = place(item[0])
+        return (chunk if rows is None else rows(chunk)), item[1]
+
+    if not train.pure_epochs:
+        for epoch in epochs:
+            yield prefetch(host(epoch), placed)
+        return
+
+    def read_ahead() -> Iterator[Any]:
+        for epoch in epochs:
+            yield from host(epoch)
+            yield _EPOCH_END
+
+    feed = prefetch(read_ahead(), placed)
+    try:
+        for _ in epochs:
+            yield iter(lambda: next(feed), _EPOCH_END)
+    finally:
+        feed.close()
+
+
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
              epochs: int, initial_epoch: int, validation_freq: int | list[int],
              callbacks: CallbackList) -> dict[str, float]:
@@ -66,72 +116,63 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
         # run the same programs: one step per dispatch (pass a number to fuse there).
         model._auto_k = 1
     logs: dict[str, float] = {}
-    rows = device_rows(train, model._distribution)
-    chunk_args = {} if rows is None else {"as_index": True}
     callbacks.on_train_begin()
     # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.
     start_epoch, start_batch = model._take_resume_position(callbacks) or (initial_epoch, 0)
-    for epoch in range(start_epoch, epochs):
-        done = start_batch if epoch == start_epoch else 0
-        if done == 0:  # mid-epoch resumes keep the restored metric sums
-            model._reset_totals()
-        callbacks.on_epoch_begin(epoch)
-        k = model._execution_steps()
-        timer = None  # "auto", not yet decided: measure (across epochs and fits if short)
-        if not k:
-            timer = model._auto_timer = model._auto_timer or StepTimer(train.steps)
-            timer.start_epoch(model._state)
-        if timer is None:
-            chunks = _on_device(model, train, epoch, k, start=done, **chunk_args)
-        else:  # one step per dispatch until measured, then regrouped into timer.k
-            place = model._distribution.place_chunk
-            chunks = prefetch(regroup(train.chunks(epoch, 1, done, **chunk_args),
-                                      lambda: timer.k),
-                              lambda item: (place(item[0]), item[1]))
-        sizes_run = set()
-        for chunk, sizes in chunks:
-            if rows is not None:
-                index_chunk, chunk = chunk, rows(chunk)
-            sizes_run.add(chunk.mask.shape[0])
-            if callbacks.wants("on_train_batch_begin"):
-                callbacks.on_train_batch_begin(done)
-            model._train_on_chunk(chunk, len(sizes))
-            if timer is not None and not timer.settled:
-                timer.after_chunk(model._state, chunk, len(sizes))
-                if timer.k and timer.k not in model._auto_sizes:
-                    # a candidate size: compile it now, so that its first dispatch is timed
-                    compile_ahead(model._steps.train, model._state, chunk, timer.k)
-                    if rows is not None:
-                        rows.compile_ahead(index_chunk, timer.k)
-                    model._auto_sizes.add(timer.k)
-                    timer.compiled(timer.k, model._state)
-            done += len(sizes)
-            model._position = (epoch, done)
-            if batch_hooks:
-                callbacks.on_train_batch_end(done - 1, LazyLogs(names, read_logs))
-                # every process takes the same decision (a no-op with one process)
-                model.stop_training = any_process(model.stop_training)
-            if model.stop_training:
+    timer = None  # "auto", not yet decided: measure (across epochs and fits if short)
+    if not model._execution_steps():
+        timer = model._auto_timer = model._auto_timer or StepTimer(train.steps)
+    feeds = _epoch_feeds(model, train, range(start_epoch, epochs), start_batch, timer)
+    with contextlib.closing(feeds):  # stops reading ahead, also on errors
+        for epoch, chunks in zip(range(start_epoch, epochs), feeds):
+            done = start_batch if epoch == start_epoch else 0
+            if done == 0:  # mid-epoch resumes keep the restored metric sums
+                model._reset_totals()
+            callbacks.on_epoch_begin(epoch)
+            if timer is not None:
+                timer.start_epoch(model._state)
+            sizes_run = set()
+            for chunk, sizes in chunks:
+                sizes_run.add(chunk.mask.shape[0])
+                if callbacks.wants("on_train_batch_begin"):
+                    callbacks.on_train_batch_begin(done)
+                model._train_on_chunk(chunk, len(sizes))
+                done += len(sizes)
+                if timer is not None and not timer.settled:
+                    left = None if train.steps is None else (epochs - epoch) * train.steps - done
+                    timer.after_chunk(model._state, chunk, len(sizes), left)
+                    if timer.k and timer.k not in model._auto_sizes:
+                        # a candidate size: compile it now, so that its first dispatch is timed
+                        # (the input thread compiles the on-device gather, if any, meanwhile)
+                        compile_ahead(model._steps.train, model._state, chunk, timer.k)
+                        model._auto_sizes.add(timer.k)
+                        timer.compiled(timer.k, model._state)
+                model._position = (epoch, done)
+                if batch_hooks:
+                    callbacks.on_train_batch_end(done - 1, LazyLogs(names, read_logs))
+                    # every process takes the same decision (a no-op with one process)
+                    model.stop_training = any_process(model.stop_training)
+                if model.stop_training:
+                    break
+            if timer is not None:
+                timer.pause()
+                model._auto_sizes |= sizes_run
+                if timer.settled:
+                    model._auto_k, model._auto_timer, timer = timer.k, None, None
+            if done == 0:
+                warnings.warn("The training input ran out of data; stopping training. Make it "
+                              "repeat, or pass steps_per_epoch x epochs batches at most.",
+                              stacklevel=3)
                 break
-        if timer is not None:
-            timer.pause()
-            model._auto_sizes |= sizes_run
-            if timer.settled:
-                model._auto_k, model._auto_timer = timer.k, None
-        if done == 0:
-            warnings.warn("The training input ran out of data; stopping training. Make it "
-                          "repeat, or pass steps_per_epoch x epochs batches at most.",
-                          stacklevel=3)
-            break
-        logs = read_logs()
-        if validation is not None and _validates(epoch, validation_freq):
-            val_logs = evaluate_loop(model, validation, callbacks)  # on_test_* hooks fire, as Keras
-            logs.update({f"val_{key}": value for key, value in val_logs.items()})
-        model._position = (epoch + 1, 0)
-        callbacks.on_epoch_end(epoch, logs)
-        model.stop_training = any_process(model.stop_training)
-        if model.stop_training or (train.exhausted and train.steps is None):
-            break
+            logs = read_logs()
+            if validation is not None and _validates(epoch, validation_freq):
+                val_logs = evaluate_loop(model, validation, callbacks)  # on_test_* hooks fire, as Keras
+                logs.update({f"val_{key}": value for key, value in val_logs.items()})
+            model._position = (epoch + 1, 0)
+            callbacks.on_epoch_end(epoch, logs)
+            model.stop_training = any_process(model.stop_training)
+            if model.stop_training or (train.exhausted and train.steps is None):
+                break
     if model._auto_timer is not None:  # too short a fit to time both sizes: one per dispatch
         model._auto_k, model._auto_timer = 1, None
     callbacks.on_train_end(logs)

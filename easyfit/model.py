@@ -311,8 +311,8 @@ class Model:
         self._step_count += batches
 
     def _reset_totals(self) -> None:
-        zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), self._state.totals)
-        self._state = self._state.replace(totals=self._distribution.replicate(zeros))
+        # on the device: one small dispatch, no host-to-device copy between epochs
+        self._state = self._state.replace(totals=self._steps.zero(self._state.totals))
 
     def _eval_state(self) -> tuple[Any, Any]:
         if self._state is not None and not self._module_shared:

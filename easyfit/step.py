@@ -30,6 +30,10 @@ def _add(a: Any, b: Any) -> Any:
     return jax.tree.map(jnp.add, a, b)
 
 
+def _zeros_like(tree: Any) -> Any:
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
 class Steps:
     """Builds and holds the jitted steps for one compiled model.
 
@@ -59,11 +63,13 @@ class Steps:
         self.predict = jax.jit(self._predict_chunk)
         self.logs = jax.jit(self._logs)
         self.results = jax.jit(self._results)
+        self.zero = jax.jit(_zeros_like, donate_argnums=0)
 
     def shard_train(self, shardings: TrainState) -> None:
         """Pins the train step's output state to ``shardings`` (the input's), so the state
         keeps its layout from step to step and the step compiles once."""
         self.train = jax.jit(self._train_chunk, donate_argnums=0, out_shardings=shardings)
+        self.zero = jax.jit(_zeros_like, donate_argnums=0, out_shardings=shardings.totals)
 
     # -- one batch --------------------------------------------------------------------------
     def _forward(self, graphdef, params, rest, x):

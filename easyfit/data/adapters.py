@@ -71,11 +71,15 @@ class DataAdapter:
         steps: batches per epoch, or ``None`` if unknown until the input runs out.
         process_index: this process (``jax.process_index()``).
         process_count: processes feeding the global batch (``jax.process_count()``).
+        pure_epochs: each epoch's batches depend on its number only, so the next epoch can
+            be read before this one ends (arrays); not so for a generator, whose batches
+            read ahead would be lost if training stops.
     """
 
     batch_size: int
     steps: int | None
     exhausted: bool = False
+    pure_epochs: bool = False
     process_index: int = 0
     process_count: int = 1
 
@@ -110,6 +114,8 @@ class ArrayAdapter(DataAdapter):
     Each epoch's order comes from ``(seed, epoch)``, so a run is reproducible and an epoch's
     order can be recomputed to resume mid-epoch.
     """
+
+    pure_epochs = True
 
     def __init__(self, x: Any, y: Any = None, sample_weight: Any = None,
                  class_weight: dict[int, float] | None = None, batch_size: int | None = 32,

@@ -33,11 +33,6 @@ class DeviceRows:
     def __call__(self, chunk: Batch) -> Batch:
         return self.gather(self.tables, chunk)
 
-    def compile_ahead(self, index_chunk: Batch, k: int) -> None:
-        """Compiles the gather for chunks of ``k`` batches shaped like ``index_chunk``."""
-        widen = lambda a: jax.ShapeDtypeStruct((k, *a.shape[1:]), a.dtype, sharding=a.sharding)
-        self.gather.lower(self.tables, jax.tree.map(widen, index_chunk)).compile()
-
 
 def device_rows(data: DataAdapter, distribution: Any) -> DeviceRows | None:
     """A :class:`DeviceRows` for ``data`` if it is arrays small enough, else ``None``."""

@@ -23,6 +23,10 @@ class _Failure:
 def prefetch(items: Iterable[Any], place: Callable[[Any], Any], depth: int = 2) -> Iterator[Any]:
     """Yields ``place(item)`` for each item, computed up to ``depth`` items ahead in a thread.
 
+    The thread makes the next item when the caller asks for the one after the item it holds,
+    not as soon as it takes it: the caller's own work on an item (dispatching a train step)
+    does not compete with the thread for the interpreter.
+
     Args:
         items: host items (e.g. ``(chunk, sizes)`` pairs); read in the background thread.
         place: puts one item on the devices.
@@ -35,26 +39,23 @@ def prefetch(items: Iterable[Any], place: Callable[[Any], Any], depth: int = 2) 
     if depth <= 0:
         yield from (place(item) for item in items)
         return
-    ready: queue.Queue = queue.Queue(maxsize=depth)
+    ready: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(depth)  # items made and not yet handed back by the caller
     stop = threading.Event()
-
-    def offer(value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(value, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     def produce() -> None:
         try:
-            for item in items:
-                if not offer(place(item)):
+            iterator = iter(items)
+            while True:
+                slots.acquire()
+                if stop.is_set():
                     return
-            offer(_DONE)
+                item = next(iterator, _DONE)
+                ready.put(item if item is _DONE else place(item))
+                if item is _DONE:
+                    return
         except BaseException as error:  # noqa: BLE001 -- handed to the consumer
-            offer(_Failure(error))
+            ready.put(_Failure(error))
 
     thread = threading.Thread(target=produce, name="easyfit-prefetch", daemon=True)
     thread.start()
@@ -66,6 +67,8 @@ def prefetch(items: Iterable[Any], place: Callable[[Any], Any], depth: int = 2) 
             if isinstance(value, _Failure):
                 raise value.error
             yield value
+            slots.release()  # the caller is done with ``value``
     finally:
         stop.set()
+        slots.release()  # wakes the thread if it waits for a slot
         thread.join()
