@@ -395,7 +395,7 @@ def easyfit_step_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int)
         st = state[0]
         for _ in range(n):
             for chunk in chunks:
-                st = train(st, chunk)
+                st, _ = train(st, chunk)
         state[0] = jax.block_until_ready(st)
 
     return Variant(cfg, f"  easyfit step only, k={k} (diagnostic)", run, key="diag")

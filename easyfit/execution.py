@@ -26,7 +26,7 @@ from easyfit.data.batch import Batch, stack
 
 TARGET_SECONDS = 0.1           # host work per dispatch is ~0.1-1 ms: this keeps it < ~1%
 MAX_STEPS = 1024               # keeps logs and callbacks reasonably fresh
-MAX_CHUNK_BYTES = 16 * 2**20   # input bytes of one chunk (three are prefetched onto the devices)
+MAX_CHUNK_BYTES = 4 * 2**20    # input bytes of one chunk (a few are in flight at once)
 PROBE_STEPS = 8                # steady-state steps timed before choosing
 
 
@@ -39,10 +39,15 @@ def choose_steps(step_seconds: float, batch_bytes: int, steps_per_epoch: int | N
     if step_seconds >= TARGET_SECONDS:
         return 1
     k = 2 ** math.ceil(math.log2(TARGET_SECONDS / max(step_seconds, 1e-9)))
-    k = min(k, MAX_STEPS, max(1, MAX_CHUNK_BYTES // max(batch_bytes, 1)))
+    k = min(k, MAX_STEPS, _floor_pow2(MAX_CHUNK_BYTES // max(batch_bytes, 1)))
     if steps_per_epoch:
         k = min(k, steps_per_epoch)
     return max(1, k)
+
+
+def _floor_pow2(n: int) -> int:
+    """The largest power of two <= ``n`` (1 for ``n < 2``)."""
+    return 2 ** int(math.log2(n)) if n >= 2 else 1
 
 
 def batch_bytes(chunk: Batch) -> int:
@@ -137,7 +142,7 @@ class StepTimer:
             self._single = seconds
             k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
             if self._steps_left is not None:
-                k = min(k, 2 ** int(math.log2(max(self._steps_left // 2, 1))))
+                k = min(k, _floor_pow2(self._steps_left // 2))
             self.k, self.settled = k, k == 1
         else:  # keep the candidate only if it is faster per step
             self.k, self.settled = (self.k if seconds < self._single else 1), True

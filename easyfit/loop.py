@@ -1,14 +1,16 @@
 """The loops: epochs x chunks for fit, chunks for evaluate and predict.
 
-The host never waits for the device inside an epoch: a chunk is dispatched, the next one is
-prepared while it runs, and metric sums stay on the device until a log point (a callback
-reading batch logs, the progress bar's refresh, the end of the epoch). The exceptions are
-the few waits of ``steps_per_execution="auto"`` while it times the first steps
+The host does not wait for the device inside an epoch: a chunk is dispatched, the next one
+is prepared while it runs, and metric sums stay on the device until a log point (a callback
+reading batch logs, the progress bar's refresh, the end of the epoch). The exceptions: it
+stays at most ``MAX_RUNNING`` dispatches ahead (each holds its chunk in memory), and
+``steps_per_execution="auto"`` waits a few times while it times the first steps
 (:mod:`easyfit.execution`).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator
@@ -42,6 +44,9 @@ def _on_device(model: "Model", data: DataAdapter, epoch: int, k: int,
                     lambda item: (place(item[0]), item[1]))
 
 
+# Train steps dispatched and not yet run, at most: the host stays ahead of the device, but
+# not by a whole epoch, whose chunks would all be held in memory meanwhile.
+MAX_RUNNING = 3
 _EPOCH_END = object()
 
 
@@ -122,6 +127,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     timer = None  # "auto", not yet decided: measure (across epochs and fits if short)
     if not model._execution_steps():
         timer = model._auto_timer = model._auto_timer or StepTimer(train.steps)
+    running: collections.deque = collections.deque()  # dispatched train steps, oldest first
     feeds = _epoch_feeds(model, train, range(start_epoch, epochs), start_batch, timer)
     with contextlib.closing(feeds):  # stops reading ahead, also on errors
         for epoch, chunks in zip(range(start_epoch, epochs), feeds):
@@ -136,7 +142,9 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                 sizes_run.add(chunk.mask.shape[0])
                 if callbacks.wants("on_train_batch_begin"):
                     callbacks.on_train_batch_begin(done)
-                model._train_on_chunk(chunk, len(sizes))
+                running.append(model._train_on_chunk(chunk, len(sizes)))
+                if len(running) > MAX_RUNNING:  # the device is behind: wait for it
+                    running.popleft().block_until_ready()
                 done += len(sizes)
                 if timer is not None and not timer.settled:
                     left = None if train.steps is None else (epochs - epoch) * train.steps - done

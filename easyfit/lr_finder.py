@@ -168,8 +168,8 @@ def find_lr(model: "Model", x: Any, y: Any = None, *, min_lr: float = 1e-7,
                 state = state.replace(opt_state=jax.device_put(
                     model._optimizer.with_lr(state.opt_state, lr)))
             # the step is donated, totals included: fresh zeros each step, one loss each
-            state = sweep.train(state.replace(totals=dist.replicate(zeros)),
-                                dist.place_chunk(chunk))
+            state, _ = sweep.train(state.replace(totals=dist.replicate(zeros)),
+                                   dist.place_chunk(chunk))
             totals = jax.device_get(state.totals["loss"])
             loss = float(totals["sum"] / max(float(totals["weight"]), 1e-12))
             lrs.append(lr)

@@ -299,16 +299,18 @@ class Model:
             self._step_count = 0
             self._has_lr = self._optimizer.current_lr(self._state.opt_state) is not None
 
-    def _train_on_chunk(self, chunk: Any, batches: int) -> None:
+    def _train_on_chunk(self, chunk: Any, batches: int) -> jax.Array:
+        """Dispatches the train step; returns an output that is ready when it has run."""
         if self._module_shared:  # the module may hold the state's buffers or user edits
             params, rest = split(self._module)
             self._state = self._distribution.place(
                 self._state.replace(params=copy_tree(params), rest=copy_tree(rest)),
                 self._shardings)
             self._module_shared = False
-        self._state = self._steps.train(self._state, chunk)
+        self._state, rows = self._steps.train(self._state, chunk)
         self._module_stale = True
         self._step_count += batches
+        return rows
 
     def _reset_totals(self) -> None:
         # on the device: one small dispatch, no host-to-device copy between epochs

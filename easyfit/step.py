@@ -1,7 +1,8 @@
 """The jitted train, eval and predict steps: pure functions over fixed-shape chunks.
 
 A chunk is ``k`` stacked batches (``k = steps_per_execution``); the train step scans over
-them and carries :class:`~easyfit.state.TrainState`, which is donated. Padding rows carry
+them and carries :class:`~easyfit.state.TrainState`, which is donated (it returns the new
+state and the number of rows trained). Padding rows carry
 zero weight, so they are out of the loss, the gradients and the metrics; a fully padded
 filler batch (the short last chunk of an epoch) is skipped, so it changes nothing.
 """
@@ -68,7 +69,8 @@ class Steps:
     def shard_train(self, shardings: TrainState) -> None:
         """Pins the train step's output state to ``shardings`` (the input's), so the state
         keeps its layout from step to step and the step compiles once."""
-        self.train = jax.jit(self._train_chunk, donate_argnums=0, out_shardings=shardings)
+        self.train = jax.jit(self._train_chunk, donate_argnums=0,
+                             out_shardings=(shardings, shardings.step))
         self.zero = jax.jit(_zeros_like, donate_argnums=0, out_shardings=shardings.totals)
 
     # -- one batch --------------------------------------------------------------------------
@@ -112,7 +114,7 @@ class Steps:
             totals=_add(state.totals, self._batch_totals(per_example, batch, y_pred)))
 
     # -- chunks -----------------------------------------------------------------------------
-    def _train_chunk(self, state: TrainState, chunk: Batch) -> TrainState:
+    def _train_scan(self, state: TrainState, chunk: Batch) -> TrainState:
         if chunk.mask.shape[0] == 1:
             return self._train_batch(state, jax.tree.map(lambda a: a[0], chunk))
 
@@ -121,6 +123,11 @@ class Steps:
             return jax.lax.cond(real, self._train_batch, lambda s, b: s, state, batch), None
 
         return jax.lax.scan(body, state, chunk)[0]
+
+    def _train_chunk(self, state: TrainState, chunk: Batch) -> tuple[TrainState, jax.Array]:
+        """The train step, and the rows it trained: a small output of its own that the loop
+        can wait on (the state is donated to the next step, so it cannot be waited on)."""
+        return self._train_scan(state, chunk), jnp.sum(chunk.mask)
 
     def _eval_chunk(self, params, rest, totals, chunk: Batch):
         def body(totals, batch):

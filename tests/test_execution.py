@@ -9,7 +9,7 @@ from flax import nnx
 import easyfit as ef
 from conftest import MLP, make_data, params_of, train_programs
 from easyfit.data.adapters import ArrayAdapter
-from easyfit.execution import MAX_STEPS, TARGET_SECONDS, choose_steps, regroup
+from easyfit.execution import MAX_CHUNK_BYTES, MAX_STEPS, TARGET_SECONDS, choose_steps, regroup
 
 
 def test_a_slow_step_runs_alone():
@@ -21,7 +21,8 @@ def test_fast_steps_are_fused_in_powers_of_two_up_to_the_caps():
     assert choose_steps(TARGET_SECONDS / 3, 1000, None) == 4
     assert choose_steps(1e-7, 1000, None) == MAX_STEPS
     assert choose_steps(1e-7, 1000, steps_per_epoch=20) == 20       # no more than an epoch
-    assert choose_steps(1e-7, 4 * 2**20, None) == 4                 # chunk input <= 16 MiB
+    assert choose_steps(1e-7, MAX_CHUNK_BYTES // 4, None) == 4      # chunk input capped
+    assert choose_steps(1e-7, MAX_CHUNK_BYTES // 5, None) == 4      # ... in a power of two
 
 
 def test_regroup_stacks_single_batches_once_the_size_is_known():
@@ -124,6 +125,17 @@ def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds,
         clock.now += candidate * fused_seconds
         timer.after_chunk(state, fused, candidate)
     assert timer.settled and timer.k == (candidate if keep else 1)
+
+
+def test_the_candidate_leaves_room_to_be_timed_before_the_fit_ends():
+    from easyfit.execution import StepTimer
+
+    timer = StepTimer(steps_per_epoch=None)
+    one, state = _chunk(1), np.zeros(())
+    for _ in range(1 + 8):  # the compiling dispatch, then the timed probe steps
+        timer.after_chunk(state, one, 1, steps_left=40)
+    # 20 steps per fused dispatch at most: one untimed, one timed, within the 40 left
+    assert timer.k == 16
 
 
 
