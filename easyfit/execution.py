@@ -27,7 +27,7 @@ from easyfit.data.batch import Batch, stack
 TARGET_SECONDS = 0.1           # host work per dispatch is ~0.1-1 ms: this keeps it < ~1%
 MAX_STEPS = 1024               # keeps logs and callbacks reasonably fresh
 MAX_CHUNK_BYTES = 4 * 2**20    # input bytes of one chunk (a few are in flight at once)
-PROBE_STEPS = 8                # steady-state steps timed before choosing
+PROBE_STEPS = 16               # steady-state steps timed per size, at least
 
 
 def choose_steps(step_seconds: float, batch_bytes: int, steps_per_epoch: int | None) -> int:
@@ -43,6 +43,15 @@ def choose_steps(step_seconds: float, batch_bytes: int, steps_per_epoch: int | N
     if steps_per_epoch:
         k = min(k, steps_per_epoch)
     return max(1, k)
+
+
+def _timed_within(steps: int) -> int:
+    """The largest power-of-two size whose untimed first dispatch and timed dispatches (at
+    least ``PROBE_STEPS`` steps) fit in ``steps``."""
+    k = _floor_pow2(steps // 2)
+    while k > 1 and k + max(k, PROBE_STEPS) > steps:
+        k //= 2
+    return k
 
 
 def _floor_pow2(n: int) -> int:
@@ -111,7 +120,7 @@ class StepTimer:
             self.resume(state)
             return
         self._timed += steps
-        if self._timed >= PROBE_STEPS or size > 1:  # single steps, or one warm fused dispatch
+        if self._timed >= PROBE_STEPS:  # fused: whole warm dispatches
             self._next(state)
 
     def compiled(self, size: int, state: Any) -> None:
@@ -142,7 +151,7 @@ class StepTimer:
             self._single = seconds
             k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
             if self._steps_left is not None:
-                k = min(k, _floor_pow2(self._steps_left // 2))
+                k = min(k, _timed_within(self._steps_left))
             self.k, self.settled = k, k == 1
         else:  # keep the candidate only if it is faster per step
             self.k, self.settled = (self.k if seconds < self._single else 1), True

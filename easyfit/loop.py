@@ -25,6 +25,7 @@ from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
 from easyfit.execution import StepTimer, compile_ahead, regroup
+from easyfit.host_memory import CompileWatch
 
 if TYPE_CHECKING:
     from easyfit.model import Model
@@ -128,6 +129,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     if not model._execution_steps():
         timer = model._auto_timer = model._auto_timer or StepTimer(train.steps)
     running: collections.deque = collections.deque()  # dispatched train steps, oldest first
+    compiles = CompileWatch()  # each compile's scratch memory is handed back to the OS
     feeds = _epoch_feeds(model, train, range(start_epoch, epochs), start_batch, timer)
     with contextlib.closing(feeds):  # stops reading ahead, also on errors
         for epoch, chunks in zip(range(start_epoch, epochs), feeds):
@@ -145,6 +147,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                 running.append(model._train_on_chunk(chunk, len(sizes)))
                 if len(running) > MAX_RUNNING:  # the device is behind: wait for it
                     running.popleft().block_until_ready()
+                compiles.release_if_compiled()
                 done += len(sizes)
                 if timer is not None and not timer.settled:
                     left = None if train.steps is None else (epochs - epoch) * train.steps - done
@@ -176,6 +179,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             if validation is not None and _validates(epoch, validation_freq):
                 val_logs = evaluate_loop(model, validation, callbacks)  # on_test_* hooks fire, as Keras
                 logs.update({f"val_{key}": value for key, value in val_logs.items()})
+                compiles.release_if_compiled()
             model._position = (epoch + 1, 0)
             callbacks.on_epoch_end(epoch, logs)
             model.stop_training = any_process(model.stop_training)
@@ -199,6 +203,7 @@ def evaluate_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) ->
     names = steps.log_names(with_lr=False)
     params, rest = model._eval_state()
     totals = None
+    compiles = CompileWatch()
     callbacks.on_test_begin()
     done = 0
     for chunk, sizes in _on_device(model, data, 0, model._execution_steps() or 1):
@@ -215,6 +220,7 @@ def evaluate_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) ->
     if totals is None:
         raise ValueError("The evaluation input is empty: it yielded no batch.")
     logs = _floats(steps.results(totals), names)
+    compiles.release_if_compiled()
     callbacks.on_test_end(logs)
     return logs
 
@@ -225,6 +231,7 @@ def predict_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) -> 
     params, rest = model._eval_state()
     outputs: list[Any] = []
     pending = None  # (device outputs, sizes): fetched after the next chunk is dispatched
+    compiles = CompileWatch()
     callbacks.on_predict_begin()
     done = 0
     for chunk, sizes in _on_device(model, data, 0, model._execution_steps() or 1):
@@ -238,6 +245,7 @@ def predict_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) -> 
     if pending is None:
         raise ValueError("The prediction input is empty: it yielded no batch.")
     outputs.extend(_unstack(*pending))
+    compiles.release_if_compiled()
     callbacks.on_predict_end()
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 

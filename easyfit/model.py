@@ -36,6 +36,7 @@ from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays, adapt
 from easyfit.checkpoint import Checkpoints, abstract
 from easyfit.distribute import DataParallel, Distribution, is_chief
+from easyfit.host_memory import CompileWatch
 from easyfit.distribute.strategies import flatten, put
 from easyfit.loop import evaluate_loop, fit_loop, predict_loop
 from easyfit.state import (GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree, is_factory,
@@ -463,7 +464,9 @@ class Model:
                 validation_data, validation_batch_size or train.batch_size, validation_steps,
                 (x_key, y_key))
         total_steps = None if train.steps is None else train.steps * epochs
+        compiles = CompileWatch()
         self._build(train, total_steps)
+        compiles.release_if_compiled()
         memory_lib.check_capacity(self, train.batch_size, train)  # warns if it cannot fit
         verbose = _verbosity(verbose) if is_chief() else 0  # one progress display per job
         history = History()

@@ -128,14 +128,16 @@ def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds,
 
 
 def test_the_candidate_leaves_room_to_be_timed_before_the_fit_ends():
-    from easyfit.execution import StepTimer
+    from easyfit.execution import PROBE_STEPS, StepTimer
 
-    timer = StepTimer(steps_per_epoch=None)
-    one, state = _chunk(1), np.zeros(())
-    for _ in range(1 + 8):  # the compiling dispatch, then the timed probe steps
-        timer.after_chunk(state, one, 1, steps_left=40)
-    # 20 steps per fused dispatch at most: one untimed, one timed, within the 40 left
-    assert timer.k == 16
+    for left, expected in ((40, 16), (20, 4)):
+        timer = StepTimer(steps_per_epoch=None)
+        one, state = _chunk(1), np.zeros(())
+        for _ in range(1 + PROBE_STEPS):  # the compiling dispatch, then the timed steps
+            timer.after_chunk(state, one, 1, steps_left=left)
+        # one untimed fused dispatch, then at least PROBE_STEPS (16) timed steps: 16 + 16 <= 40,
+        # 4 + 16 <= 20
+        assert timer.k == expected
 
 
 
