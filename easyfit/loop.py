@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -97,6 +98,22 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
         feed.close()
 
 
+class _Dispatcher:
+    """Dispatches train steps, at most ``MAX_RUNNING`` ahead of the device, and hands back
+    each compile's scratch memory."""
+
+    def __init__(self, model: "Model"):
+        self.model = model
+        self.running: collections.deque = collections.deque()  # outputs of steps, oldest first
+        self.compiles = CompileWatch()
+
+    def __call__(self, chunk: Batch, batches: int) -> None:
+        self.running.append(self.model._train_on_chunk(chunk, batches))
+        if len(self.running) > MAX_RUNNING:  # the device is behind: wait for it
+            self.running.popleft().block_until_ready()
+        self.compiles.release_if_compiled()
+
+
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
              epochs: int, initial_epoch: int, validation_freq: int | list[int],
              callbacks: CallbackList) -> dict[str, float]:
@@ -128,26 +145,29 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     timer = None  # "auto", not yet decided: measure (across epochs and fits if short)
     if not model._execution_steps():
         timer = model._auto_timer = model._auto_timer or StepTimer(train.steps)
-    running: collections.deque = collections.deque()  # dispatched train steps, oldest first
-    compiles = CompileWatch()  # each compile's scratch memory is handed back to the OS
+    dispatch = _Dispatcher(model)
     feeds = _epoch_feeds(model, train, range(start_epoch, epochs), start_batch, timer)
+    upcoming = None  # the next epoch's chunks, when its first one is already dispatched
+    early = None     # that first chunk
     with contextlib.closing(feeds):  # stops reading ahead, also on errors
-        for epoch, chunks in zip(range(start_epoch, epochs), feeds):
+        for epoch in range(start_epoch, epochs):
+            chunks = next(feeds) if upcoming is None else upcoming
             done = start_batch if epoch == start_epoch else 0
-            if done == 0:  # mid-epoch resumes keep the restored metric sums
+            if done == 0 and early is None:  # mid-epoch resumes keep the restored metric sums
                 model._reset_totals()
             callbacks.on_epoch_begin(epoch)
             if timer is not None:
                 timer.start_epoch(model._state)
+            if early is not None:
+                chunks = itertools.chain([early], chunks)
             sizes_run = set()
             for chunk, sizes in chunks:
                 sizes_run.add(chunk.mask.shape[0])
                 if callbacks.wants("on_train_batch_begin"):
                     callbacks.on_train_batch_begin(done)
-                running.append(model._train_on_chunk(chunk, len(sizes)))
-                if len(running) > MAX_RUNNING:  # the device is behind: wait for it
-                    running.popleft().block_until_ready()
-                compiles.release_if_compiled()
+                if early is None:
+                    dispatch(chunk, len(sizes))
+                early = None
                 done += len(sizes)
                 if timer is not None and not timer.settled:
                     left = None if train.steps is None else (epochs - epoch) * train.steps - done
@@ -175,11 +195,24 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                               "repeat, or pass steps_per_epoch x epochs batches at most.",
                               stacklevel=3)
                 break
-            logs = read_logs()
-            if validation is not None and _validates(epoch, validation_freq):
+            epoch_logs = steps.logs(model._state.totals, model._state.opt_state)
+            validates = validation is not None and _validates(epoch, validation_freq)
+            upcoming = None
+            if (epoch + 1 < epochs and not validates and timer is None and train.pure_epochs
+                    and not model.stop_training and callbacks.observers_only()):
+                # Nothing that runs before the next epoch's first step can change it (the
+                # callbacks only read logs): start that step now, so the device does not
+                # wait while the host reads this epoch's logs and runs the callbacks.
+                upcoming = next(feeds)
+                early = next(upcoming, None)
+                if early is not None:
+                    model._reset_totals()
+                    dispatch(early[0], len(early[1]))
+            logs = _floats(epoch_logs, names)
+            if validates:
                 val_logs = evaluate_loop(model, validation, callbacks)  # on_test_* hooks fire, as Keras
                 logs.update({f"val_{key}": value for key, value in val_logs.items()})
-                compiles.release_if_compiled()
+                dispatch.compiles.release_if_compiled()
             model._position = (epoch + 1, 0)
             callbacks.on_epoch_end(epoch, logs)
             model.stop_training = any_process(model.stop_training)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -81,6 +83,37 @@ def test_a_callback_fine_with_dispatches_keeps_auto():
     k = model._execution_steps()
     assert k > 1
     assert callback.batches[-1] == 39 and len(callback.batches) < 80   # per dispatch
+
+
+class _EpochEndWeights(ef.callbacks.Callback):
+    """Not an observer: it reads the weights at each epoch end."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append(self.model.get_weights())
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_the_next_epoch_starts_early_only_for_observers_and_changes_nothing(
+        steps_per_execution):
+    x, y = make_data(200)
+    run = lambda callbacks: _fit(x, y, callbacks, epochs=4,
+                                 steps_per_execution=steps_per_execution)
+    observed = run([ef.callbacks.CSVLogger(os.devnull)])  # observers only: starts early
+    reader = _EpochEndWeights()
+    checked = run([reader])                               # a weight reader: does not
+    assert observed.history.history == checked.history.history  # the same logs, to the bit
+    for a, b in zip(params_of(observed.module), params_of(checked.module)):
+        np.testing.assert_array_equal(a, b)
+    # the reader saw each epoch's own weights, not a step of the next epoch
+    for epoch in (0, 2):
+        expected = _fit(x, y, epochs=epoch + 1, steps_per_execution=steps_per_execution)
+        for a, b in zip(reader.weights[epoch], expected.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert int(observed._state.step) == int(checked._state.step) == 80
 
 
 def test_bad_steps_per_execution_names_auto():

@@ -53,6 +53,11 @@ class Callback:
             every batch: ``steps_per_execution="auto"`` then keeps one step per dispatch.
             Set it to ``False`` when once per dispatch is enough (the hooks then get the
             index of the last batch of each dispatch), as the built-in callbacks do.
+        observer: ``True`` if this callback only reads ``logs`` (it never changes the model,
+            its weights, the optimizer or ``stop_training``, and never reads the weights).
+            When every callback with epoch or train batch hooks is an observer, ``fit``
+            dispatches the next epoch's first step before it reads an epoch's logs, so the
+            device does not wait for the host between epochs.
 
     Example:
         >>> class Stopper(Callback):
@@ -62,6 +67,7 @@ class Callback:
     """
 
     every_batch = True
+    observer = False
 
     def __init__(self):
         self.model: Any = None
@@ -137,6 +143,11 @@ class CallbackList:
         callbacks); built-ins that work per dispatch say ``every_batch = False``."""
         return any(getattr(c, "every_batch", True) for hook in
                    ("on_train_batch_begin", "on_train_batch_end") for c in self._hooks[hook])
+
+    def observers_only(self) -> bool:
+        """Whether every callback with epoch or train batch hooks only reads logs."""
+        hooks = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end")
+        return all(c.observer for hook in hooks for c in self._hooks[hook])
 
     def wants(self, hook: str) -> bool:
         """Whether any callback overrides ``hook`` (so the loop can skip work for it)."""

@@ -28,6 +28,8 @@ class History(Callback):
         >>> history.to_dataframe()               # doctest: +SKIP
     """
 
+    observer = True  # reads logs only
+
     def __init__(self):
         super().__init__()
         self.history: dict[str, list[float]] = {}

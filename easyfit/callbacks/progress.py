@@ -30,6 +30,7 @@ class ProgressBar(Callback):
     """
 
     every_batch = False  # its batch hooks work once per dispatch
+    observer = True  # reads logs only
 
     def __init__(self, verbose: int = 1, refresh_seconds: float = 0.25):
         super().__init__()

@@ -56,6 +56,8 @@ class CSVLogger(Callback):
         >>> cb = CSVLogger("runs/log.csv", append=True)
     """
 
+    observer = True  # reads logs only
+
     def __init__(self, filename: str, separator: str = ",", append: bool = False):
         super().__init__()
         self.filename, self.separator, self.append = os.fspath(filename), separator, append
