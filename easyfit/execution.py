@@ -78,7 +78,8 @@ class StepTimer:
         k: steps per dispatch to use now: ``None`` while measuring single steps, then the
             candidate while it is timed, then the decision.
         settled: whether ``k`` is final. A short epoch does not decide: the timer carries
-            over to the next epoch (and the next ``fit``) until it has timed both sizes.
+            over to the next epoch until it has timed both sizes (a ``fit`` that ends
+            before then keeps one step per dispatch).
     """
 
     def __init__(self, steps_per_epoch: int | None):

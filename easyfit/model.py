@@ -36,8 +36,8 @@ from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays, adapt
 from easyfit.checkpoint import Checkpoints, abstract
 from easyfit.distribute import DataParallel, Distribution, is_chief
-from easyfit.host_memory import CompileWatch
 from easyfit.distribute.strategies import flatten, put
+from easyfit.host_memory import CompileWatch
 from easyfit.loop import evaluate_loop, fit_loop, predict_loop
 from easyfit.state import (GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree, is_factory,
                            reseed, split)

@@ -2,9 +2,9 @@
 
 A chunk is ``k`` stacked batches (``k = steps_per_execution``); the train step scans over
 them and carries :class:`~easyfit.state.TrainState`, which is donated (it returns the new
-state and the number of rows trained). Padding rows carry
-zero weight, so they are out of the loss, the gradients and the metrics; a fully padded
-filler batch (the short last chunk of an epoch) is skipped, so it changes nothing.
+state and the number of rows trained). Padding rows carry zero weight, so they are out of
+the loss, the gradients and the metrics; a fully padded filler batch (the short last chunk
+of an epoch) is skipped, so it changes nothing.
 """
 
 from __future__ import annotations
