@@ -114,6 +114,32 @@ class _Dispatcher:
         self.compiles.release_if_compiled()
 
 
+def _measure(model: "Model", timer: StepTimer, chunk: Batch, steps: int,
+             steps_left: int | None) -> None:
+    """"auto": times the dispatch just made; compiles a candidate size, once chosen, ahead of
+    its first dispatch (the input thread compiles the on-device gather, if any, meanwhile)."""
+    timer.after_chunk(model._state, chunk, steps, steps_left)
+    if timer.k and timer.k not in model._auto_sizes:
+        compile_ahead(model._steps.train, model._state, chunk, timer.k)
+        model._auto_sizes.add(timer.k)
+        timer.compiled(timer.k, model._state)
+
+
+def _start_next_epoch(model: "Model", feeds: Iterator, dispatch: _Dispatcher) -> tuple[Any, Any]:
+    """Dispatches the next epoch's first chunk now, before this epoch's logs are read: when
+    the callbacks only read logs, nothing that runs in between can change that step, and the
+    device need not wait while the host reads the logs and runs the callbacks.
+
+    Returns the next epoch's chunks and that first ``(chunk, sizes)`` (``None`` if empty).
+    """
+    upcoming = next(feeds)
+    first = next(upcoming, None)
+    if first is not None:
+        model._reset_totals()
+        dispatch(first[0], len(first[1]))
+    return upcoming, first
+
+
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
              epochs: int, initial_epoch: int, validation_freq: int | list[int],
              callbacks: CallbackList) -> dict[str, float]:
@@ -171,13 +197,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                 done += len(sizes)
                 if timer is not None and not timer.settled:
                     left = None if train.steps is None else (epochs - epoch) * train.steps - done
-                    timer.after_chunk(model._state, chunk, len(sizes), left)
-                    if timer.k and timer.k not in model._auto_sizes:
-                        # a candidate size: compile it now, so that its first dispatch is timed
-                        # (the input thread compiles the on-device gather, if any, meanwhile)
-                        compile_ahead(model._steps.train, model._state, chunk, timer.k)
-                        model._auto_sizes.add(timer.k)
-                        timer.compiled(timer.k, model._state)
+                    _measure(model, timer, chunk, len(sizes), left)
                 model._position = (epoch, done)
                 if batch_hooks:
                     callbacks.on_train_batch_end(done - 1, LazyLogs(names, read_logs))
@@ -200,14 +220,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             upcoming = None
             if (epoch + 1 < epochs and not validates and timer is None and train.pure_epochs
                     and not model.stop_training and callbacks.observers_only()):
-                # Nothing that runs before the next epoch's first step can change it (the
-                # callbacks only read logs): start that step now, so the device does not
-                # wait while the host reads this epoch's logs and runs the callbacks.
-                upcoming = next(feeds)
-                early = next(upcoming, None)
-                if early is not None:
-                    model._reset_totals()
-                    dispatch(early[0], len(early[1]))
+                upcoming, early = _start_next_epoch(model, feeds, dispatch)
             logs = _floats(epoch_logs, names)
             if validates:
                 val_logs = evaluate_loop(model, validation, callbacks)  # on_test_* hooks fire, as Keras
