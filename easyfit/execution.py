@@ -92,7 +92,6 @@ class StepTimer:
         self._batch_bytes = 0
         self._compiled: set[int] = set()  # sizes whose first (compiling) dispatch has run
         self._warmup = 0  # fused dispatches still to run untimed (the first one is cold)
-        self._steps_left: int | None = None
 
     def after_chunk(self, state: Any, chunk: Batch, steps: int,
                     steps_left: int | None = None) -> None:
@@ -101,7 +100,6 @@ class StepTimer:
         ``steps_left``: steps the running ``fit`` has yet to take, if known: the candidate
         is small enough to be timed (after its untimed first dispatch) before the fit ends.
         """
-        self._steps_left = steps_left
         size = chunk.mask.shape[0]
         if self.k is None:
             self._batch_bytes = batch_bytes(chunk)
@@ -122,7 +120,7 @@ class StepTimer:
             return
         self._timed += steps
         if self._timed >= PROBE_STEPS:  # fused: whole warm dispatches
-            self._next(state)
+            self._next(state, steps_left)
 
     def compiled(self, size: int, state: Any) -> None:
         """The loop compiled ``size`` ahead of its first dispatch: time from its second."""
@@ -144,15 +142,15 @@ class StepTimer:
         if (self.k or 1) in self._compiled:
             self.resume(state)
 
-    def _next(self, state: Any) -> None:
+    def _next(self, state: Any, steps_left: int | None) -> None:
         jax.block_until_ready(state)
         seconds = (time.perf_counter() - self._start) / self._timed
         self._start = None
         if self._single is None:
             self._single = seconds
             k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
-            if self._steps_left is not None:
-                k = min(k, _timed_within(self._steps_left))
+            if steps_left is not None:
+                k = min(k, _timed_within(steps_left))
             self.k, self.settled = k, k == 1
         else:  # keep the candidate only if it is faster per step
             self.k, self.settled = (self.k if seconds < self._single else 1), True

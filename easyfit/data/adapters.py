@@ -95,6 +95,12 @@ class DataAdapter:
         """A batch shaped like every batch of this input, read without consuming any."""
         raise NotImplementedError
 
+    def device_tables(self, limit_bytes: int) -> tuple[Any, Any] | None:
+        """``(x, y)`` if the whole dataset can live on each device (at most ``limit_bytes``),
+        so that chunks carry row numbers only (``chunks(..., as_index=True)``); ``None``
+        here: only in-memory arrays can."""
+        return None
+
     def chunks(self, epoch: int, k: int, start: int = 0) -> Iterator[tuple[Batch, list[int]]]:
         """Yields ``(chunk, real_rows_per_batch)``: ``k`` stacked batches per chunk, from batch
         ``start`` of the epoch (earlier batches are read and skipped)."""
@@ -165,9 +171,7 @@ class ArrayAdapter(DataAdapter):
             yield jax.tree.map(lambda a: a[0], chunk), sizes[0]
 
     def device_tables(self, limit_bytes: int) -> tuple[Any, Any] | None:
-        """``(x, y)`` if the whole dataset can live on each device (one process, at most
-        ``limit_bytes``): the step then gathers its rows there and chunks carry only row
-        indices (see :meth:`chunks`)."""
+        """``(x, y)`` with one process, labels, and at most ``limit_bytes`` in all."""
         size = sum(leaf.nbytes for leaf in jax.tree.leaves((self.x, self.y)))
         if self.process_count > 1 or self.y is None or size > limit_bytes:
             return None

@@ -36,5 +36,5 @@ class DeviceRows:
 
 def device_rows(data: DataAdapter, distribution: Any) -> DeviceRows | None:
     """A :class:`DeviceRows` for ``data`` if it is arrays small enough, else ``None``."""
-    tables = getattr(data, "device_tables", lambda limit: None)(DEVICE_DATA_BYTES)
+    tables = data.device_tables(DEVICE_DATA_BYTES)
     return None if tables is None else DeviceRows(tables, distribution)
