@@ -168,7 +168,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     callbacks.on_train_begin()
     # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.
     start_epoch, start_batch = model._take_resume_position(callbacks) or (initial_epoch, 0)
-    timer = None  # "auto", not yet decided: measure (across epochs and fits if short)
+    timer = None  # "auto", not yet decided: measure (across epochs if short)
     if not model._execution_steps():
         timer = model._auto_timer = model._auto_timer or StepTimer(train.steps)
     dispatch = _Dispatcher(model)

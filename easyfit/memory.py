@@ -55,8 +55,9 @@ _MEASURE_STEPS = 1000
 
 
 CHUNKS_AHEAD = 3
-"""Input chunks ``fit`` keeps on the device ahead of the running step: the prefetcher's
-queue of two (``easyfit.data.prefetch``, ``depth=2``) and one placed, waiting for room."""
+"""Input chunks ``fit`` keeps on the device ahead of the running step: two dispatched and
+waiting to run (``easyfit.loop.MAX_RUNNING`` is 3, the running one included) and one placed
+by the prefetcher (``easyfit.data.prefetch``, ``depth=2``, the other slot held by the loop)."""
 
 
 class MemoryWarning(UserWarning):

@@ -19,7 +19,7 @@ class Profiler(Callback):
     ``steps[1]`` is reached, so ``steps=(10, 20)`` covers ten steps, counting from 0 (like
     Keras's ``TensorBoard(profile_batch=...)``, in optimizer steps). Leave the first steps
     out unless you want to see the compile; with ``steps_per_execution="auto"``, profiling
-    the first ten or so steps also slows the steps it times to choose ``k``. When steps
+    the first few dozen steps also slows the steps it times to choose ``k``. When steps
     run ``k`` per dispatch, both ends move forward to the next dispatch, and at least one
     dispatch is recorded. Epoch ends inside the range are recorded too; once the range is
     done, the trace stops before anything else runs (validation, the epoch's end, the next
