@@ -329,12 +329,8 @@ def _easyfit_model(cfg: Config, k: int | str):
     import easyfit as ef
 
     model = ef.Model(make_module(cfg))
-    if k == "auto":  # the default: leave the argument out
-        model.compile(optimizer=ef.optimizers.adamw(LR, weight_decay=0.0),
-                      loss="sparse_categorical_crossentropy")
-    else:
-        model.compile(optimizer=ef.optimizers.adamw(LR, weight_decay=0.0),
-                      loss="sparse_categorical_crossentropy", steps_per_execution=k)
+    model.compile(optimizer=ef.optimizers.adamw(LR, weight_decay=0.0),
+                  loss="sparse_categorical_crossentropy", steps_per_execution=k)
     return model
 
 
@@ -405,21 +401,18 @@ def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int
     """Diagnostic: easyfit's input path alone, as ``fit`` runs it for arrays with shuffling:
     ``ArrayAdapter.chunks`` placed on the device by the prefetch thread and consumed by the
     main thread (for a dataset small enough to live on the device, as ``fit`` does it: chunks
-    of row numbers and the jitted gather of ``easyfit.loop._device_rows``); no train step.
+    of row numbers and the jitted gather of ``easyfit.data.on_device.device_rows``); no train
+    step.
     Its steps/s bounds ``fit``'s. Uses easyfit internals."""
     from easyfit.data.adapters import ArrayAdapter
+    from easyfit.data.on_device import device_rows as make_rows
     from easyfit.data.prefetch import prefetch
 
     model = _easyfit_model(cfg, k)
     model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, verbose=0)
     adapter = ArrayAdapter(x, y, batch_size=cfg.batch, shuffle=True)
     place = model._distribution.place_chunk
-    try:  # where fit's device-held datasets live (they moved once)
-        from easyfit.data.on_device import device_rows as make_rows
-        device_rows = make_rows(adapter, model._distribution)
-    except ImportError:
-        from easyfit import loop
-        device_rows = getattr(loop, "_device_rows", lambda model, data: None)(model, adapter)
+    device_rows = make_rows(adapter, model._distribution)
     how = "host gather" if device_rows is None else "device gather"
 
     def run(n):
@@ -747,11 +740,8 @@ def run_regime(cfg: Config, args, argv_common: list[str]) -> tuple[list[Result],
     if not args.no_diagnostic:
         k = default.model._execution_steps() or 1
         for make in (easyfit_step_only_variant, easyfit_input_only_variant):
-            try:
-                variants.append(make(cfg, x, y, k))
-                variants[-1].prepare(args.seconds, cfg.epochs)
-            except Exception as error:  # internals moved: skip the diagnostic, keep going
-                print(f"  (diagnostic skipped: {type(error).__name__}: {error})")
+            variants.append(make(cfg, x, y, k))
+            variants[-1].prepare(args.seconds, cfg.epochs)
     worker = None
     if keras_available() and not args.no_keras:
         print("  starting the Keras worker (warms up and calibrates each model)", flush=True)

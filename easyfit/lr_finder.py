@@ -25,7 +25,7 @@ import optax
 from easyfit.data.adapters import adapt
 from easyfit.optimizers import scale_by_learning_rate
 from easyfit.precision import dynamic_loss_scaling
-from easyfit.state import TrainState, copy_tree, split
+from easyfit.state import copy_tree, split
 from easyfit.step import Steps
 
 if TYPE_CHECKING:
@@ -149,12 +149,8 @@ def find_lr(model: "Model", x: Any, y: Any = None, *, min_lr: float = 1e-7,
     # A copy of the current weights, placed as training places them; the model keeps its own.
     dist = model._distribution
     params, rest = split(model.module)
-    params = dist.place(copy_tree(params), model._params_sharding(params))
-    rest = dist.replicate(copy_tree(rest))
-    opt_state = jax.jit(transform.init)(params)
-    zeros = jax.device_get(sweep.zero_totals(params, rest, data.sample_batch()))
-    state = TrainState(params=params, rest=rest, opt_state=opt_state,
-                       step=dist.replicate(jnp.zeros([], jnp.int32)), totals=None)
+    state, _ = model._new_state(transform, sweep, copy_tree(params), copy_tree(rest),
+                                data.sample_batch())
 
     lrs, losses, smoothed = [], [], []
     average, best, diverged = 0.0, math.inf, False
@@ -167,10 +163,9 @@ def find_lr(model: "Model", x: Any, y: Any = None, *, min_lr: float = 1e-7,
             if not in_state:
                 state = state.replace(opt_state=jax.device_put(
                     model._optimizer.with_lr(state.opt_state, lr)))
-            # the step is donated, totals included: fresh zeros each step, one loss each
-            state, _ = sweep.train(state.replace(totals=dist.replicate(zeros)),
-                                   dist.place_chunk(chunk))
+            state, _ = sweep.train(state, dist.place_chunk(chunk))
             totals = jax.device_get(state.totals["loss"])
+            state = state.replace(totals=sweep.zero(state.totals))  # one loss per step
             loss = float(totals["sum"] / max(float(totals["weight"]), 1e-12))
             lrs.append(lr)
             losses.append(loss)

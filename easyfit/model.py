@@ -282,23 +282,31 @@ class Model:
             params, rest = split(self._module)
             rest = reseed(rest, self._seed)
             nnx.update(self._module, rest)
-            dist, replicated = self._distribution, self._distribution.replicate
-            params_sharding, opt_sharding = dist.state_shardings(
-                params, jax.eval_shape(transform.init, params))
-            params = dist.place(params, params_sharding)
-            # The optimizer state is created where it lives: never whole on one device.
-            opt_state = jax.jit(transform.init, out_shardings=opt_sharding)(params)
-            totals = steps.zero_totals(params, rest, data.sample_batch())
-            one = jax.sharding.NamedSharding(dist.mesh, jax.sharding.PartitionSpec())
-            self._shardings = TrainState(params=params_sharding, rest=one,
-                                         opt_state=opt_sharding, step=one, totals=one)
-            self._state = TrainState(params=params, rest=replicated(rest), opt_state=opt_state,
-                                     step=replicated(jnp.zeros([], jnp.int32)),
-                                     totals=replicated(totals))
-            steps.shard_train(self._shardings)
+            self._state, self._shardings = self._new_state(transform, steps, params, rest,
+                                                           data.sample_batch())
             self._module_shared = True
             self._step_count = 0
             self._has_lr = self._optimizer.current_lr(self._state.opt_state) is not None
+
+    def _new_state(self, transform: Any, steps: Steps, params: Any, rest: Any,
+                   batch: Any) -> tuple[TrainState, TrainState]:
+        """A training state from ``params`` and ``rest``, placed as training places it, and
+        its shardings; ``steps.train`` is pinned to them (so it compiles once)."""
+        dist = self._distribution
+        params_sharding, opt_sharding = dist.state_shardings(
+            params, jax.eval_shape(transform.init, params))
+        params = dist.place(params, params_sharding)
+        # The optimizer state is created where it lives: never whole on one device.
+        opt_state = jax.jit(transform.init, out_shardings=opt_sharding)(params)
+        totals = steps.zero_totals(params, rest, batch)
+        one = jax.sharding.NamedSharding(dist.mesh, jax.sharding.PartitionSpec())
+        shardings = TrainState(params=params_sharding, rest=one, opt_state=opt_sharding,
+                               step=one, totals=one)
+        state = TrainState(params=params, rest=dist.replicate(rest), opt_state=opt_state,
+                           step=dist.replicate(jnp.zeros([], jnp.int32)),
+                           totals=dist.replicate(totals))
+        steps.shard_train(shardings)
+        return state, shardings
 
     def _train_on_chunk(self, chunk: Any, batches: int) -> jax.Array:
         """Dispatches the train step; returns an output that is ready when it has run."""

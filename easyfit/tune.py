@@ -80,14 +80,11 @@ class PruningCallback(Callback):
         ...     return model.evaluate(x_val, y_val, verbose=0)  # val_loss
     """
 
-    every_batch = False
-
     def __init__(self, trial: Any, objective: str):
         super().__init__()
         self.trial, self.objective = trial, objective
         self.pruned_at: int | None = None   # 0-based epoch at which the trial was stopped
         self.reason = ""
-        self.last_value: float | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -102,7 +99,6 @@ class PruningCallback(Callback):
             name = self.objective if not math.isfinite(value) else "loss"
             self._stop(epoch, f"{name} is {float(logs[name])}")
             return
-        self.last_value = value
         self.trial.report(value, epoch)
         if self.trial.should_prune():
             self._stop(epoch, "pruned")

@@ -160,13 +160,16 @@ def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds,
     assert timer.settled and timer.k == (candidate if keep else 1)
 
 
-def test_the_candidate_leaves_room_to_be_timed_before_the_fit_ends():
-    from easyfit.execution import PROBE_STEPS, StepTimer
+def test_the_candidate_leaves_room_to_be_timed_before_the_fit_ends(monkeypatch):
+    from easyfit import execution
 
+    clock = _FakeClock()
+    monkeypatch.setattr(execution.time, "perf_counter", clock)
     for left, expected in ((40, 16), (20, 4)):
-        timer = StepTimer(steps_per_epoch=None)
+        timer = execution.StepTimer(steps_per_epoch=None)
         one, state = _chunk(1), np.zeros(())
-        for _ in range(1 + PROBE_STEPS):  # the compiling dispatch, then the timed steps
+        for _ in range(1 + execution.PROBE_STEPS):  # the compiling dispatch, then timed steps
+            clock.now += 1e-6                        # fast steps: only the room caps the size
             timer.after_chunk(state, one, 1, steps_left=left)
         # one untimed fused dispatch, then at least PROBE_STEPS (16) timed steps: 16 + 16 <= 40,
         # 4 + 16 <= 20

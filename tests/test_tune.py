@@ -14,23 +14,14 @@ import pytest
 from flax import nnx
 
 import easyfit as ef
-from conftest import make_data
+from conftest import MLP, make_data
 
 optuna = pytest.importorskip("optuna")
 
 
-class Net(nnx.Module):
-    def __init__(self, width: int, din: int = 64, dout: int = 10, *, rngs: nnx.Rngs):
-        self.l1 = nnx.Linear(din, width, rngs=rngs)
-        self.l2 = nnx.Linear(width, dout, rngs=rngs)
-
-    def __call__(self, x):
-        return self.l2(nnx.relu(self.l1(x)))
-
-
 def build(trial):
     # an absurd LR range: most draws above ~0.3 diverge or stall, and get pruned
-    model = ef.Model(Net(trial.suggest_categorical("width", [16, 32]), rngs=nnx.Rngs(0)))
+    model = ef.Model(MLP(64, trial.suggest_categorical("width", [16, 32]), 10, rngs=nnx.Rngs(0)))
     model.compile(ef.optimizers.adam(trial.suggest_float("lr", 1e-4, 10.0, log=True)),
                   "sparse_categorical_crossentropy", metrics=["accuracy"], seed=0)
     return model
@@ -98,7 +89,7 @@ def test_best_model_without_saved_weights_asks_to_retrain(tmp_path):
     x, y = make_data(96, din=8, classes=4)
 
     def small(trial):
-        model = ef.Model(Net(trial.suggest_categorical("width", [8]), din=8, dout=4,
+        model = ef.Model(MLP(8, trial.suggest_categorical("width", [8]), 4,
                              rngs=nnx.Rngs(0)))
         model.compile(ef.optimizers.sgd(0.1), "sparse_categorical_crossentropy")
         return model
@@ -120,7 +111,7 @@ def test_diverging_trial_is_pruned_not_a_crash():
     x, y = make_data(64, din=8, classes=4)
 
     def diverge(trial):
-        model = ef.Model(Net(8, din=8, dout=4, rngs=nnx.Rngs(0)))
+        model = ef.Model(MLP(8, 8, 4, rngs=nnx.Rngs(0)))
         model.compile(ef.optimizers.sgd(trial.suggest_categorical("lr", [1e30])),
                       "sparse_categorical_crossentropy")
         return model
@@ -138,7 +129,7 @@ def test_argument_errors():
     x, y = make_data(32, din=8, classes=4)
 
     def small(trial):
-        model = ef.Model(Net(4, din=8, dout=4, rngs=nnx.Rngs(0)))
+        model = ef.Model(MLP(8, 4, 4, rngs=nnx.Rngs(0)))
         model.compile("sgd", "sparse_categorical_crossentropy")
         return model
 

@@ -72,7 +72,7 @@ class History(Callback):
             A list as long as ``history[key]``.
         """
         values = self.history[key]
-        recorded = getattr(self, "_key_epochs", {}).get(key)
+        recorded = self._key_epochs.get(key)
         if recorded is not None and len(recorded) == len(values):
             return list(recorded)
         if len(self.epoch) >= len(values):
