@@ -2,12 +2,19 @@
 
 A dispatch (one call of the jitted step, a ``lax.scan`` over ``k`` stacked batches) costs the
 host a roughly fixed amount of work. For a large model that is nothing next to the step;
-for a small one it is most of the time. ``"auto"`` measures it: the first epoch starts with
-one step per dispatch and times a few steady-state steps; if they are short, it fuses enough
-of them that one dispatch does about ``TARGET_SECONDS`` of work, times that too, and keeps
-whichever is faster per step (a loop body can be slower than the same program unrolled).
-Batches already read are regrouped on the fly, so nothing is read twice. The train step
-compiles at most twice per model (one step, and the fused size), and later fits reuse both.
+for a small one it is most of the time. ``"auto"`` aims for about ``TARGET_SECONDS`` of work
+per dispatch, and starts in one of two ways:
+
+- **Fused from the start** (:func:`first_size`), when XLA's cost analysis of the step says it
+  is cheap and nothing in it is known to run slower in a loop body. The train step compiles
+  once. The first steps are timed, and only a dispatch far over the target makes ``k``
+  smaller (a second compile).
+- **Measured from single steps** otherwise: one step per dispatch, a few steady-state steps
+  timed, then the fused size they suggest timed too; the faster per step is kept. Batches
+  already read are regrouped on the fly, so nothing is read twice. The train step compiles
+  at most twice (one step, and the fused size).
+
+Later fits reuse what was compiled.
 
 Example:
     >>> choose_steps(step_seconds=0.0005, batch_bytes=8192, steps_per_epoch=1000)
@@ -28,6 +35,9 @@ TARGET_SECONDS = 0.1           # host work per dispatch is ~0.1-1 ms: this keeps
 MAX_STEPS = 1024               # keeps logs and callbacks reasonably fresh
 MAX_CHUNK_BYTES = 4 * 2**20    # input bytes of one chunk (a few are in flight at once)
 PROBE_STEPS = 16               # steady-state steps timed per size, at least
+SHRINK_FACTOR = 4              # a fused start shrinks only if a dispatch is this far over target
+# An optimistic speed per platform, in flop/s: a step of f flops takes at least f / this.
+PEAK_FLOPS = {"cpu": 1e12, "gpu": 1e15, "tpu": 1e15}
 
 
 def choose_steps(step_seconds: float, batch_bytes: int, steps_per_epoch: int | None) -> int:
@@ -43,6 +53,40 @@ def choose_steps(step_seconds: float, batch_bytes: int, steps_per_epoch: int | N
     if steps_per_epoch:
         k = min(k, steps_per_epoch)
     return max(1, k)
+
+
+def first_size(lower: Callable[[int], Any], batch_bytes: int, steps_per_epoch: int | None,
+               platform: str) -> tuple[int, Any]:
+    """Where "auto" starts: a fused size and its lowered train step, or ``(1, None)`` to
+    measure from single steps.
+
+    It lowers (does not compile) the step at the largest size the caps allow and reads the
+    step's flops from XLA's cost analysis (a loop body counts once). At ``PEAK_FLOPS`` the
+    step takes at least ``flops / peak`` seconds; that floor caps the size as a measured
+    time would. It measures instead when the cost is unknown, when even the floor makes one
+    step a dispatch, or when a loop body may run slower than the same step alone: XLA:CPU
+    runs convolutions inside a loop ~10x slower.
+
+    Args:
+        lower: ``k -> `` the train step lowered for chunks of ``k`` batches.
+        batch_bytes: input bytes of one batch.
+        steps_per_epoch: known steps per epoch (caps the size), or ``None``.
+        platform: the devices' platform (``jax.default_backend()``).
+    """
+    k = choose_steps(0.0, batch_bytes, steps_per_epoch)
+    if k == 1:
+        return 1, None
+    lowered = lower(k)
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    flops = (cost or {}).get("flops")
+    if not flops or platform not in PEAK_FLOPS or (
+            platform == "cpu" and "stablehlo.convolution" in lowered.as_text()):
+        return 1, None
+    fitted = choose_steps(flops / PEAK_FLOPS[platform], batch_bytes, steps_per_epoch)
+    if fitted == 1:
+        return 1, None
+    return fitted, (lowered if fitted == k else lower(fitted))
 
 
 def _timed_within(steps: int) -> int:
@@ -69,7 +113,9 @@ class StepTimer:
 
     Fusing is not always faster: some backends run a loop body slower than the same program
     unrolled (XLA:CPU with convolutions, for one). So the candidate size is timed too, and
-    ``k`` falls back to 1 when it does not beat one step per dispatch.
+    ``k`` falls back to 1 when it does not beat one step per dispatch. After
+    :meth:`start_fused`, it times that size only, to make it smaller if a dispatch is far
+    over ``TARGET_SECONDS``.
 
     Args:
         steps_per_epoch: known steps per epoch (caps ``k``), or ``None``.
@@ -92,6 +138,25 @@ class StepTimer:
         self._batch_bytes = 0
         self._compiled: set[int] = set()  # sizes whose first (compiling) dispatch has run
         self._warmup = 0  # fused dispatches still to run untimed (the first one is cold)
+        self.fused_start = False  # started fused (first_size): no single steps to compare
+
+    def start_fused(self, k: int) -> None:
+        """Starts at ``k`` steps per dispatch, already compiled (see :func:`first_size`)."""
+        self.k, self.fused_start = k, True
+        self._compiled.add(k)
+        self._warmup = 1
+
+    @property
+    def regroups(self) -> bool:
+        """Whether the input is read one batch at a time and regrouped into ``k`` (while
+        single steps are measured and compared); else it is read in chunks of ``k``."""
+        return not self.settled and not self.fused_start
+
+    @property
+    def untimed_k(self) -> int:
+        """``k`` for a fit that ended before the timing did: the fused start stays, a
+        measurement from single steps falls back to one step per dispatch."""
+        return self.k if self.fused_start else 1
 
     def after_chunk(self, state: Any, chunk: Batch, steps: int,
                     steps_left: int | None = None) -> None:
@@ -101,7 +166,7 @@ class StepTimer:
         is small enough to be timed (after its untimed first dispatch) before the fit ends.
         """
         size = chunk.mask.shape[0]
-        if self.k is None:
+        if not self._batch_bytes:
             self._batch_bytes = batch_bytes(chunk)
         if size != (self.k or 1):  # read ahead at the previous size: time from after it
             if self._start is not None:
@@ -146,7 +211,10 @@ class StepTimer:
         jax.block_until_ready(state)
         seconds = (time.perf_counter() - self._start) / self._timed
         self._start = None
-        if self._single is None:
+        if self.fused_start:  # only a dispatch far over the target is made smaller
+            k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
+            self.k, self.settled = (k if k * SHRINK_FACTOR <= self.k else self.k), True
+        elif self._single is None:
             self._single = seconds
             k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
             if steps_left is not None:
@@ -156,15 +224,23 @@ class StepTimer:
             self.k, self.settled = (self.k if seconds < self._single else 1), True
 
 
-def compile_ahead(train: Callable, state: Any, chunk: Batch, k: int) -> None:
-    """Compiles ``train`` for chunks of ``k`` batches shaped like ``chunk`` without running
-    it (no data is made), so that the first dispatch of that size can be timed."""
-    def widen(leaf: jax.Array) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct((k, *leaf.shape[1:]), leaf.dtype, sharding=leaf.sharding)
+def lower_chunk(train: Callable, state: Any, batch: Any, k: int, sharding: Any) -> Any:
+    """``train`` lowered for chunks of ``k`` batches shaped like ``batch`` (arrays or shapes
+    of one batch), placed with ``sharding``: nothing runs and no data is made."""
+    def widen(leaf: Any) -> jax.ShapeDtypeStruct:
+        dtype = jax.dtypes.canonicalize_dtype(leaf.dtype)  # as placing it would: int64 -> int32
+        return jax.ShapeDtypeStruct((k, *leaf.shape), dtype, sharding=sharding)
 
     abstract = lambda tree: jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
-    train.lower(abstract(state), jax.tree.map(widen, chunk)).compile()
+    return train.lower(abstract(state), jax.tree.map(widen, batch))
+
+
+def compile_ahead(train: Callable, state: Any, chunk: Batch, k: int) -> None:
+    """Compiles ``train`` for chunks of ``k`` batches shaped like ``chunk`` without running
+    it, so that the first dispatch of that size can be timed."""
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), chunk)
+    lower_chunk(train, state, batch, k, chunk.mask.sharding).compile()
 
 
 def regroup(chunks: Iterable[tuple[Batch, list[int]]],

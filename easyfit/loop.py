@@ -25,7 +25,7 @@ from easyfit.data.batch import Batch
 from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
-from easyfit.execution import StepTimer, compile_ahead, regroup
+from easyfit.execution import StepTimer, compile_ahead, first_size, lower_chunk, regroup
 from easyfit.host_memory import CompileWatch
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
 
     def host(epoch: int) -> Iterator[tuple[Batch, list[int]]]:
         first = start if epoch == epochs.start else 0
-        if timer is not None and not timer.settled:
+        if timer is not None and timer.regroups:
             return regroup(train.chunks(epoch, 1, first, **args), lambda: timer.k)
         return train.chunks(epoch, k or timer.k, first, **args)
 
@@ -125,6 +125,32 @@ def _measure(model: "Model", timer: StepTimer, chunk: Batch, steps: int,
         timer.compiled(timer.k, model._state)
 
 
+def _new_timer(model: "Model", train: DataAdapter) -> StepTimer:
+    """"auto"'s timer, started fused when :func:`~easyfit.execution.first_size` allows it
+    (that size is compiled here, before the first batch is read)."""
+    timer = StepTimer(train.steps)
+    if jax.process_count() > 1:
+        return timer
+    batch = train.sample_batch()
+    sharding = model._distribution.chunk_sharding()
+    k, lowered = first_size(
+        lambda k: lower_chunk(model._steps.train, model._state, batch, k, sharding),
+        sum(leaf.nbytes for leaf in jax.tree.leaves(batch)), train.steps,
+        jax.default_backend())
+    if lowered is not None:
+        lowered.compile()
+        model._auto_sizes.add(k)
+        timer.start_fused(k)
+    return timer
+
+
+def _chunk_steps(model: "Model") -> int:
+    """Batches per chunk for evaluation and prediction: the train step's (while "auto" is
+    still timing, the size it runs), so that they compile once per batch size."""
+    timer = model._auto_timer
+    return model._execution_steps() or (timer.untimed_k if timer is not None else 1)
+
+
 def _start_next_epoch(model: "Model", feeds: Iterator, dispatch: _Dispatcher) -> tuple[Any, Any]:
     """Dispatches the next epoch's first chunk now, before this epoch's logs are read: when
     the callbacks only read logs, nothing that runs in between can change that step, and the
@@ -170,7 +196,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     start_epoch, start_batch = model._take_resume_position(callbacks) or (initial_epoch, 0)
     timer = None  # "auto", not yet decided: measure (across epochs if short)
     if not model._execution_steps():
-        timer = model._auto_timer = model._auto_timer or StepTimer(train.steps)
+        timer = model._auto_timer = model._auto_timer or _new_timer(model, train)
     dispatch = _Dispatcher(model)
     feeds = _epoch_feeds(model, train, range(start_epoch, epochs), start_batch, timer)
     upcoming = None  # the next epoch's chunks, when its first one is already dispatched
@@ -231,8 +257,8 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             model.stop_training = any_process(model.stop_training)
             if model.stop_training or (train.exhausted and train.steps is None):
                 break
-    if model._auto_timer is not None:  # too short a fit to time both sizes: one per dispatch
-        model._auto_k, model._auto_timer = 1, None
+    if model._auto_timer is not None:  # too short a fit to finish timing
+        model._auto_k, model._auto_timer = model._auto_timer.untimed_k, None
     callbacks.on_train_end(logs)
     return logs
 
@@ -252,7 +278,7 @@ def evaluate_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) ->
     compiles = CompileWatch()
     callbacks.on_test_begin()
     done = 0
-    for chunk, sizes in _on_device(model, data, 0, model._execution_steps() or 1):
+    for chunk, sizes in _on_device(model, data, 0, _chunk_steps(model)):
         if totals is None:
             totals = model._distribution.replicate(
                 steps.zero_totals(params, rest, jax.tree.map(  # shapes only: nothing runs
@@ -280,7 +306,7 @@ def predict_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) -> 
     compiles = CompileWatch()
     callbacks.on_predict_begin()
     done = 0
-    for chunk, sizes in _on_device(model, data, 0, model._execution_steps() or 1):
+    for chunk, sizes in _on_device(model, data, 0, _chunk_steps(model)):
         callbacks.on_predict_batch_begin(done)
         result = steps.predict(params, rest, chunk.x)
         if pending is not None:

@@ -130,10 +130,14 @@ class Steps:
         return self._train_scan(state, chunk), jnp.sum(chunk.mask)
 
     def _eval_chunk(self, params, rest, totals, chunk: Batch):
-        def body(totals, batch):
+        def batch_totals(totals, batch):
             y_pred, _ = self._forward(self.graphs.eval, params, rest, batch.x)
             per_example = losses_lib.per_example(self.loss_fn, batch.y, y_pred)
-            return _add(totals, self._batch_totals(per_example, batch, y_pred)), None
+            return _add(totals, self._batch_totals(per_example, batch, y_pred))
+
+        def body(totals, batch):  # filler batches cost nothing: few batches, one program
+            real = jnp.sum(batch.mask) > 0
+            return jax.lax.cond(real, batch_totals, lambda t, b: t, totals, batch), None
 
         return jax.lax.scan(body, totals, chunk)[0]
 

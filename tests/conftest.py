@@ -247,8 +247,9 @@ class CompileCounter:
 def train_programs(model) -> int:
     """How many train-step programs one compile of ``model`` may make: one per chunk size.
 
-    ``steps_per_execution="auto"`` runs one step per dispatch while it measures, then times
-    the fused size it suggests (and keeps whichever is faster): up to two programs. A padded
-    last batch or a short last chunk never adds one.
+    ``steps_per_execution="auto"`` starts fused when the step's cost analysis allows it (one
+    program, two if it is far too slow); otherwise it runs one step per dispatch while it
+    measures, then times the fused size it suggests: up to two programs. A padded last batch
+    or a short last chunk never adds one.
     """
     return max(1, len(model._auto_sizes)) if model._steps_per_execution == "auto" else 1

@@ -103,7 +103,7 @@ def main(out: str, checkpoints: str) -> None:
             "opt_state": specs(m._state.opt_state), "compiles_second_fit": len(COMPILES) - before,
             "compiles_first_fit": compiled_first,
             # as conftest.train_programs (not imported: this runs in a bare subprocess)
-            "train_programs": max(1, len(m._auto_sizes)),  # "auto" may try two sizes
+            "train_programs": max(1, len(m._auto_sizes)),  # "auto" may run two sizes
             "mesh": dict(m._distribution.mesh.shape), "summary": m.summary(print_fn=None)}
         trained[name] = m
     results["errors"] = {

@@ -251,18 +251,20 @@ def test_lambda_callback_rejects_unknown_hooks():
         ef.callbacks.LambdaCallback(on_epoch_finish=lambda epoch, logs: None)
 
 
-def test_terminate_on_nan_stops_after_the_nan_step(capsys):
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_terminate_on_nan_stops_after_the_nan_step(capsys, steps_per_execution):
     x, y = data(60)
 
     def nan_loss(y_true, y_pred):
         return jnp.log(y_pred[:, 0] * 0.0 - 1.0)          # log(-1): NaN from the first step
 
     model = ef.Model(Net())
-    model.compile(ef.optimizers.sgd(0.05, momentum=0.0), nan_loss)
+    model.compile(ef.optimizers.sgd(0.05, momentum=0.0), nan_loss,
+                  steps_per_execution=steps_per_execution)
     history = model.fit(x, y, batch_size=20, epochs=5, verbose=0,
                         callbacks=[ef.callbacks.TerminateOnNaN()])
-    assert model._host_step() == 1
-    assert int(model._state.step) == 1
+    # it reads the loss once per dispatch: after the first one
+    assert model._host_step() == int(model._state.step) == steps_per_execution
     assert history.epoch == [0]
     assert math.isnan(history.history["loss"][0])
     assert "invalid loss" in capsys.readouterr().out

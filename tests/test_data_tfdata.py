@@ -105,8 +105,8 @@ def test_partial_batches_compile_once_and_exact_loss():
     assert predictions.shape == (1000, 4)
 
     assert model._steps.train._cache_size() == train_programs(model)
-    # eval runs chunks of the train step's size: one step until "auto" decides, then its
-    # choice, so validation in the first epoch may make a second eval program
+    # eval runs chunks of the train step's size (while "auto" measures single steps, one step,
+    # then its choice), so validation in the first epoch may make a second eval program
     assert model._steps.eval._cache_size() <= train_programs(model)
     assert model._steps.predict._cache_size() == 1
 

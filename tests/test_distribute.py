@@ -59,7 +59,7 @@ def test_eight_devices_match_one_device_per_epoch(mesh, strategy):
 @pytest.mark.parametrize("strategy", ["data_parallel", "fsdp", "model_parallel"])
 def test_train_step_compiles_once_per_chunk_size(mesh, strategy):
     run = mesh["runs"][strategy]
-    # steps_per_execution="auto": one program while it measures, one for the size it chose
+    # steps_per_execution="auto": one program, or two when it measures from single steps
     assert run["compiles_first_fit"] == run["train_programs"]
     assert run["compiles_second_fit"] == 0
 

@@ -11,7 +11,8 @@ from flax import nnx
 import easyfit as ef
 from conftest import MLP, make_data, params_of, train_programs
 from easyfit.data.adapters import ArrayAdapter
-from easyfit.execution import MAX_CHUNK_BYTES, MAX_STEPS, TARGET_SECONDS, choose_steps, regroup
+from easyfit.execution import (MAX_CHUNK_BYTES, MAX_STEPS, PEAK_FLOPS, TARGET_SECONDS,
+                               choose_steps, first_size, regroup)
 
 
 def test_a_slow_step_runs_alone():
@@ -54,7 +55,9 @@ def test_auto_fuses_the_steps_of_a_small_model_and_trains_like_one_step():
     assert int(auto._state.step) == int(single._state.step) == 80
     for a, b in zip(params_of(auto.module), params_of(single.module)):
         np.testing.assert_allclose(a, b, atol=1e-6)
-    assert auto._steps.train._cache_size() == train_programs(auto) == 2
+    # the step's cost analysis says it is cheap: it starts fused, and compiles once
+    assert auto._auto_timer is None and auto._auto_sizes == {auto._execution_steps()}
+    assert auto._steps.train._cache_size() == train_programs(auto) == 1
 
 
 def test_a_callback_with_batch_hooks_sees_every_batch():
@@ -175,6 +178,88 @@ def test_the_candidate_leaves_room_to_be_timed_before_the_fit_ends(monkeypatch):
         # 4 + 16 <= 20
         assert timer.k == expected
 
+
+class _Lowered:
+    """A lowered step as :func:`first_size` reads it."""
+
+    def __init__(self, k, flops, text="stablehlo.dot_general"):
+        self.k, self.flops, self.text = k, flops, text
+
+    def cost_analysis(self):
+        return {} if self.flops is None else {"flops": self.flops}
+
+    def as_text(self):
+        return self.text
+
+
+def _lower(flops, text="stablehlo.dot_general"):
+    return lambda k: _Lowered(k, flops, text)
+
+
+def test_a_cheap_step_starts_fused_at_the_size_its_flops_allow():
+    k, lowered = first_size(_lower(1e6), 1000, None, "cpu")    # 1 us at the assumed peak
+    assert k == MAX_STEPS and lowered.k == k                   # the caps decide
+    step = TARGET_SECONDS / 8 * PEAK_FLOPS["cpu"]              # an eighth of the target
+    k, lowered = first_size(_lower(step), 1000, None, "cpu")
+    assert k == 8 and lowered.k == 8                           # lowered again at that size
+    k, lowered = first_size(_lower(1e6), 1000, 20, "cpu")
+    assert k == 20 and lowered.k == 20                         # no more than an epoch
+
+
+@pytest.mark.parametrize("lower, platform", [
+    (_lower(None), "cpu"),                                     # cost unknown
+    (_lower(1e6), "metal"),                                    # a platform without a peak
+    (_lower(PEAK_FLOPS["cpu"]), "cpu"),                        # 1 s a step even at the peak
+    (_lower(1e6, "stablehlo.convolution"), "cpu"),             # slower in a loop on CPU
+])
+def test_auto_measures_single_steps_when_the_cost_cannot_tell(lower, platform):
+    assert first_size(lower, 1000, None, platform) == (1, None)
+
+
+def test_convolutions_start_fused_off_the_cpu():
+    k, _ = first_size(_lower(1e6, "stablehlo.convolution"), 1000, None, "gpu")
+    assert k == MAX_STEPS
+
+
+@pytest.mark.parametrize("seconds_per_step, expected", [
+    (0.0001, 64),   # under the target: stays
+    (0.004, 64),    # 2.6x over: stays (a second compile costs more than it saves)
+    (0.01, 16),     # 6.4x over: shrinks to what the time asks for
+])
+def test_a_fused_start_shrinks_only_when_far_over_the_target(monkeypatch, seconds_per_step,
+                                                             expected):
+    from easyfit import execution
+
+    clock = _FakeClock()
+    monkeypatch.setattr(execution.time, "perf_counter", clock)
+    timer = execution.StepTimer(steps_per_epoch=None)
+    timer.start_fused(64)
+    assert not timer.regroups and timer.untimed_k == 64
+    fused, state = _chunk(64), np.zeros(())
+    clock.now += 1.0
+    timer.after_chunk(state, fused, 64)                         # the first dispatch: untimed
+    while not timer.settled:
+        clock.now += 64 * seconds_per_step
+        timer.after_chunk(state, fused, 64)
+    assert timer.k == expected
+
+
+def test_convolutions_on_cpu_measure_single_steps_first():
+    class Conv(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.out = nnx.Linear(4 * 4 * 4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.conv(x).reshape(x.shape[0], -1))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    model = ef.Model(Conv(nnx.Rngs(0)))
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert model._auto_sizes == {1}        # one step per dispatch, too few steps to time more
 
 
 def test_small_array_datasets_train_from_the_device_like_from_the_host(monkeypatch):
