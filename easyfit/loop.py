@@ -14,6 +14,7 @@ import collections
 import contextlib
 import itertools
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterator
 
 import jax
@@ -102,12 +103,16 @@ class _Dispatcher:
     """Dispatches train steps, at most ``MAX_RUNNING`` ahead of the device, and hands back
     each compile's scratch memory."""
 
-    def __init__(self, model: "Model"):
+    def __init__(self, model: "Model", compiling: Future | None = None):
         self.model = model
         self.running: collections.deque = collections.deque()  # outputs of steps, oldest first
         self.compiles = CompileWatch()
+        self.compiling = compiling  # the train step, compiling in the background
 
     def __call__(self, chunk: Batch, batches: int) -> None:
+        if self.compiling is not None:  # calling the step now would compile it a second time
+            self.compiling.result()
+            self.compiling = None
         self.running.append(self.model._train_on_chunk(chunk, batches))
         if len(self.running) > MAX_RUNNING:  # the device is behind: wait for it
             self.running.popleft().block_until_ready()
@@ -125,23 +130,32 @@ def _measure(model: "Model", timer: StepTimer, chunk: Batch, steps: int,
         timer.compiled(timer.k, model._state)
 
 
-def _new_timer(model: "Model", train: DataAdapter) -> StepTimer:
-    """"auto"'s timer, started fused when :func:`~easyfit.execution.first_size` allows it
-    (that size is compiled here, before the first batch is read)."""
+def _new_timer(model: "Model", train: DataAdapter) -> tuple[StepTimer, Future | None]:
+    """"auto"'s timer, started fused when :func:`~easyfit.execution.first_size` allows it.
+
+    That size then compiles in a background thread (XLA does not hold the interpreter), which
+    is returned: meanwhile the input thread compiles its gather and this one the read-outs.
+    """
     timer = StepTimer(train.steps)
     if jax.process_count() > 1:
-        return timer
+        return timer, None
     batch = train.sample_batch()
     sharding = model._distribution.chunk_sharding()
     k, lowered = first_size(
         lambda k: lower_chunk(model._steps.train, model._state, batch, k, sharding),
         sum(leaf.nbytes for leaf in jax.tree.leaves(batch)), train.steps,
         jax.default_backend())
-    if lowered is not None:
-        lowered.compile()
-        model._auto_sizes.add(k)
-        timer.start_fused(k)
-    return timer
+    if lowered is None:
+        return timer, None
+    background = ThreadPoolExecutor(1)
+    compiling = background.submit(lowered.compile)
+    background.shutdown(wait=False)  # its thread ends with the compile
+    model._auto_sizes.add(k)
+    timer.start_fused(k)
+    state, steps = model._state, model._steps
+    steps.zero.lower(state.totals).compile()
+    steps.logs.lower(state.totals, state.opt_state).compile()
+    return timer, compiling
 
 
 def _chunk_steps(model: "Model") -> int:
@@ -195,9 +209,12 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.
     start_epoch, start_batch = model._take_resume_position(callbacks) or (initial_epoch, 0)
     timer = None  # "auto", not yet decided: measure (across epochs if short)
+    compiling = None
     if not model._execution_steps():
-        timer = model._auto_timer = model._auto_timer or _new_timer(model, train)
-    dispatch = _Dispatcher(model)
+        if model._auto_timer is None:
+            model._auto_timer, compiling = _new_timer(model, train)
+        timer = model._auto_timer
+    dispatch = _Dispatcher(model, compiling)
     feeds = _epoch_feeds(model, train, range(start_epoch, epochs), start_batch, timer)
     upcoming = None  # the next epoch's chunks, when its first one is already dispatched
     early = None     # that first chunk
