@@ -28,6 +28,7 @@ from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
 from easyfit.execution import StepTimer, compile_ahead, first_size, lower_chunk, regroup
 from easyfit.host_memory import CompileWatch
+from easyfit.state import TrainState
 
 if TYPE_CHECKING:
     from easyfit.model import Model
@@ -130,19 +131,41 @@ def _measure(model: "Model", timer: StepTimer, chunk: Batch, steps: int,
         timer.compiled(timer.k, model._state)
 
 
-def _new_timer(model: "Model", train: DataAdapter) -> tuple[StepTimer, Future | None]:
+def _auto_undecided(model: "Model", callbacks: CallbackList) -> bool:
+    """Whether "auto" has yet to choose how many steps to fuse.
+
+    As Keras, a callback with batch hooks sees every batch: one step per dispatch. So with
+    several processes too: where "auto" regroups batches depends on each process's timing,
+    and they must all run the same programs (pass a number to fuse there).
+    """
+    if model._steps_per_execution == "auto" and model._auto_k is None and \
+            (callbacks.needs_every_batch() or jax.process_count() > 1):
+        model._auto_k = 1
+    return not model._execution_steps()
+
+
+def start_auto(model: "Model", train: DataAdapter, shapes: TrainState,
+               callbacks: CallbackList) -> None:
+    """Starts "auto" from a new training state's ``shapes``, before its arrays are made, so
+    that the train step compiles meanwhile."""
+    if _auto_undecided(model, callbacks) and model._auto_timer is None:
+        model._auto_timer, model._auto_compiling = _new_timer(model, train, shapes)
+
+
+def _new_timer(model: "Model", train: DataAdapter,
+               state: TrainState) -> tuple[StepTimer, Future | None]:
     """"auto"'s timer, started fused when :func:`~easyfit.execution.first_size` allows it.
 
     That size then compiles in a background thread (XLA does not hold the interpreter), which
     is returned: meanwhile the input thread compiles its gather and this one the read-outs.
+    ``state`` may be arrays or their shapes.
     """
     timer = StepTimer(train.steps)
-    if jax.process_count() > 1:
-        return timer, None
     batch = train.sample_batch()
     sharding = model._distribution.chunk_sharding()
+    steps = model._steps
     k, lowered = first_size(
-        lambda k: lower_chunk(model._steps.train, model._state, batch, k, sharding),
+        lambda k: lower_chunk(steps.train, state, batch, k, sharding),
         sum(leaf.nbytes for leaf in jax.tree.leaves(batch)), train.steps,
         jax.default_backend())
     if lowered is None:
@@ -152,7 +175,6 @@ def _new_timer(model: "Model", train: DataAdapter) -> tuple[StepTimer, Future | 
     background.shutdown(wait=False)  # its thread ends with the compile
     model._auto_sizes.add(k)
     timer.start_fused(k)
-    state, steps = model._state, model._steps
     steps.zero.lower(state.totals).compile()
     steps.logs.lower(state.totals, state.opt_state).compile()
     return timer, compiling
@@ -198,23 +220,18 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     names = steps.log_names(with_lr=model._has_lr)
     read_logs = lambda: _floats(steps.logs(model._state.totals, model._state.opt_state), names)
     batch_hooks = callbacks.wants("on_train_batch_end")
-    if model._steps_per_execution == "auto" and model._auto_k is None and \
-            (callbacks.needs_every_batch() or jax.process_count() > 1):
-        # As Keras: a callback with batch hooks sees every batch. With several processes,
-        # where "auto" regroups batches depends on each process's timing, and they must all
-        # run the same programs: one step per dispatch (pass a number to fuse there).
-        model._auto_k = 1
+    auto = _auto_undecided(model, callbacks)
     logs: dict[str, float] = {}
     callbacks.on_train_begin()
     # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.
     start_epoch, start_batch = model._take_resume_position(callbacks) or (initial_epoch, 0)
     timer = None  # "auto", not yet decided: measure (across epochs if short)
-    compiling = None
-    if not model._execution_steps():
+    if auto:
         if model._auto_timer is None:
-            model._auto_timer, compiling = _new_timer(model, train)
+            model._auto_timer, model._auto_compiling = _new_timer(model, train, model._state)
         timer = model._auto_timer
-    dispatch = _Dispatcher(model, compiling)
+    dispatch = _Dispatcher(model, model._auto_compiling)
+    model._auto_compiling = None
     feeds = _epoch_feeds(model, train, range(start_epoch, epochs), start_batch, timer)
     upcoming = None  # the next epoch's chunks, when its first one is already dispatched
     early = None     # that first chunk

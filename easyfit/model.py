@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ from easyfit.checkpoint import Checkpoints, abstract
 from easyfit.distribute import DataParallel, Distribution, is_chief
 from easyfit.distribute.strategies import flatten, put
 from easyfit.host_memory import CompileWatch
-from easyfit.loop import evaluate_loop, fit_loop, predict_loop
+from easyfit.loop import evaluate_loop, fit_loop, predict_loop, start_auto
 from easyfit.state import (GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree, is_factory,
                            reseed, split)
 from easyfit.step import Steps
@@ -54,6 +54,14 @@ def _numbered(callbacks: Sequence[Callback]) -> list[tuple[int, Callback]]:
         out.append((seen.get(name, 0), callback))
         seen[name] = seen.get(name, 0) + 1
     return out
+
+
+def _placed_shapes(tree: Any, sharding: Any) -> Any:
+    """``tree``'s shapes and dtypes, placed with ``sharding`` (one, or a tree of them)."""
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                            tree)
+    return jax.tree.map(lambda one, subtree: _placed_shapes(subtree, one), sharding, tree)
 
 
 def _verbosity(verbose: int | str) -> int:
@@ -110,6 +118,7 @@ class Model:
         self._auto_k: int | None = None  # what "auto" measured for this compile
         self._auto_sizes: set[int] = set()  # chunk sizes "auto" compiled the train step for
         self._auto_timer = None  # "auto"'s measurement while it lasts
+        self._auto_compiling = None  # "auto"'s first train step, compiling in the background
         self._seed, self._has_lr = 0, False
         self._augment = None
         self._compute_dtype, self._precision, self._float32_layers = None, "float32", ()
@@ -235,7 +244,7 @@ class Model:
         if len(set(names)) != len(names):
             raise ValueError(f"Two metrics share a name in {names}; give them distinct `name=`s.")
         self._steps_per_execution, self._auto_k = steps_per_execution, None
-        self._auto_sizes, self._auto_timer = set(), None
+        self._auto_sizes, self._auto_timer, self._auto_compiling = set(), None, None
         self._seed, self._augment = seed, augment
         self._state, self._steps = None, None
         self._compiled = True
@@ -271,8 +280,10 @@ class Model:
         if train and self._remat:
             remat_lib.rematerialise(view, self._remat)
 
-    def _build(self, data: DataAdapter, total_steps: int | None) -> None:
-        """Makes the module, the steps and (once per compile) the training state."""
+    def _build(self, data: DataAdapter, total_steps: int | None,
+               on_shapes: Callable[[TrainState], None] | None = None) -> None:
+        """Makes the module, the steps and (once per compile) the training state; a new
+        state's shapes go to ``on_shapes`` before its arrays are made."""
         self._ensure_module(data)
         self._distribution.check_batch_size(data.batch_size)
         steps = self._ensure_steps()
@@ -283,29 +294,37 @@ class Model:
             rest = reseed(rest, self._seed)
             nnx.update(self._module, rest)
             self._state, self._shardings = self._new_state(transform, steps, params, rest,
-                                                           data.sample_batch())
+                                                           data.sample_batch(), on_shapes)
             self._module_shared = True
             self._step_count = 0
             self._has_lr = self._optimizer.current_lr(self._state.opt_state) is not None
 
-    def _new_state(self, transform: Any, steps: Steps, params: Any, rest: Any,
-                   batch: Any) -> tuple[TrainState, TrainState]:
+    def _new_state(self, transform: Any, steps: Steps, params: Any, rest: Any, batch: Any,
+                   on_shapes: Callable[[TrainState], None] | None = None,
+                   ) -> tuple[TrainState, TrainState]:
         """A training state from ``params`` and ``rest``, placed as training places it, and
-        its shardings; ``steps.train`` is pinned to them (so it compiles once)."""
+        its shardings; ``steps.train`` is pinned to them (so it compiles once). Its shapes
+        go to ``on_shapes`` first: the train step can start compiling while it is made."""
         dist = self._distribution
-        params_sharding, opt_sharding = dist.state_shardings(
-            params, jax.eval_shape(transform.init, params))
-        params = dist.place(params, params_sharding)
-        # The optimizer state is created where it lives: never whole on one device.
-        opt_state = jax.jit(transform.init, out_shardings=opt_sharding)(params)
+        opt_shapes = jax.eval_shape(transform.init, params)
+        params_sharding, opt_sharding = dist.state_shardings(params, opt_shapes)
         totals = steps.zero_totals(params, rest, batch)
         one = jax.sharding.NamedSharding(dist.mesh, jax.sharding.PartitionSpec())
         shardings = TrainState(params=params_sharding, rest=one, opt_state=opt_sharding,
                                step=one, totals=one)
-        state = TrainState(params=params, rest=dist.replicate(rest), opt_state=opt_state,
-                           step=dist.replicate(jnp.zeros([], jnp.int32)),
-                           totals=dist.replicate(totals))
         steps.shard_train(shardings)
+        if on_shapes is not None:
+            on_shapes(TrainState(
+                params=_placed_shapes(params, params_sharding),
+                rest=_placed_shapes(rest, one), opt_state=_placed_shapes(opt_shapes, opt_sharding),
+                step=_placed_shapes(jax.ShapeDtypeStruct((), jnp.int32), one),
+                totals=_placed_shapes(totals, one)))
+        params = dist.place(params, params_sharding)
+        # The optimizer state is created where it lives: never whole on one device.
+        opt_state = jax.jit(transform.init, out_shardings=opt_sharding)(params)
+        state = TrainState(params=params, rest=dist.replicate(rest), opt_state=opt_state,
+                           step=dist.replicate(np.zeros((), np.int32)),
+                           totals=dist.replicate(totals))
         return state, shardings
 
     def _train_on_chunk(self, chunk: Any, batches: int) -> jax.Array:
@@ -472,10 +491,6 @@ class Model:
                 validation_data, validation_batch_size or train.batch_size, validation_steps,
                 (x_key, y_key))
         total_steps = None if train.steps is None else train.steps * epochs
-        compiles = CompileWatch()
-        self._build(train, total_steps)
-        compiles.release_if_compiled()
-        memory_lib.check_capacity(self, train.batch_size, train)  # warns if it cannot fit
         verbose = _verbosity(verbose) if is_chief() else 0  # one progress display per job
         history = History()
         extra = [ProgressBar(verbose)] if verbose else []
@@ -487,6 +502,11 @@ class Model:
         callback_list = CallbackList(ordered, model=self,
                                      params={"epochs": epochs, "steps": train.steps,
                                              "verbose": verbose})
+        compiles = CompileWatch()
+        self._build(train, total_steps,
+                    on_shapes=lambda shapes: start_auto(self, train, shapes, callback_list))
+        compiles.release_if_compiled()
+        memory_lib.check_capacity(self, train.batch_size, train)  # warns if it cannot fit
         self.stop_training = False
         self.history = history
         self._callbacks = callback_list

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -146,7 +147,8 @@ class Steps:
 
     # -- logs -------------------------------------------------------------------------------
     def zero_totals(self, params, rest, batch: Batch) -> dict[str, Any]:
-        """Zero metric sums shaped as the steps produce them (traced only, nothing runs)."""
+        """Zero metric sums shaped as the steps produce them, on the host (traced only:
+        nothing runs or compiles)."""
 
         def totals(params, rest, batch):
             y_pred, _ = self._forward(self.graphs.eval, params, rest, batch.x)
@@ -154,7 +156,7 @@ class Steps:
             return self._batch_totals(per_example, batch, y_pred)
 
         shapes = jax.eval_shape(totals, params, rest, batch)
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
     def _results(self, totals) -> dict[str, jax.Array]:
         out = {"loss": totals["loss"]["sum"] / jnp.maximum(totals["loss"]["weight"], 1e-12)}

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import easyfit as ef
-from conftest import MLP, make_data, params_of, train_programs
+from conftest import BNMLP, MLP, CompileCounter, make_data, params_of, train_programs
 from easyfit.data.adapters import ArrayAdapter
 from easyfit.execution import (MAX_CHUNK_BYTES, MAX_STEPS, PEAK_FLOPS, TARGET_SECONDS,
                                choose_steps, first_size, regroup)
@@ -58,6 +58,21 @@ def test_auto_fuses_the_steps_of_a_small_model_and_trains_like_one_step():
     # the step's cost analysis says it is cheap: it starts fused, and compiles once
     assert auto._auto_timer is None and auto._auto_sizes == {auto._execution_steps()}
     assert auto._steps.train._cache_size() == train_programs(auto) == 1
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_fused_start_compiles_from_shapes_what_the_state_then_runs(optimizer):
+    # compiled from the state's shapes before its arrays exist: batch statistics, dropout
+    # keys and the optimizer state must match them exactly, or the first step compiles again
+    x, y = make_data(400)
+    model = ef.Model(BNMLP(rngs=nnx.Rngs(0)))
+    model.compile(optimizer, "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(x, y, batch_size=10, epochs=2, verbose=0)
+    assert model._auto_sizes == {model._execution_steps()} and model._execution_steps() > 1
+    assert model._steps.train._cache_size() == 1
+    with CompileCounter() as counter:
+        model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    assert counter.count == 0
 
 
 def test_a_callback_with_batch_hooks_sees_every_batch():
