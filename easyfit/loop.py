@@ -157,8 +157,8 @@ def _new_timer(model: "Model", train: DataAdapter,
     """"auto"'s timer, started fused when :func:`~easyfit.execution.first_size` allows it.
 
     That size then compiles in a background thread (XLA does not hold the interpreter), which
-    is returned: meanwhile the input thread compiles its gather and this one the read-outs.
-    ``state`` may be arrays or their shapes.
+    is returned: meanwhile this thread compiles the read-outs and makes the state (``state``
+    may be its arrays or only their shapes), and the input thread compiles its gather.
     """
     timer = StepTimer(train.steps)
     batch = train.sample_batch()
