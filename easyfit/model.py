@@ -198,8 +198,9 @@ class Model:
             steps_per_execution: train steps run per dispatch (a ``lax.scan`` on the device);
                 ``"auto"`` fuses enough steps that the host's per-dispatch work stops
                 mattering (1 for large models): from XLA's cost analysis of the step when
-                it can tell, else from timing the first steps. Callbacks with batch hooks of their own get 1, so they see every
-                batch; evaluate and predict use the same number.
+                it can tell, else from timing the first steps. Callbacks with batch hooks
+                of their own get 1, so they see every batch; evaluate and predict use the
+                same number.
             seed: seeds the dropout RNG streams, the shuffling order and ``augment``.
             augment: ``fn((x, y), rng) -> (x, y)``, run inside the jitted train step on every
                 training batch (never in evaluate / predict / validation), with its own RNG

@@ -58,6 +58,9 @@ def test_auto_fuses_the_steps_of_a_small_model_and_trains_like_one_step():
     # the step's cost analysis says it is cheap: it starts fused, and compiles once
     assert auto._auto_timer is None and auto._auto_sizes == {auto._execution_steps()}
     assert auto._steps.train._cache_size() == train_programs(auto) == 1
+    # a fit too short to time its one dispatch keeps the size it started at
+    short = _fit(x, y, epochs=1)
+    assert short._execution_steps() == 40 and short._auto_sizes == {40}
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
