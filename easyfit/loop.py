@@ -144,24 +144,24 @@ def _auto_undecided(model: "Model", callbacks: CallbackList) -> bool:
     return not model._execution_steps()
 
 
-def start_auto(model: "Model", train: DataAdapter, shapes: TrainState,
+def start_auto(model: "Model", train: DataAdapter, shapes: TrainState, batch: Batch,
                callbacks: CallbackList) -> None:
-    """Starts "auto" from a new training state's ``shapes``, before its arrays are made, so
-    that the train step compiles meanwhile."""
+    """Starts "auto" from a new training state's ``shapes`` (and a sample ``batch`` of
+    ``train``), before its arrays are made, so that the train step compiles meanwhile."""
     if _auto_undecided(model, callbacks) and model._auto_timer is None:
-        model._auto_timer, model._auto_compiling = _new_timer(model, train, shapes)
+        model._auto_timer, model._auto_compiling = _new_timer(model, train, shapes, batch)
 
 
-def _new_timer(model: "Model", train: DataAdapter,
-               state: TrainState) -> tuple[StepTimer, Future | None]:
+def _new_timer(model: "Model", train: DataAdapter, state: TrainState,
+               batch: Batch) -> tuple[StepTimer, Future | None]:
     """"auto"'s timer, started fused when :func:`~easyfit.execution.first_size` allows it.
 
     That size then compiles in a background thread (XLA does not hold the interpreter), which
     is returned: meanwhile this thread compiles the read-outs and makes the state (``state``
     may be its arrays or only their shapes), and the input thread compiles its gather.
+    ``batch`` is one batch of ``train``, as the state was shaped by.
     """
     timer = StepTimer(train.steps)
-    batch = train.sample_batch()
     sharding = model._distribution.chunk_sharding()
     steps = model._steps
     k, lowered = first_size(
@@ -228,7 +228,8 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     timer = None  # "auto", not yet decided: measure (across epochs if short)
     if auto:
         if model._auto_timer is None:
-            model._auto_timer, model._auto_compiling = _new_timer(model, train, model._state)
+            model._auto_timer, model._auto_compiling = _new_timer(
+                model, train, model._state, train.sample_batch())
         timer = model._auto_timer
     dispatch = _Dispatcher(model, model._auto_compiling)
     model._auto_compiling = None

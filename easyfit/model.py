@@ -282,9 +282,10 @@ class Model:
             remat_lib.rematerialise(view, self._remat)
 
     def _build(self, data: DataAdapter, total_steps: int | None,
-               on_shapes: Callable[[TrainState], None] | None = None) -> None:
+               on_shapes: Callable[[TrainState, Any], None] | None = None) -> None:
         """Makes the module, the steps and (once per compile) the training state; a new
-        state's shapes go to ``on_shapes`` before its arrays are made."""
+        state's shapes (and the sample batch that shaped it) go to ``on_shapes`` before its
+        arrays are made."""
         self._ensure_module(data)
         self._distribution.check_batch_size(data.batch_size)
         steps = self._ensure_steps()
@@ -301,15 +302,17 @@ class Model:
             self._has_lr = self._optimizer.current_lr(self._state.opt_state) is not None
 
     def _new_state(self, transform: Any, steps: Steps, params: Any, rest: Any, batch: Any,
-                   on_shapes: Callable[[TrainState], None] | None = None,
+                   on_shapes: Callable[[TrainState, Any], None] | None = None,
                    ) -> tuple[TrainState, TrainState]:
         """A training state from ``params`` and ``rest``, placed as training places it, and
         its shardings; ``steps.train`` is pinned to them (so it compiles once). Its shapes
-        go to ``on_shapes`` first: the train step can start compiling while it is made."""
+        go to ``on_shapes(shapes, batch)`` first: the train step can start compiling while
+        it is made."""
         dist = self._distribution
         opt_shapes = jax.eval_shape(transform.init, params)
         params_sharding, opt_sharding = dist.state_shardings(params, opt_shapes)
         totals = steps.zero_totals(params, rest, batch)
+        step = np.zeros((), np.int32)
         one = jax.sharding.NamedSharding(dist.mesh, jax.sharding.PartitionSpec())
         shardings = TrainState(params=params_sharding, rest=one, opt_state=opt_sharding,
                                step=one, totals=one)
@@ -318,13 +321,12 @@ class Model:
             on_shapes(TrainState(
                 params=_placed_shapes(params, params_sharding),
                 rest=_placed_shapes(rest, one), opt_state=_placed_shapes(opt_shapes, opt_sharding),
-                step=_placed_shapes(jax.ShapeDtypeStruct((), jnp.int32), one),
-                totals=_placed_shapes(totals, one)))
+                step=_placed_shapes(step, one), totals=_placed_shapes(totals, one)), batch)
         params = dist.place(params, params_sharding)
         # The optimizer state is created where it lives: never whole on one device.
         opt_state = jax.jit(transform.init, out_shardings=opt_sharding)(params)
         state = TrainState(params=params, rest=dist.replicate(rest), opt_state=opt_state,
-                           step=dist.replicate(np.zeros((), np.int32)),
+                           step=dist.replicate(step),
                            totals=dist.replicate(totals))
         return state, shardings
 
@@ -505,7 +507,8 @@ class Model:
                                              "verbose": verbose})
         compiles = CompileWatch()
         self._build(train, total_steps,
-                    on_shapes=lambda shapes: start_auto(self, train, shapes, callback_list))
+                    on_shapes=lambda shapes, batch: start_auto(self, train, shapes, batch,
+                                                               callback_list))
         compiles.release_if_compiled()
         memory_lib.check_capacity(self, train.batch_size, train)  # warns if it cannot fit
         self.stop_training = False
