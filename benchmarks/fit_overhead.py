@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from _machine import cpu_times, wait_idle  # benchmarks/ is on sys.path when run as a script
 
 ROLE_ENV = "FIT_OVERHEAD_ROLE"
 KERAS_CHILD = os.environ.get(ROLE_ENV) == "keras"
@@ -142,31 +143,6 @@ def loss_fn(graphdef, params, x, y):
 # ---------------------------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------------------------
-def _cpu_times() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def wait_idle(max_busy: float = 0.15, window: float = 0.5, timeout: float = 2.0) -> float:
-    """Waits until the machine is quiet (others' CPU use < ``max_busy`` over ``window`` s).
-
-    Other processes (a test run, say) on a 2-core machine distort timings badly. Returns the
-    busy fraction last seen; gives up after ``timeout`` seconds (Linux only, else no-op).
-    """
-    if not os.path.exists("/proc/stat"):
-        return 0.0
-    deadline = time.monotonic() + timeout
-    while True:
-        busy0, total0 = _cpu_times()
-        time.sleep(window)
-        busy1, total1 = _cpu_times()
-        busy = (busy1 - busy0) / max(total1 - total0, 1)
-        if busy < max_busy or time.monotonic() > deadline:
-            return busy
-
-
 def timed(run: Callable[[], None]) -> tuple[float, float]:
     """Wall time (s) of ``run()`` (which ends synchronised) and the share of the machine's
     CPU that *other* processes used meanwhile (0.0 = we had the machine to ourselves)."""
@@ -174,12 +150,12 @@ def timed(run: Callable[[], None]) -> tuple[float, float]:
         start = time.perf_counter()
         run()
         return time.perf_counter() - start, 0.0
-    busy0, total0 = _cpu_times()
+    busy0, total0 = cpu_times()
     own0 = sum(os.times()[:2])
     start = time.perf_counter()
     run()
     seconds = time.perf_counter() - start
-    busy1, total1 = _cpu_times()
+    busy1, total1 = cpu_times()
     own = (sum(os.times()[:2]) - own0) * os.sysconf("SC_CLK_TCK")
     others = max(0.0, (busy1 - busy0 - own) / max(total1 - total0, 1))
     return seconds, others

@@ -72,7 +72,9 @@ WAIT_IDLE = True
 # ---------------------------------------------------------------------------------------------
 # model and data
 # ---------------------------------------------------------------------------------------------
-from _models import MLP  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+# benchmarks/ is on sys.path when run as a script
+from _machine import cpu_times, wait_idle  # noqa: E402
+from _models import MLP  # noqa: E402
 
 
 def make_model(hidden: int) -> ef.Model:
@@ -164,29 +166,9 @@ def slow_dataset(x: np.ndarray, y: np.ndarray, batch: int, work: Callable[[], No
 # ---------------------------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------------------------
-def _cpu_times() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-def wait_idle(max_busy: float = 0.15, window: float = 0.5, timeout: float = 30.0) -> float:
-    """Waits until other processes' CPU use is below ``max_busy``; returns the last reading."""
-    if not WAIT_IDLE or not os.path.exists("/proc/stat"):
-        return 0.0
-    deadline = time.monotonic() + timeout
-    while True:
-        busy0, total0 = _cpu_times()
-        time.sleep(window)
-        busy1, total1 = _cpu_times()
-        busy = (busy1 - busy0) / max(total1 - total0, 1)
-        if busy < max_busy or time.monotonic() > deadline:
-            return busy
-
-
 def timed(run: Callable[[], None]) -> float:
-    wait_idle()
+    if WAIT_IDLE:
+        wait_idle(timeout=30.0)
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
@@ -216,13 +198,13 @@ class OthersLoad:
     def __enter__(self):
         self.ok = os.path.exists("/proc/stat")
         if self.ok:
-            self.stat0, self.cpu0, self.t0 = _cpu_times(), time.process_time(), time.perf_counter()
+            self.stat0, self.cpu0, self.t0 = cpu_times(), time.process_time(), time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.cores = 0.0
         if self.ok:
-            (busy1, total1), (busy0, total0) = _cpu_times(), self.stat0
+            (busy1, total1), (busy0, total0) = cpu_times(), self.stat0
             wall = time.perf_counter() - self.t0
             busy_cores = (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
             mine = (time.process_time() - self.cpu0) / max(wall, 1e-9)

@@ -23,7 +23,6 @@ import numpy as np
 import optax
 
 from easyfit.data.adapters import adapt
-from easyfit.optimizers import scale_by_learning_rate
 from easyfit.precision import dynamic_loss_scaling
 from easyfit.state import copy_tree, split
 from easyfit.step import Steps
@@ -78,8 +77,7 @@ def _sweep_transform(model: "Model", schedule: optax.Schedule) -> tuple[Any, boo
     """
     optimizer = model._optimizer
     if optimizer._rule is not None:
-        transform = optax.chain(*optimizer._clip, optimizer._rule,
-                                scale_by_learning_rate(schedule))
+        transform = optimizer.with_schedule(schedule)
         in_state = True
     else:
         transform, in_state = optimizer._base, False

@@ -132,9 +132,8 @@ class Optimizer:
                 if not self._constant:
                     updates = None if total_steps is None else -(-total_steps // accumulation_steps)
                     self._lr_fn = self._schedule.resolve(updates)
-                transform = optax.chain(
-                    *self._clip, self._rule,
-                    scale_by_learning_rate(self._lr_fn, self._initial_lr if self._constant else 1.0))
+                transform = self.with_schedule(self._lr_fn,
+                                               self._initial_lr if self._constant else 1.0)
             if accumulation_steps > 1:
                 transform = optax.MultiSteps(transform, every_k_schedule=accumulation_steps
                                              ).gradient_transformation()
@@ -142,6 +141,13 @@ class Optimizer:
                 transform = dynamic_loss_scaling(transform)
             self._transform = transform
         return self._transform
+
+    def with_schedule(self, schedule: optax.Schedule | None,
+                      initial: float = 1.0) -> optax.GradientTransformation:
+        """This optimizer's clipping and update rule, then the learning rate ``schedule``
+        (``None``: a constant rate, ``initial``). For optimizers easyfit builds only (an
+        optax transformation passed in has its own rate)."""
+        return optax.chain(*self._clip, self._rule, scale_by_learning_rate(schedule, initial))
 
     def reset(self) -> None:
         """Forgets the built transformation, so the next :meth:`build` resolves anew (a new

@@ -103,6 +103,16 @@ def _best_epoch(history: History) -> tuple[str, int] | None:
     return None
 
 
+def _curve(ax: Axes, x: np.ndarray, y: np.ndarray, **style: Any) -> Any:
+    """One curve over epochs; dots at the points while there are few."""
+    return ax.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=3, **style)[0]
+
+
+def _best_line(ax: Axes, epoch: int) -> Any:
+    return ax.axvline(epoch, color="0.4", linestyle="--", linewidth=1,
+                      label=f"best epoch {epoch}")
+
+
 def _grid(ax: Axes) -> None:
     ax.grid(alpha=0.3, which="major")
     ax.grid(alpha=0.08, which="minor")
@@ -172,15 +182,12 @@ def plot_history(history: History | Mapping[str, Sequence[float]],
         for key, label in ((name, "train"), (f"val_{name}", "validation")):
             if key in logs:
                 x, y = series(key)
-                curves.append((ax.plot(x, y, marker="o" if len(x) <= 30 else None,
-                                       markersize=3, label=label)[0], x, y))
+                curves.append((_curve(ax, x, y, label=label), x, y))
         handles = [line for line, _, _ in curves]
         labels = [line.get_label() for line in handles]
         if best is not None:
             epoch = best[1]
-            line = ax.axvline(epoch, color="0.4", linestyle="--", linewidth=1,
-                              label=f"best epoch {epoch}")
-            marker = line
+            line = marker = _best_line(ax, epoch)
             curve, x, y = curves[-1]  # the validation curve when there is one
             at = np.flatnonzero(x == epoch)
             if at.size and np.isfinite(y[at[0]]):
@@ -192,19 +199,17 @@ def plot_history(history: History | Mapping[str, Sequence[float]],
         ax.legend(handles, labels, handler_map={tuple: HandlerTuple(ndivide=1)}, fontsize=8)
         ax.set_title(name)
         ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
+        _grid(ax)
         _integer_epochs(ax)
 
     if lr_key is not None:
         ax = figure.add_subplot(rows, cols, panels)
         x, y = series(lr_key)
-        ax.plot(x, y, color="C2", marker="o" if len(x) <= 30 else None, markersize=3,
-                label=lr_key)
+        _curve(ax, x, y, color="C2", label=lr_key)
         if (y > 0).any():  # log axis; a schedule's final 0 is left out (masked)
             ax.set_yscale("log", nonpositive="mask")
         if best is not None:
-            ax.axvline(best[1], color="0.4", linestyle="--", linewidth=1,
-                       label=f"best epoch {best[1]}")
+            _best_line(ax, best[1])
         ax.set_title("learning rate")
         ax.set_ylabel(lr_key)
         _grid(ax)
