@@ -79,8 +79,7 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
     def placed(item: Any) -> Any:
         if item is _EPOCH_END:
             return item
-        chunk = place(item[0])
-        return (chunk if rows is None else rows(chunk)), item[1]
+        return (place(item[0]) if rows is None else rows(item[0])), item[1]
 
     if not train.pure_epochs:
         for epoch in epochs:

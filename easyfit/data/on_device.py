@@ -24,13 +24,21 @@ DEVICE_DATA_BYTES = 32 * 2**20
 
 
 class DeviceRows:
-    """The training arrays on the devices, and the jitted gather of a chunk's rows."""
+    """The training arrays on the devices, and the jitted gather of a chunk's rows.
+
+    A chunk of row numbers goes into the gather as numpy: the jitted call places it (split
+    over the batch axis) on its fast path, several times cheaper per chunk than a
+    ``device_put`` first, which is what one step per dispatch pays for every batch.
+    """
 
     def __init__(self, tables: Any, distribution: Any):
         self.tables = distribution.replicate(tables)
-        self.gather = jax.jit(gather_rows, out_shardings=distribution.chunk_sharding())
+        placed = jax.tree.map(lambda table: table.sharding, self.tables)
+        chunks = distribution.chunk_sharding()
+        self.gather = jax.jit(gather_rows, in_shardings=(placed, chunks), out_shardings=chunks)
 
     def __call__(self, chunk: Batch) -> Batch:
+        """The rows of ``chunk``, a chunk of row numbers on the host, on the devices."""
         return self.gather(self.tables, chunk)
 
 
