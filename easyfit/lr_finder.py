@@ -77,7 +77,7 @@ def _sweep_transform(model: "Model", schedule: optax.Schedule) -> tuple[Any, boo
     """
     optimizer = model._optimizer
     if optimizer._rule is not None:
-        transform = optimizer.with_schedule(schedule)
+        transform = optimizer._with_schedule(schedule)
         in_state = True
     else:
         transform, in_state = optimizer._base, False

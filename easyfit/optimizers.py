@@ -132,7 +132,7 @@ class Optimizer:
                 if not self._constant:
                     updates = None if total_steps is None else -(-total_steps // accumulation_steps)
                     self._lr_fn = self._schedule.resolve(updates)
-                transform = self.with_schedule(self._lr_fn,
+                transform = self._with_schedule(self._lr_fn,
                                                self._initial_lr if self._constant else 1.0)
             if accumulation_steps > 1:
                 transform = optax.MultiSteps(transform, every_k_schedule=accumulation_steps
@@ -142,7 +142,7 @@ class Optimizer:
             self._transform = transform
         return self._transform
 
-    def with_schedule(self, schedule: optax.Schedule | None,
+    def _with_schedule(self, schedule: optax.Schedule | None,
                       initial: float = 1.0) -> optax.GradientTransformation:
         """This optimizer's clipping and update rule, then the learning rate ``schedule``
         (``None``: a constant rate, ``initial``). For optimizers easyfit builds only (an
