@@ -133,7 +133,7 @@ class Optimizer:
                     updates = None if total_steps is None else -(-total_steps // accumulation_steps)
                     self._lr_fn = self._schedule.resolve(updates)
                 transform = self._with_schedule(self._lr_fn,
-                                               self._initial_lr if self._constant else 1.0)
+                                                self._initial_lr if self._constant else 1.0)
             if accumulation_steps > 1:
                 transform = optax.MultiSteps(transform, every_k_schedule=accumulation_steps
                                              ).gradient_transformation()
@@ -143,7 +143,7 @@ class Optimizer:
         return self._transform
 
     def _with_schedule(self, schedule: optax.Schedule | None,
-                      initial: float = 1.0) -> optax.GradientTransformation:
+                       initial: float = 1.0) -> optax.GradientTransformation:
         """This optimizer's clipping and update rule, then the learning rate ``schedule``
         (``None``: a constant rate, ``initial``). For optimizers easyfit builds only (an
         optax transformation passed in has its own rate)."""
