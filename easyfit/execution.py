@@ -1,6 +1,6 @@
 """``steps_per_execution="auto"``: how many train steps to fuse into one dispatch.
 
-A dispatch (one call of the jitted step, a ``lax.scan`` over ``k`` stacked batches) costs the
+A dispatch (one call of the jitted step, a loop over ``k`` stacked batches) costs the
 host a roughly fixed amount of work. For a large model that is nothing next to the step;
 for a small one it is most of the time. ``"auto"`` aims for about ``TARGET_SECONDS`` of work
 per dispatch, and starts in one of two ways:

@@ -195,7 +195,7 @@ class Model:
             metrics: names, ``ef.metrics`` objects or callables; padding rows never count,
                 sample weights are ignored.
             weighted_metrics: as ``metrics``, weighted by ``sample_weight``/``class_weight``.
-            steps_per_execution: train steps run per dispatch (a ``lax.scan`` on the device);
+            steps_per_execution: train steps run per dispatch (a loop on the device);
                 ``"auto"`` fuses enough steps that the host's per-dispatch work stops
                 mattering (1 for large models): from XLA's cost analysis of the step when
                 it can tell, else from timing the first steps. Callbacks with batch hooks

@@ -1,6 +1,6 @@
 """The jitted train, eval and predict steps: pure functions over fixed-shape chunks.
 
-A chunk is ``k`` stacked batches (``k = steps_per_execution``); the train step scans over
+A chunk is ``k`` stacked batches (``k = steps_per_execution``); the train step loops over
 them and carries :class:`~easyfit.state.TrainState`, which is donated (it returns the new
 state and the number of rows trained). Padding rows carry zero weight, so they are out of
 the loss, the gradients and the metrics; a fully padded filler batch (the short last chunk
@@ -34,6 +34,19 @@ def _add(a: Any, b: Any) -> Any:
 
 def _zeros_like(tree: Any) -> Any:
     return jax.tree.map(jnp.zeros_like, tree)
+
+
+def _over_real_batches(body: Callable[[Any, Batch], Any], carry: Any, chunk: Batch) -> Any:
+    """``carry = body(carry, batch)`` for each batch of ``chunk`` that holds a real row.
+
+    Filler batches (fully masked) only ever end a chunk, so the real ones are a prefix: a
+    loop of traced length over them skips the fillers without a ``cond`` per batch, which
+    costs a small model's step ~3% on XLA:CPU.
+    """
+    real = jnp.sum(jnp.any(chunk.mask > 0, axis=1))
+    batch = lambda i: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False),
+                                   chunk)
+    return jax.lax.fori_loop(0, real, lambda i, carry: body(carry, batch(i)), carry)
 
 
 class Steps:
@@ -115,20 +128,16 @@ class Steps:
             totals=_add(state.totals, self._batch_totals(per_example, batch, y_pred)))
 
     # -- chunks -----------------------------------------------------------------------------
-    def _train_scan(self, state: TrainState, chunk: Batch) -> TrainState:
+    def _train_loop(self, state: TrainState, chunk: Batch) -> TrainState:
         if chunk.mask.shape[0] == 1:
             return self._train_batch(state, jax.tree.map(lambda a: a[0], chunk))
 
-        def body(state, batch):
-            real = jnp.sum(batch.mask) > 0  # filler batches of a short last chunk are skipped
-            return jax.lax.cond(real, self._train_batch, lambda s, b: s, state, batch), None
-
-        return jax.lax.scan(body, state, chunk)[0]
+        return _over_real_batches(self._train_batch, state, chunk)
 
     def _train_chunk(self, state: TrainState, chunk: Batch) -> tuple[TrainState, jax.Array]:
         """The train step, and the rows it trained: a small output of its own that the loop
         can wait on (the state is donated to the next step, so it cannot be waited on)."""
-        return self._train_scan(state, chunk), jnp.sum(chunk.mask)
+        return self._train_loop(state, chunk), jnp.sum(chunk.mask)
 
     def _eval_chunk(self, params, rest, totals, chunk: Batch):
         def batch_totals(totals, batch):
@@ -136,11 +145,7 @@ class Steps:
             per_example = losses_lib.per_example(self.loss_fn, batch.y, y_pred)
             return _add(totals, self._batch_totals(per_example, batch, y_pred))
 
-        def body(totals, batch):  # filler batches cost nothing: few batches, one program
-            real = jnp.sum(batch.mask) > 0
-            return jax.lax.cond(real, batch_totals, lambda t, b: t, totals, batch), None
-
-        return jax.lax.scan(body, totals, chunk)[0]
+        return _over_real_batches(batch_totals, totals, chunk)
 
     def _predict_chunk(self, params, rest, x_chunk):
         return jax.lax.map(lambda x: self._forward(self.graphs.eval, params, rest, x)[0], x_chunk)
