@@ -202,7 +202,8 @@ class ArrayAdapter(DataAdapter):
                 take = lambda tree: jax.tree.map(
                     lambda a: np.take(a, index, axis=0).reshape(k, local, *a.shape[1:]), tree)
                 chunk = Batch(take(self.x), take(self.y), weight, mask)
-            yield chunk, [min(size, len(rows) - i * size) for i in range(count)]
+            full, last = divmod(len(rows), size)  # rows of each batch: only the last is short
+            yield chunk, [size] * full + [last] * (last > 0)
 
     def split(self, validation_split: float) -> tuple["ArrayAdapter", "ArrayAdapter"]:
         """Keras's ``validation_split``: the last fraction of rows, taken before shuffling."""
