@@ -7,9 +7,8 @@ per dispatch, and starts in one of two ways:
 
 - **Fused from the start** (:func:`first_size`), when XLA's cost analysis of the step says it
   is cheap and nothing in it is known to run slower in a loop body. The train step compiles
-  once, in the background, from the training state's shapes while the state is made. The
-  first steps are timed, and only a dispatch far over the target makes ``k`` smaller (a
-  second compile).
+  once, from the training state's shapes before the state is made. The first steps are
+  timed, and only a dispatch far over the target makes ``k`` smaller (a second compile).
 - **Measured from single steps** otherwise: one step per dispatch, a few steady-state steps
   timed, then the fused size they suggest timed too; the faster per step is kept. Batches
   already read are regrouped on the fly, so nothing is read twice. The train step compiles

@@ -161,10 +161,9 @@ def find_lr(model: "Model", x: Any, y: Any = None, *, min_lr: float = 1e-7,
             if not in_state:
                 state = state.replace(opt_state=jax.device_put(
                     model._optimizer.with_lr(state.opt_state, lr)))
-            state, _ = sweep.train(state, dist.place_chunk(chunk))
-            totals = jax.device_get(state.totals["loss"])
+            state, logs = sweep.train(state, dist.place_chunk(chunk))
             state = state.replace(totals=sweep.zero(state.totals))  # one loss per step
-            loss = float(totals["sum"] / max(float(totals["weight"]), 1e-12))
+            loss = float(jax.device_get(logs["loss"]))
             lrs.append(lr)
             losses.append(loss)
             average = smoothing * average + (1 - smoothing) * loss

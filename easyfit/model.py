@@ -118,7 +118,6 @@ class Model:
         self._auto_k: int | None = None  # what "auto" measured for this compile
         self._auto_sizes: set[int] = set()  # chunk sizes "auto" compiled the train step for
         self._auto_timer = None  # "auto"'s measurement while it lasts
-        self._auto_compiling = None  # "auto"'s first train step, compiling in the background
         self._seed, self._has_lr = 0, False
         self._augment = None
         self._compute_dtype, self._precision, self._float32_layers = None, "float32", ()
@@ -245,7 +244,7 @@ class Model:
         if len(set(names)) != len(names):
             raise ValueError(f"Two metrics share a name in {names}; give them distinct `name=`s.")
         self._steps_per_execution, self._auto_k = steps_per_execution, None
-        self._auto_sizes, self._auto_timer, self._auto_compiling = set(), None, None
+        self._auto_sizes, self._auto_timer = set(), None
         self._seed, self._augment = seed, augment
         self._state, self._steps = None, None
         self._compiled = True
@@ -297,6 +296,7 @@ class Model:
             nnx.update(self._module, rest)
             self._state, self._shardings = self._new_state(transform, steps, params, rest,
                                                            data.sample_batch(), on_shapes)
+            self._totals_zero = True
             self._module_shared = True
             self._step_count = 0
             self._has_lr = self._optimizer.current_lr(self._state.opt_state) is not None
@@ -330,22 +330,43 @@ class Model:
                            totals=dist.replicate(totals))
         return state, shardings
 
-    def _train_on_chunk(self, chunk: Any, batches: int) -> jax.Array:
-        """Dispatches the train step; returns an output that is ready when it has run."""
+    def _train_on_chunk(self, chunk: Any, batches: int) -> dict[str, jax.Array]:
+        """Dispatches the train step; returns its logs (ready when it has run)."""
         if self._module_shared:  # the module may hold the state's buffers or user edits
             params, rest = split(self._module)
             self._state = self._distribution.place(
                 self._state.replace(params=copy_tree(params), rest=copy_tree(rest)),
                 self._shardings)
             self._module_shared = False
-        self._state, rows = self._steps.train(self._state, chunk)
+        self._state, logs = self._steps.train(self._state, chunk)
+        self._state_logs = logs
         self._module_stale = True
         self._step_count += batches
-        return rows
+        return logs
+
+    def _train_logs(self) -> dict[str, jax.Array]:
+        """The logs of the current state, on the device: the last train step's, unless the
+        state changed since (a restore, a new learning rate)."""
+        if self._state_logs is None:
+            self._state_logs = self._steps.logs(self._state.totals, self._state.opt_state)
+        return self._state_logs
 
     def _reset_totals(self) -> None:
+        if self._totals_zero:  # a new state's sums: nothing to run
+            return
         # on the device: one small dispatch, no host-to-device copy between epochs
         self._state = self._state.replace(totals=self._steps.zero(self._state.totals))
+        self._totals_zero = True
+
+    @property
+    def _state(self) -> TrainState | None:
+        """The training state. Setting it forgets what was known of the one before: its
+        logs, that its metric sums were zero."""
+        return self._live_state
+
+    @_state.setter
+    def _state(self, state: TrainState | None) -> None:
+        self._live_state, self._state_logs, self._totals_zero = state, None, False
 
     def _eval_state(self) -> tuple[Any, Any]:
         if self._state is not None and not self._module_shared:

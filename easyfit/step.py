@@ -2,7 +2,7 @@
 
 A chunk is ``k`` stacked batches (``k = steps_per_execution``); the train step loops over
 them and carries :class:`~easyfit.state.TrainState`, which is donated (it returns the new
-state and the number of rows trained). Padding rows carry zero weight, so they are out of
+state and the logs after it). Padding rows carry zero weight, so they are out of
 the loss, the gradients and the metrics; a fully padded filler batch (the short last chunk
 of an epoch) is skipped, so it changes nothing.
 """
@@ -84,7 +84,7 @@ class Steps:
         """Pins the train step's output state to ``shardings`` (the input's), so the state
         keeps its layout from step to step and the step compiles once."""
         self.train = jax.jit(self._train_chunk, donate_argnums=0,
-                             out_shardings=(shardings, shardings.step))
+                             out_shardings=(shardings, shardings.step))  # logs: replicated
         self.zero = jax.jit(_zeros_like, donate_argnums=0, out_shardings=shardings.totals)
 
     # -- one batch --------------------------------------------------------------------------
@@ -134,10 +134,12 @@ class Steps:
 
         return _over_real_batches(self._train_batch, state, chunk)
 
-    def _train_chunk(self, state: TrainState, chunk: Batch) -> tuple[TrainState, jax.Array]:
-        """The train step, and the rows it trained: a small output of its own that the loop
-        can wait on (the state is donated to the next step, so it cannot be waited on)."""
-        return self._train_loop(state, chunk), jnp.sum(chunk.mask)
+    def _train_chunk(self, state: TrainState, chunk: Batch) -> tuple[TrainState, dict]:
+        """The train step, and the logs after it (as :meth:`_logs`): read at log points with
+        no program of their own to compile and run, and small enough for the loop to wait on
+        (the state is donated to the next step, so it cannot be waited on)."""
+        state = self._train_loop(state, chunk)
+        return state, self._logs(state.totals, state.opt_state)
 
     def _eval_chunk(self, params, rest, totals, chunk: Batch):
         def batch_totals(totals, batch):
