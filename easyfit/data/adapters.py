@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from easyfit.data.batch import Batch, make_batch, stack
+from easyfit.data.batch import Batch, make_batch, stack, take_rows
 
 
 def _numeric(tree: Any, what: str) -> Any:
@@ -200,7 +200,7 @@ class ArrayAdapter(DataAdapter):
                 chunk = Batch(row_ids, row_ids, weight, mask)
             else:
                 take = lambda tree: jax.tree.map(
-                    lambda a: np.take(a, index, axis=0).reshape(k, local, *a.shape[1:]), tree)
+                    lambda a: take_rows(a, index).reshape(k, local, *a.shape[1:]), tree)
                 chunk = Batch(take(self.x), take(self.y), weight, mask)
             full, last = divmod(len(rows), size)  # rows of each batch: only the last is short
             yield chunk, [size] * full + [last] * (last > 0)

@@ -8,6 +8,37 @@ import jax
 import numpy as np
 
 
+# XLA:CPU uses a numpy array in place when its data starts on this boundary: placing a chunk
+# on a CPU device is then free instead of a copy (~0.4 ms for 3 MiB on a 2-core machine).
+_ALIGN = 64
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose data starts on an ``_ALIGN``-byte boundary."""
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def take_rows(array: Any, index: np.ndarray) -> np.ndarray:
+    """``np.take(array, index, axis=0)``, made in an aligned array (see ``_ALIGN``)."""
+    array = np.asarray(array)
+    if array.dtype.hasobject:
+        return np.take(array, index, axis=0)
+    out = _aligned_empty((len(index), *array.shape[1:]), array.dtype)
+    return np.take(array, index, axis=0, out=out, mode="clip")  # "raise" would copy twice
+
+
+def _stack(leaves: Sequence[Any]) -> np.ndarray:
+    """``np.stack(leaves)``, made in an aligned array (see ``_ALIGN``)."""
+    first = np.asarray(leaves[0])
+    if first.dtype.hasobject:
+        return np.stack(leaves)
+    out = _aligned_empty((len(leaves), *first.shape), np.result_type(*leaves))
+    return np.stack(leaves, out=out)
+
+
 class Batch(NamedTuple):
     """One batch (or a chunk of ``k`` stacked batches) as numpy pytrees.
 
@@ -33,7 +64,7 @@ def pad_rows(tree: Any, size: int, batch_size: int) -> Any:
     if size == batch_size:
         return tree
     index = np.arange(batch_size) % size
-    return jax.tree.map(lambda a: np.take(a, index, axis=0), tree)
+    return jax.tree.map(lambda a: take_rows(a, index), tree)
 
 
 def make_batch(x: Any, y: Any, sample_weight: np.ndarray | None, size: int,
@@ -64,4 +95,4 @@ def stack(batches: Sequence[Batch], length: int) -> Batch:
     filler = batches[-1]._replace(weight=np.zeros_like(batches[-1].weight),
                                   mask=np.zeros_like(batches[-1].mask))
     batches += [filler] * (length - len(batches))
-    return jax.tree.map(lambda *leaves: np.stack(leaves), *batches)
+    return jax.tree.map(lambda *leaves: _stack(leaves), *batches)
