@@ -60,7 +60,9 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
 
     While "auto" measures (``timer`` not settled), epochs are read one batch at a time and
     regrouped into ``timer.k``. Arrays small enough live on the devices (chunks of row numbers,
-    gathered there by the input thread). Arrays are read ahead across epochs: the next epoch's
+    gathered there by the input thread; with one step per dispatch, by this thread: a chunk
+    then costs less than handing it over between threads, which also made the speed vary by
+    2x from run to run). Arrays are read ahead across epochs: the next epoch's
     first chunk is ready when this one ends, so nothing waits for it at the boundary (reading
     an array ahead has no side effect; a generator's next batches could be lost on a stop).
     """
@@ -90,7 +92,7 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
             yield from host(epoch)
             yield _EPOCH_END
 
-    feed = prefetch(read_ahead(), placed)
+    feed = prefetch(read_ahead(), placed, depth=0 if rows is not None and k == 1 else 2)
     try:
         for _ in epochs:
             yield iter(lambda: next(feed), _EPOCH_END)
