@@ -338,8 +338,10 @@ class Model:
                 self._state.replace(params=copy_tree(params), rest=copy_tree(rest)),
                 self._shardings)
             self._module_shared = False
-        self._state, logs = self._steps.train(self._state, chunk)
-        self._state_logs = logs
+        treedef, leaves = self._flat_state()
+        leaves, logs = self._steps.train.call_flat(treedef, leaves, chunk)
+        self._state = None  # the old state's arrays were donated
+        self._flat, self._state_logs = (treedef, leaves), logs
         self._module_stale = True
         self._step_count += batches
         return logs
@@ -361,12 +363,23 @@ class Model:
     @property
     def _state(self) -> TrainState | None:
         """The training state. Setting it forgets what was known of the one before: its
-        logs, that its metric sums were zero."""
+        leaves, its logs, that its metric sums were zero. Between train steps it is kept as
+        leaves (see ``FlatStateJit``), and built from them when read."""
+        if self._live_state is None and self._flat is not None:
+            self._live_state = jax.tree.unflatten(*self._flat)
         return self._live_state
 
     @_state.setter
     def _state(self, state: TrainState | None) -> None:
-        self._live_state, self._state_logs, self._totals_zero = state, None, False
+        self._live_state, self._flat, self._state_logs = state, None, None
+        self._totals_zero = False
+
+    def _flat_state(self) -> tuple[Any, list]:
+        """``(treedef, leaves)`` of the training state."""
+        if self._flat is None:
+            leaves, treedef = jax.tree.flatten(self._live_state)
+            self._flat = (treedef, leaves)
+        return self._flat
 
     def _eval_state(self) -> tuple[Any, Any]:
         if self._state is not None and not self._module_shared:
