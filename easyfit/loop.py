@@ -59,17 +59,19 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
     ``start``).
 
     While "auto" measures (``timer`` not settled), epochs are read one batch at a time and
-    regrouped into ``timer.k``. Arrays small enough live on the devices (chunks of row numbers,
-    gathered there by the input thread; with one step per dispatch, by this thread: a chunk
-    then costs less than handing it over between threads, which also made the speed vary by
-    2x from run to run). Arrays are read ahead across epochs: the next epoch's
+    regrouped into ``timer.k``. With one batch per chunk, arrays small enough live on the
+    devices: chunks of row numbers, gathered there by this thread (a chunk then costs less
+    than handing it over between threads, which also made the speed vary by 2x from run to
+    run). Chunks of several batches are gathered on the host: placing them costs no copy on
+    CPU, and nothing more compiles. Arrays are read ahead across epochs: the next epoch's
     first chunk is ready when this one ends, so nothing waits for it at the boundary (reading
     an array ahead has no side effect; a generator's next batches could be lost on a stop).
     """
-    rows = device_rows(train, model._distribution)
+    k = model._execution_steps()
+    one_batch = k == 1 or (k is None and timer is not None and timer.regroups)
+    rows = device_rows(train, model._distribution) if one_batch else None
     args = {} if rows is None else {"as_index": True}
     place = model._distribution.place_chunk
-    k = model._execution_steps()
 
     def host(epoch: int) -> Iterator[tuple[Batch, list[int]]]:
         first = start if epoch == epochs.start else 0
@@ -92,7 +94,7 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
             yield from host(epoch)
             yield _EPOCH_END
 
-    feed = prefetch(read_ahead(), placed, depth=0 if rows is not None and k == 1 else 2)
+    feed = prefetch(read_ahead(), placed, depth=0 if rows is not None else 2)
     try:
         for _ in epochs:
             yield iter(lambda: next(feed), _EPOCH_END)
@@ -156,7 +158,7 @@ def _new_timer(model: "Model", train: DataAdapter, state: TrainState,
     shapes; ``batch`` is one batch of ``train``, as the state was shaped by.
 
     Compiling in a background thread while this one makes the state would save ~0.02 s of a
-    small model's first epoch on two cores, and add ~40 MiB to the peak memory: two
+    small model's first epoch on two cores, and add 30-40 MiB to the peak memory: two
     compilers' scratch at once.
     """
     timer = StepTimer(train.steps)

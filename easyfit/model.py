@@ -354,7 +354,7 @@ class Model:
         return self._state_logs
 
     def _reset_totals(self) -> None:
-        if self._totals_zero:  # a new state's sums: nothing to run
+        if self._totals_zero:  # already zero (a new state): nothing to run
             return
         # on the device: one small dispatch, no host-to-device copy between epochs
         self._state = self._state.replace(totals=self._steps.zero(self._state.totals))

@@ -62,6 +62,13 @@ class FlatStateJit:
         fn: the step; its state is donated.
         shardings: pins the output state to these (a pytree like the state), and ``out`` to
             ``out_sharding``; ``None``: as XLA chooses.
+
+    Example:
+        >>> step = FlatStateJit(lambda state, x: ({"w": state["w"] + x}, x.sum()))
+        >>> leaves, treedef = jax.tree.flatten({"w": jnp.zeros(2)})
+        >>> leaves, total = step.call_flat(treedef, leaves, jnp.ones(2))
+        >>> leaves, float(total)
+        ([Array([1., 1.], dtype=float32)], 2.0)
     """
 
     def __init__(self, fn: Callable, shardings: Any = None, out_sharding: Any = None):
