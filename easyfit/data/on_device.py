@@ -1,8 +1,9 @@
 """Small array datasets held on the devices for a ``fit``: chunks carry row numbers only.
 
-Up to ``DEVICE_DATA_BYTES``, the training arrays are copied to every device once per
-``fit``; each chunk then holds int32 row numbers, and a small jitted gather makes the rows
-on the device: no host gather, stack and transfer of the rows per chunk. The train step is
+Up to ``DEVICE_DATA_BYTES``, and when each chunk is one batch (where a transfer per chunk
+costs most), the training arrays are copied to every device once per ``fit``; each chunk
+then holds int32 row numbers, and a small jitted gather makes the rows on the device: no
+host gather, stack and transfer of the rows per chunk. The train step is
 unchanged (it receives the same chunks as from the host path), so it never depends on the
 dataset's size; only the gather compiles once per dataset size.
 
