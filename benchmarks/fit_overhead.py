@@ -376,9 +376,9 @@ def easyfit_step_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int)
 def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int) -> Variant:
     """Diagnostic: easyfit's input path alone, as ``fit`` runs it for arrays with shuffling:
     ``ArrayAdapter.chunks`` placed on the device by the prefetch thread and consumed by the
-    main thread (for a dataset small enough to live on the device, as ``fit`` does it: chunks
-    of row numbers and the jitted gather of ``easyfit.data.on_device.device_rows``); no train
-    step.
+    main thread (with one batch per chunk and a dataset small enough to live on the device,
+    as ``fit`` does it: chunks of row numbers and the jitted gather of
+    ``easyfit.data.on_device.device_rows``, in the main thread); no train step.
     Its steps/s bounds ``fit``'s. Uses easyfit internals."""
     from easyfit.data.adapters import ArrayAdapter
     from easyfit.data.on_device import device_rows as make_rows
@@ -388,7 +388,7 @@ def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int
     model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, verbose=0)
     adapter = ArrayAdapter(x, y, batch_size=cfg.batch, shuffle=True)
     place = model._distribution.place_chunk
-    device_rows = make_rows(adapter, model._distribution)
+    device_rows = make_rows(adapter, model._distribution) if k == 1 else None
     how = "host gather" if device_rows is None else "device gather"
 
     def run(n):
@@ -396,7 +396,8 @@ def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int
         for epoch in range(n):
             args = {} if device_rows is None else {"as_index": True}
             for chunk, _ in prefetch(adapter.chunks(epoch, k, **args),
-                                     lambda item: (place(item[0]), item[1])):
+                                     lambda item: (place(item[0]), item[1]),
+                                     depth=0 if device_rows is not None else 2):
                 last = chunk if device_rows is None else device_rows(chunk)
         jax.block_until_ready(last)
 
