@@ -39,8 +39,8 @@ from easyfit.distribute import DataParallel, Distribution, is_chief
 from easyfit.distribute.strategies import flatten, put
 from easyfit.host_memory import CompileWatch
 from easyfit.loop import evaluate_loop, fit_loop, predict_loop, start_auto
-from easyfit.state import (GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree, is_factory,
-                           reseed, split)
+from easyfit.state import (GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree,
+                           init_optimizer_state, is_factory, reseed, split)
 from easyfit.step import Steps
 from easyfit.summary import summarize
 
@@ -323,8 +323,7 @@ class Model:
                 rest=_placed_shapes(rest, one), opt_state=_placed_shapes(opt_shapes, opt_sharding),
                 step=_placed_shapes(step, one), totals=_placed_shapes(totals, one)), batch)
         params = dist.place(params, params_sharding)
-        # The optimizer state is created where it lives: never whole on one device.
-        opt_state = jax.jit(transform.init, out_shardings=opt_sharding)(params)
+        opt_state = init_optimizer_state(transform.init, params, opt_sharding)
         state = TrainState(params=params, rest=dist.replicate(rest), opt_state=opt_state,
                            step=dist.replicate(step),
                            totals=dist.replicate(totals))
