@@ -192,8 +192,10 @@ def init_optimizer_state(init: Callable[[Any], Any], params: Any, shardings: Any
 
 def _constant_outputs(closed: Any) -> list[np.ndarray] | None:
     """The outputs of a jaxpr made only of constants broadcast to shapes (numpy arrays), or
-    ``None`` if it computes anything else."""
+    ``None`` if it computes anything else (or makes what numpy cannot hold: PRNG keys)."""
     jaxpr = closed.jaxpr
+    if any(jax.dtypes.issubdtype(var.aval.dtype, jax.dtypes.extended) for var in jaxpr.outvars):
+        return None
     values = dict(zip(jaxpr.constvars, closed.consts))
 
     def read(var: Any) -> Any:

@@ -15,6 +15,7 @@ from easyfit.state import init_optimizer_state
 
 PARAMS = {"w": jnp.ones((3, 4)), "b": jnp.ones(4, jnp.bfloat16)}
 ONE = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+KEY = jax.random.key(0)
 
 CONSTANT_INITS = {
     "sgd": ef.optimizers.sgd(0.1, momentum=0.9).build(None),
@@ -48,6 +49,7 @@ def test_constant_inits_are_made_without_compiling(name):
 
 @pytest.mark.parametrize("init", [
     optax.add_noise(0.1, 0.5, seed=0).init,                 # a PRNG key from the seed
+    lambda params: {"key": KEY, "zeros": jax.tree.map(jnp.zeros_like, params)},  # a key held
     optax.inject_hyperparams(optax.adam)(1e-3).init,         # arithmetic on constants
     lambda params: {"start": params},                         # the parameters themselves
     lambda params: jax.tree.map(lambda p: 2 * p, params),     # computed from them
