@@ -5,7 +5,7 @@ host a roughly fixed amount of work. For a large model that is nothing next to t
 for a small one it is most of the time. ``"auto"`` aims for about ``TARGET_SECONDS`` of work
 per dispatch, and starts in one of two ways:
 
-- **Fused from the start** (:func:`first_size`), when XLA's cost analysis of the step says it
+- **Fused from the start** (:func:`first_size`), when the flops of the step say it
   is cheap and nothing in it is known to run slower in a loop body. The train step compiles
   once, from the training state's shapes before the state is made. The first steps are
   timed, and only a dispatch far over the target makes ``k`` smaller (a second compile).
@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
+import jax.extend
 
 from easyfit.data.batch import Batch, stack
 
@@ -55,20 +56,21 @@ def choose_steps(step_seconds: float, batch_bytes: int, steps_per_epoch: int | N
     return max(1, k)
 
 
-def first_size(lower: Callable[[int], Any], batch_bytes: int, steps_per_epoch: int | None,
+def first_size(trace: Callable[[int], Any], batch_bytes: int, steps_per_epoch: int | None,
                platform: str) -> tuple[int, Any]:
     """Where "auto" starts: a fused size and its lowered train step, or ``(1, None)`` to
     measure from single steps.
 
-    It lowers (does not compile) the step at the largest size the caps allow and reads the
-    step's flops from XLA's cost analysis (a loop body counts once). At ``PEAK_FLOPS`` the
-    step takes at least ``flops / peak`` seconds; that floor caps the size as a measured
-    time would. It measures instead when the cost is unknown, when even the floor makes one
-    step a dispatch, or when a loop body may run slower than the same step alone: XLA:CPU
-    runs convolutions inside a loop ~10x slower.
+    It traces (does not compile) the step at the largest size the caps allow and counts the
+    flops of one step in its jaxpr (:func:`step_flops`). At ``PEAK_FLOPS`` the step takes
+    at least ``flops / peak`` seconds; that floor caps the size as a measured time would.
+    It measures instead when no flops are found, when even the floor makes one step a
+    dispatch, or when a loop body may run slower than the same step alone: XLA:CPU runs
+    convolutions inside a loop ~10x slower.
 
     Args:
-        lower: ``k -> `` the train step lowered for chunks of ``k`` batches.
+        trace: ``k -> `` the train step traced for chunks of ``k`` batches
+            (a ``jax.stages.Traced``).
         batch_bytes: input bytes of one batch.
         steps_per_epoch: known steps per epoch (caps the size), or ``None``.
         platform: the devices' platform (``jax.default_backend()``).
@@ -76,17 +78,61 @@ def first_size(lower: Callable[[int], Any], batch_bytes: int, steps_per_epoch: i
     k = choose_steps(0.0, batch_bytes, steps_per_epoch)
     if k == 1:
         return 1, None
-    lowered = lower(k)
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-    flops = (cost or {}).get("flops")
-    if not flops or platform not in PEAK_FLOPS or (
-            platform == "cpu" and "stablehlo.convolution" in lowered.as_text()):
+    traced = trace(k)
+    flops, convolves = step_flops(traced.jaxpr.jaxpr)
+    if not flops or platform not in PEAK_FLOPS or (platform == "cpu" and convolves):
         return 1, None
     fitted = choose_steps(flops / PEAK_FLOPS[platform], batch_bytes, steps_per_epoch)
     if fitted == 1:
         return 1, None
-    return fitted, (lowered if fitted == k else lower(fitted))
+    return fitted, (traced if fitted == k else trace(fitted)).lower()
+
+
+# Primitives that move or relabel data without arithmetic: no flops.
+_LAYOUT = frozenset({
+    "broadcast_in_dim", "concatenate", "convert_element_type", "copy", "copy_p",
+    "dynamic_slice", "dynamic_update_slice", "expand_dims", "gather", "iota", "pad",
+    "reshape", "rev", "scatter", "select_n", "slice", "squeeze", "transpose"})
+
+
+def step_flops(jaxpr: Any) -> tuple[float, bool]:
+    """Flops of one run of ``jaxpr``, counted as XLA's cost analysis counts them (a loop
+    body once; a dot ``2 * out * contracted``; other arithmetic one per output element),
+    and whether it has a convolution.
+
+    Reading them off the jaxpr costs ~1 ms; XLA's cost analysis of the lowered step costs
+    ~25 ms of a small model's first ``fit``.
+
+    Example:
+        >>> a = jax.ShapeDtypeStruct((8, 4), "float32")
+        >>> b = jax.ShapeDtypeStruct((4, 2), "float32")
+        >>> step_flops(jax.make_jaxpr(lambda a, b: a @ b)(a, b).jaxpr)
+        (128.0, False)
+    """
+    flops, convolves = 0.0, False
+    for eqn in jaxpr.eqns:
+        inner = list(jax.extend.core.jaxprs_in_params(eqn.params))
+        if inner:
+            counts = [step_flops(sub) for sub in inner]
+            # one branch of a cond runs; a call or a loop body runs (is counted) once
+            flops += max(c[0] for c in counts) if eqn.primitive.name == "cond" else \
+                sum(c[0] for c in counts)
+            convolves = convolves or any(c[1] for c in counts)
+            continue
+        out = sum(math.prod(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            flops += 2.0 * out * math.prod(lhs[d] for d in contract)
+        elif name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+            flops += 2.0 * out * math.prod(rhs) / out_features
+            convolves = True
+        elif name not in _LAYOUT:
+            flops += out
+    return flops, convolves
 
 
 def _timed_within(steps: int) -> int:
@@ -224,8 +270,8 @@ class StepTimer:
             self.k, self.settled = (self.k if seconds < self._single else 1), True
 
 
-def lower_chunk(train: Callable, state: Any, batch: Any, k: int, sharding: Any) -> Any:
-    """``train`` lowered for chunks of ``k`` batches shaped like ``batch`` (arrays or shapes
+def trace_chunk(train: Callable, state: Any, batch: Any, k: int, sharding: Any) -> Any:
+    """``train`` traced for chunks of ``k`` batches shaped like ``batch`` (arrays or shapes
     of one batch), placed with ``sharding``: nothing runs and no data is made."""
     def widen(leaf: Any) -> jax.ShapeDtypeStruct:
         dtype = jax.dtypes.canonicalize_dtype(leaf.dtype)  # as placing it would: int64 -> int32
@@ -233,14 +279,14 @@ def lower_chunk(train: Callable, state: Any, batch: Any, k: int, sharding: Any) 
 
     abstract = lambda tree: jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
-    return train.lower(abstract(state), jax.tree.map(widen, batch))
+    return train.trace(abstract(state), jax.tree.map(widen, batch))
 
 
 def compile_ahead(train: Callable, state: Any, chunk: Batch, k: int) -> None:
     """Compiles ``train`` for chunks of ``k`` batches shaped like ``chunk`` without running
     it, so that the first dispatch of that size can be timed."""
     batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), chunk)
-    lower_chunk(train, state, batch, k, chunk.mask.sharding).compile()
+    trace_chunk(train, state, batch, k, chunk.mask.sharding).lower().compile()
 
 
 def regroup(chunks: Iterable[tuple[Batch, list[int]]],

@@ -25,7 +25,7 @@ from easyfit.data.batch import Batch
 from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
-from easyfit.execution import StepTimer, compile_ahead, first_size, lower_chunk, regroup
+from easyfit.execution import StepTimer, compile_ahead, first_size, regroup, trace_chunk
 from easyfit.host_memory import CompileWatch
 from easyfit.state import TrainState
 
@@ -165,7 +165,7 @@ def _new_timer(model: "Model", train: DataAdapter, state: TrainState,
     sharding = model._distribution.chunk_sharding()
     steps = model._steps
     k, lowered = first_size(
-        lambda k: lower_chunk(steps.train, state, batch, k, sharding),
+        lambda k: trace_chunk(steps.train, state, batch, k, sharding),
         sum(leaf.nbytes for leaf in jax.tree.leaves(batch)), train.steps,
         jax.default_backend())
     if lowered is None:

@@ -196,8 +196,8 @@ class Model:
             weighted_metrics: as ``metrics``, weighted by ``sample_weight``/``class_weight``.
             steps_per_execution: train steps run per dispatch (a loop on the device);
                 ``"auto"`` fuses enough steps that the host's per-dispatch work stops
-                mattering (1 for large models): from XLA's cost analysis of the step when
-                it can tell, else from timing the first steps. Callbacks with batch hooks
+                mattering (1 for large models): from the flops of the step when it can
+                tell, else from timing the first steps. Callbacks with batch hooks
                 of their own get 1, so they see every batch; evaluate and predict use the
                 same number.
             seed: seeds the dropout RNG streams, the shuffling order and ``augment``.

@@ -39,14 +39,24 @@ def _zeros_like(tree: Any) -> Any:
 def _over_real_batches(body: Callable[[Any, Batch], Any], carry: Any, chunk: Batch) -> Any:
     """``carry = body(carry, batch)`` for each batch of ``chunk`` that holds a real row.
 
-    Filler batches (fully masked) only ever end a chunk, so the real ones are a prefix: a
-    loop of traced length over them skips the fillers without a ``cond`` per batch, which
-    costs a small model's step ~3% on XLA:CPU.
+    Padding only ever ends a batch (so a real batch's first row is real) and filler batches
+    only ever end a chunk: a loop that stops at the first batch whose first row is padding
+    skips the fillers. That costs no ``cond`` per batch (~3% of a small model's step on
+    XLA:CPU) and no count of the real batches ahead of the loop (three more kernels to
+    compile in the first ``fit``).
     """
-    real = jnp.sum(jnp.any(chunk.mask > 0, axis=1))
-    batch = lambda i: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False),
-                                   chunk)
-    return jax.lax.fori_loop(0, real, lambda i, carry: body(carry, batch(i)), carry)
+    k = chunk.mask.shape[0]
+    at = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, keepdims=False,
+                                                   allow_negative_indices=False)
+
+    def real(i):
+        return (i < k) & (at(chunk.mask[:, 0], jnp.minimum(i, k - 1)) > 0)
+
+    def step(loop):
+        i, carry = loop
+        return i + 1, body(carry, jax.tree.map(lambda a: at(a, i), chunk))
+
+    return jax.lax.while_loop(lambda loop: real(loop[0]), step, (jnp.int32(0), carry))[1]
 
 
 class FlatStateJit:
@@ -101,9 +111,12 @@ class FlatStateJit:
         """The step on a state given as ``jax.tree.flatten`` gives it; returns its leaves."""
         return self._jit(treedef)(leaves, chunk)
 
-    def lower(self, state: Any, chunk: Any) -> jax.stages.Lowered:
+    def trace(self, state: Any, chunk: Any) -> jax.stages.Traced:
         leaves, treedef = jax.tree.flatten(state)
-        return self._jit(treedef).lower(leaves, chunk)
+        return self._jit(treedef).trace(leaves, chunk)
+
+    def lower(self, state: Any, chunk: Any) -> jax.stages.Lowered:
+        return self.trace(state, chunk).lower()
 
     def _cache_size(self) -> int:
         return sum(jitted._cache_size() for jitted in self._jits.values())
