@@ -129,25 +129,25 @@ def _measure(model: "Model", timer: StepTimer, chunk: Batch, steps: int,
         timer.compiled(timer.k, model._state)
 
 
-def _auto_undecided(model: "Model", callbacks: CallbackList) -> bool:
-    """Whether "auto" has yet to choose how many steps to fuse.
+def _auto_undecided(model: "Model") -> bool:
+    """Whether "auto" has yet to choose how many steps to fuse (a ``fit`` whose callbacks
+    must see every batch runs one step per dispatch: ``Model._execution_steps``).
 
-    As Keras, a callback with batch hooks sees every batch: one step per dispatch. So with
-    several processes too: where "auto" regroups batches depends on each process's timing,
-    and they must all run the same programs (pass a number to fuse there).
+    With several processes it keeps one step per dispatch: where "auto" regroups batches
+    depends on each process's timing, and they must all run the same programs (pass a
+    number to fuse there).
     """
     if model._steps_per_execution == "auto" and model._auto_k is None and \
-            (callbacks.needs_every_batch() or jax.process_count() > 1):
+            jax.process_count() > 1:
         model._auto_k = 1
     return not model._execution_steps()
 
 
-def start_auto(model: "Model", train: DataAdapter, shapes: TrainState, batch: Batch,
-               callbacks: CallbackList) -> None:
+def start_auto(model: "Model", train: DataAdapter, shapes: TrainState, batch: Batch) -> None:
     """Starts "auto" from a new training state's ``shapes`` (and a sample ``batch`` of
     ``train``), before its arrays are made: the compile's scratch memory is freed before the
     state takes its own."""
-    if _auto_undecided(model, callbacks) and model._auto_timer is None:
+    if _auto_undecided(model) and model._auto_timer is None:
         model._auto_timer = _new_timer(model, train, shapes, batch)
 
 
@@ -216,7 +216,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     names = steps.log_names(with_lr=model._has_lr)
     read_logs = lambda: _floats(model._train_logs(), names)
     batch_hooks = callbacks.wants("on_train_batch_end")
-    auto = _auto_undecided(model, callbacks)
+    auto = _auto_undecided(model)
     logs: dict[str, float] = {}
     callbacks.on_train_begin()
     # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.
@@ -286,7 +286,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             model.stop_training = any_process(model.stop_training)
             if model.stop_training or (train.exhausted and train.steps is None):
                 break
-    if model._auto_timer is not None:  # too short a fit to finish timing
+    if auto and model._auto_timer is not None:  # too short a fit to finish timing
         model._auto_k, model._auto_timer = model._auto_timer.untimed_k, None
     callbacks.on_train_end(logs)
     return logs

@@ -118,6 +118,7 @@ class Model:
         self._auto_k: int | None = None  # what "auto" measured for this compile
         self._auto_sizes: set[int] = set()  # chunk sizes "auto" compiled the train step for
         self._auto_timer = None  # "auto"'s measurement while it lasts
+        self._every_batch = False  # the running fit has callbacks that must see every batch
         self._seed, self._has_lr = 0, False
         self._augment = None
         self._compute_dtype, self._precision, self._float32_layers = None, "float32", ()
@@ -251,9 +252,10 @@ class Model:
 
     def _execution_steps(self) -> int | None:
         """Steps per dispatch: the compiled number, what "auto" chose, or ``None`` while
-        "auto" has not measured yet."""
+        "auto" has not measured yet. "auto" runs one step per dispatch in a ``fit`` whose
+        callbacks must see every batch, whatever it chose in other fits."""
         if self._steps_per_execution == "auto":
-            return self._auto_k
+            return 1 if self._every_batch else self._auto_k
         return self._steps_per_execution
 
     def _require_compiled(self, action: str) -> None:
@@ -538,17 +540,21 @@ class Model:
         callback_list = CallbackList(ordered, model=self,
                                      params={"epochs": epochs, "steps": train.steps,
                                              "verbose": verbose})
-        compiles = CompileWatch()
-        self._build(train, total_steps,
-                    on_shapes=lambda shapes, batch: start_auto(self, train, shapes, batch,
-                                                               callback_list))
-        compiles.release_if_compiled()
-        memory_lib.check_capacity(self, train.batch_size, train)  # warns if it cannot fit
-        self.stop_training = False
-        self.history = history
-        self._callbacks = callback_list
-        fit_loop(self, train, validation, epochs=epochs, initial_epoch=initial_epoch,
-                 validation_freq=validation_freq, callbacks=callback_list)
+        # As Keras: a callback with batch hooks of its own sees every batch.
+        self._every_batch = callback_list.needs_every_batch()
+        try:
+            compiles = CompileWatch()
+            self._build(train, total_steps,
+                        on_shapes=lambda shapes, batch: start_auto(self, train, shapes, batch))
+            compiles.release_if_compiled()
+            memory_lib.check_capacity(self, train.batch_size, train)  # warns if it cannot fit
+            self.stop_training = False
+            self.history = history
+            self._callbacks = callback_list
+            fit_loop(self, train, validation, epochs=epochs, initial_epoch=initial_epoch,
+                     validation_freq=validation_freq, callbacks=callback_list)
+        finally:
+            self._every_batch = False
         self.module  # noqa: B018 -- write the trained weights back to the user's module
         return history
 

@@ -83,10 +83,32 @@ def test_the_fused_start_compiles_from_shapes_what_the_state_then_runs(optimizer
 def test_a_callback_with_batch_hooks_sees_every_batch():
     seen = []
     x, y = make_data(200)
-    model = _fit(x, y, callbacks=[ef.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: seen.append(batch))], epochs=1)
-    assert model._execution_steps() == 1
+    model = _fit(x, y, callbacks=[_batch_recorder(seen)], epochs=1)
     assert seen == list(range(20))
+
+
+def _batch_recorder(seen):
+    return ef.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
+
+
+def test_batch_hooks_see_every_batch_after_auto_chose_to_fuse():
+    x, y = make_data(200)
+    model = _fit(x, y)                                       # no callbacks: "auto" fuses
+    k = model._execution_steps()
+    assert k > 1
+    seen = []
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[_batch_recorder(seen)])
+    assert seen == list(range(20))
+    assert model._execution_steps() == k                     # the next fit fuses again
+
+
+def test_a_fit_with_batch_hooks_does_not_stop_later_fits_from_fusing():
+    x, y = make_data(200)
+    seen = []
+    model = _fit(x, y, callbacks=[_batch_recorder(seen)], epochs=1)
+    assert seen == list(range(20))
+    model.fit(x, y, batch_size=10, epochs=2, verbose=0)
+    assert model._execution_steps() > 1
 
 
 def test_a_callback_fine_with_dispatches_keeps_auto():
