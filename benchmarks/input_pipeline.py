@@ -274,8 +274,9 @@ def bench_case(kind: str, host_s: float, args, x, y, model: ef.Model) -> Row:
         row.add("no-thread", timed(no_thread) / epochs)
         row.add("fit+wait", timed(fit_wait) / epochs)
         row.add("serial", timed(serial) / epochs)
-    # "auto" compiles one train program per size it tried (one step, and the fused size)
-    assert model._steps.train._cache_size() == max(1, len(model._auto_sizes)), \
+    # "auto" compiles one train program per size it tried (one step, and the fused size);
+    # the fits whose callback waits on every step run one step per dispatch
+    assert model._steps.train._cache_size() <= len(model._auto_sizes | {1}), \
         "the train step recompiled"
     return row
 
