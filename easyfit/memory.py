@@ -218,12 +218,8 @@ def _check_rows(x: Any, y: Any) -> None:
 
 
 def _steps_per_execution(model: "Model") -> int:
-    """The ``k`` of the chunks fit will feed the train step."""
-    for name in ("_steps_per_execution", "_auto_k"):
-        value = getattr(model, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-    return 1
+    """The ``k`` of the chunks fit will feed the train step (1 while "auto" is undecided)."""
+    return model._execution_steps() or 1
 
 
 @contextlib.contextmanager
