@@ -80,15 +80,15 @@ def test_the_fused_start_compiles_from_shapes_what_the_state_then_runs(optimizer
     assert counter.count == 0
 
 
+def _batch_recorder(seen):
+    return ef.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
+
+
 def test_a_callback_with_batch_hooks_sees_every_batch():
     seen = []
     x, y = make_data(200)
     model = _fit(x, y, callbacks=[_batch_recorder(seen)], epochs=1)
     assert seen == list(range(20))
-
-
-def _batch_recorder(seen):
-    return ef.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
 
 
 def test_batch_hooks_see_every_batch_after_auto_chose_to_fuse():
