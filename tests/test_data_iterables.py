@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+import easyfit as ef
 from data_fixtures import (BatchCounter, assert_params_close, deadline, make_data, mlp_model,
                            params_of)
 from easyfit.data.adapters import ArrayAdapter, IterableAdapter
@@ -133,6 +134,43 @@ def test_list_of_batches_is_reread_each_epoch():
     assert counter.per_epoch == [4, 4, 4]
     reference = mlp_model(lr=0.1)
     reference.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+    assert_params_close(params_of(model.module), params_of(reference.module), atol=1e-5)
+
+
+class _Passes:
+    """A re-iterable input that records, as each pass over it starts, how many epochs had
+    ended (``ended``: filled by a callback)."""
+
+    def __init__(self, batches, ended):
+        self.batches, self.ended, self.starts = batches, ended, []
+
+    def __iter__(self):
+        self.starts.append(len(self.ended))
+        return iter(self.batches)
+
+
+class _EpochEnds(ef.callbacks.Callback):
+    observer = True  # reads nothing: fit need not pause between epochs for it
+
+    def __init__(self, ended):
+        super().__init__()
+        self.ended = ended
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ended.append(epoch)
+
+
+def test_a_reiterable_input_is_read_across_epochs_as_arrays_are():
+    # each epoch starts over, so the next epoch's first chunk is read (and dispatched) before
+    # this epoch's callbacks run: the device does not wait for the input between epochs
+    x, y = make_data(100)
+    ended = []
+    data = _Passes(_batches(x, y, 25), ended)
+    model = mlp_model(lr=0.1, steps_per_execution=2)
+    model.fit(data, epochs=3, verbose=0, callbacks=[_EpochEnds(ended)])
+    assert data.starts == [0, 0, 1]  # the peek, then epochs 1 and 2 before epochs 0 and 1 end
+    reference = mlp_model(lr=0.1, steps_per_execution=2)
+    reference.fit(x, y, batch_size=25, epochs=3, shuffle=False, verbose=0)
     assert_params_close(params_of(model.module), params_of(reference.module), atol=1e-5)
 
 

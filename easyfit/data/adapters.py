@@ -72,8 +72,9 @@ class DataAdapter:
         process_index: this process (``jax.process_index()``).
         process_count: processes feeding the global batch (``jax.process_count()``).
         pure_epochs: each epoch's batches depend on its number only, so the next epoch can
-            be read before this one ends (arrays); not so for a generator, whose batches
-            read ahead would be lost if training stops.
+            be read before this one ends (arrays; re-iterable inputs, which start over each
+            epoch); not so for a generator, whose batches read ahead would be lost if
+            training stops.
     """
 
     batch_size: int
@@ -288,6 +289,7 @@ class IterableAdapter(DataAdapter):
         if length is None and hasattr(data, "__len__") and not self.one_shot:
             length = len(data)
         self.steps = steps if steps is not None else length
+        self.pure_epochs = not self.one_shot  # each epoch starts over: reading ahead loses nothing
         self._iterator: Iterator | None = None
         self.batch_size = self._peek_batch_size()
 
