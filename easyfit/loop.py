@@ -63,9 +63,10 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
     devices: chunks of row numbers, gathered there by this thread (a chunk then costs less
     than handing it over between threads, which also made the speed vary by 2x from run to
     run). Chunks of several batches are gathered on the host: placing them costs no copy on
-    CPU, and nothing more compiles. Arrays are read ahead across epochs: the next epoch's
-    first chunk is ready when this one ends, so nothing waits for it at the boundary (reading
-    an array ahead has no side effect; a generator's next batches could be lost on a stop).
+    CPU, and nothing more compiles. Arrays and re-iterable inputs are read ahead across
+    epochs (``train.pure_epochs``): the next epoch's first chunk is ready when this one ends,
+    so nothing waits for it at the boundary (each epoch starts over, so reading ahead has no
+    side effect; a generator's next batches could be lost on a stop).
     """
     k = model._execution_steps()
     one_batch = k == 1 or (k is None and timer is not None and timer.regroups)

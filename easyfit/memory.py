@@ -217,11 +217,6 @@ def _check_rows(x: Any, y: Any) -> None:
                          "e.g. model.estimate_memory(256, x_train[:2], y_train[:2]).")
 
 
-def _steps_per_execution(model: "Model") -> int:
-    """The ``k`` of the chunks fit will feed the train step (1 while "auto" is undecided)."""
-    return model._execution_steps() or 1
-
-
 @contextlib.contextmanager
 def _measurable(model: "Model", x: Any, y: Any) -> Iterator[Batch]:
     """Makes sure the model has a training state and steps to compile; yields the input row.
@@ -331,7 +326,7 @@ def device_capacity(model: "Model") -> int | None:
 def _estimate(model: "Model", batch_size: int, spec: Batch,
               capacity: int | None) -> MemoryEstimate:
     """Compiles the train step at ``batch_size`` from abstract inputs and reads its memory."""
-    k = _steps_per_execution(model)
+    k = model._execution_steps() or 1  # the chunks fit feeds (1 while "auto" measures)
     state = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), model._state)
     sharding = model._distribution.chunk_sharding()
