@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -466,6 +467,21 @@ def test_sparse_metrics_and_loss():
         np.mean([labels[i] in top[i, :5] for i in range(30)]))
     assert result["top2"] == pytest.approx(np.mean([labels[i] in top[i, :2] for i in range(30)]))
     assert result["top2"] < result["top_k_accuracy"]  # the data distinguishes k
+
+
+def test_sparse_crossentropy_matches_optax_and_flags_labels_out_of_range():
+    """The label's logit is picked by comparison, not gathered: values and gradients are
+    optax's, masked (-inf) logits included; a label outside [0, classes) gives NaN."""
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(40, 7)) * 4, jnp.float32).at[:, 2].set(-jnp.inf)
+    labels = jnp.asarray(rng.choice([0, 1, 3, 4, 5, 6], 40), jnp.int32)
+    loss = ef.losses.SparseCategoricalCrossentropy()
+    reference = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels)
+    np.testing.assert_allclose(loss(labels, logits), reference(logits), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda z: loss(labels, z).sum())(logits),
+                               jax.grad(lambda z: reference(z).sum())(logits), atol=1e-7)
+    out = loss(jnp.array([7, -1, 3]), jnp.zeros((3, 7)))
+    assert np.isnan(out[:2]).all() and out[2] == pytest.approx(np.log(7))
 
 
 def test_categorical_metrics_and_loss_with_one_hot_labels():
