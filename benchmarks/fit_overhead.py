@@ -759,7 +759,7 @@ def run_regime(cfg: Config, args, argv_common: list[str]) -> tuple[list[Result],
         if worker is not None:
             worker.close()
     results = []
-    limit = variants[0]
+    limit = next(v for v in variants if v.key == "limit")
     for variant in variants:
         results.append(variant.result())
         r = results[-1]
