@@ -399,10 +399,10 @@ def easyfit_step_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int)
 def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int) -> Variant:
     """Diagnostic: easyfit's input path alone, as ``fit`` runs it for arrays with shuffling:
     ``ArrayAdapter.chunks`` placed on the device by the prefetch thread and consumed by the
-    main thread (with one batch per chunk and a dataset small enough to live on the device,
-    as ``fit`` does it: chunks of row numbers and the jitted gather of
-    ``easyfit.data.on_device.device_rows``, in the main thread); no train step.
-    Its steps/s bounds ``fit``'s. Uses easyfit internals."""
+    main thread (for a dataset small enough to live on the device, as ``fit`` does it:
+    chunks of row numbers, made in the main thread, which the train step's call places and
+    gathers from; see ``easyfit.data.on_device``); no train step. Its steps/s bounds
+    ``fit``'s. Uses easyfit internals."""
     from easyfit.data.adapters import ArrayAdapter
     from easyfit.data.on_device import device_rows as make_rows
     from easyfit.data.prefetch import prefetch
@@ -410,18 +410,18 @@ def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int
     model = _easyfit_model(cfg, k)
     model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, verbose=0)
     adapter = ArrayAdapter(x, y, batch_size=cfg.batch, shuffle=True)
-    place = model._distribution.place_chunk
-    device_rows = make_rows(adapter, model._distribution) if k == 1 else None
-    how = "host gather" if device_rows is None else "device gather"
+    device_rows = make_rows(adapter, model._distribution)
+    place = device_rows or model._distribution.place_chunk
+    args = {} if device_rows is None else {"as_index": True}
+    how = "host gather" if device_rows is None else "row numbers (gathered in the step)"
 
     def run(n):
         last = None
         for epoch in range(n):
-            args = {} if device_rows is None else {"as_index": True}
-            for chunk, _ in prefetch(adapter.chunks(epoch, k, **args),
-                                     lambda item: (place(item[0]), item[1]),
-                                     depth=0 if device_rows is not None else 2):
-                last = chunk if device_rows is None else device_rows(chunk)
+            for last, _ in prefetch(adapter.chunks(epoch, k, **args),
+                                    lambda item: (place(item[0]), item[1]),
+                                    depth=0 if device_rows is not None else 2):
+                pass
         jax.block_until_ready(last)
 
     return Variant(cfg, f"  easyfit input only, k={k} (diagnostic)", run,

@@ -31,6 +31,7 @@ import jax
 import jax.extend
 
 from easyfit.data.batch import Batch, stack
+from easyfit.data.on_device import IndexedChunk, batches_of
 
 TARGET_SECONDS = 0.1           # host work per dispatch is ~0.1-1 ms: this keeps it < ~1%
 MAX_STEPS = 1024               # keeps logs and callbacks reasonably fresh
@@ -149,9 +150,10 @@ def _floor_pow2(n: int) -> int:
     return 2 ** int(math.log2(n)) if n >= 2 else 1
 
 
-def batch_bytes(chunk: Batch) -> int:
-    """Bytes of one batch of a chunk (all of its arrays)."""
-    return sum(leaf.nbytes // max(leaf.shape[0], 1) for leaf in jax.tree.leaves(chunk))
+def batch_bytes(chunk: Batch | IndexedChunk) -> int:
+    """Input bytes of one batch of a chunk (all of its arrays; row numbers if indexed)."""
+    return sum(leaf.nbytes // max(leaf.shape[0], 1)
+               for leaf in jax.tree.leaves(batches_of(chunk)))
 
 
 class StepTimer:
@@ -204,7 +206,7 @@ class StepTimer:
         measurement from single steps falls back to one step per dispatch."""
         return self.k if self.fused_start else 1
 
-    def after_chunk(self, state: Any, chunk: Batch, steps: int,
+    def after_chunk(self, state: Any, chunk: Batch | IndexedChunk, steps: int,
                     steps_left: int | None = None) -> None:
         """Call after each dispatch until ``settled``; waits for the device a few times.
 
@@ -270,23 +272,37 @@ class StepTimer:
             self.k, self.settled = (self.k if seconds < self._single else 1), True
 
 
-def trace_chunk(train: Callable, state: Any, batch: Any, k: int, sharding: Any) -> Any:
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                        tree)
+
+
+def trace_chunk(train: Callable, state: Any, batch: Batch | IndexedChunk, k: int,
+                sharding: Any) -> Any:
     """``train`` traced for chunks of ``k`` batches shaped like ``batch`` (arrays or shapes
-    of one batch), placed with ``sharding``: nothing runs and no data is made."""
-    def widen(leaf: Any) -> jax.ShapeDtypeStruct:
-        dtype = jax.dtypes.canonicalize_dtype(leaf.dtype)  # as placing it would: int64 -> int32
-        return jax.ShapeDtypeStruct((k, *leaf.shape), dtype, sharding=sharding)
+    of one batch), placed with ``sharding`` (the row numbers of an indexed chunk are not
+    placed: the step's call places them): nothing runs and no data is made."""
+    def widen(sharding: Any) -> Callable[[Any], jax.ShapeDtypeStruct]:
+        # dtypes as placing would make them: int64 -> int32
+        return lambda leaf: jax.ShapeDtypeStruct(
+            (k, *leaf.shape), jax.dtypes.canonicalize_dtype(leaf.dtype), sharding=sharding)
 
-    abstract = lambda tree: jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
-    return train.trace(abstract(state), jax.tree.map(widen, batch))
+    if isinstance(batch, IndexedChunk):
+        chunk = IndexedChunk(jax.tree.map(widen(None), batch.rows), _abstract(batch.tables))
+    else:
+        chunk = jax.tree.map(widen(sharding), batch)
+    return train.trace(_abstract(state), chunk)
 
 
-def compile_ahead(train: Callable, state: Any, chunk: Batch, k: int) -> None:
+def compile_ahead(train: Callable, state: Any, chunk: Batch | IndexedChunk, k: int) -> None:
     """Compiles ``train`` for chunks of ``k`` batches shaped like ``chunk`` without running
     it, so that the first dispatch of that size can be timed."""
-    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), chunk)
-    trace_chunk(train, state, batch, k, chunk.mask.sharding).lower().compile()
+    one = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+    if isinstance(chunk, IndexedChunk):
+        batch, sharding = IndexedChunk(one(chunk.rows), chunk.tables), None
+    else:
+        batch, sharding = one(chunk), chunk.mask.sharding
+    trace_chunk(train, state, batch, k, sharding).lower().compile()
 
 
 def regroup(chunks: Iterable[tuple[Batch, list[int]]],

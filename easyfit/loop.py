@@ -22,7 +22,7 @@ import numpy as np
 from easyfit.callbacks.base import CallbackList, LazyLogs
 from easyfit.data.adapters import DataAdapter
 from easyfit.data.batch import Batch
-from easyfit.data.on_device import device_rows
+from easyfit.data.on_device import as_fed, batches_of, device_rows, table_shapes
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
 from easyfit.execution import StepTimer, compile_ahead, first_size, regroup, trace_chunk
@@ -54,25 +54,24 @@ _EPOCH_END = object()
 
 
 def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
-                 timer: StepTimer | None) -> Iterator[Iterator[tuple[Batch, list[int]]]]:
+                 timer: StepTimer | None) -> Iterator[Iterator[tuple[Any, list[int]]]]:
     """One iterator of placed training chunks per epoch of ``epochs`` (the first from batch
     ``start``).
 
     While "auto" measures (``timer`` not settled), epochs are read one batch at a time and
-    regrouped into ``timer.k``. With one batch per chunk, arrays small enough live on the
-    devices: chunks of row numbers, gathered there by this thread (a chunk then costs less
-    than handing it over between threads, which also made the speed vary by 2x from run to
-    run). Chunks of several batches are gathered on the host: placing them costs no copy on
-    CPU, and nothing more compiles. Arrays and re-iterable inputs are read ahead across
-    epochs (``train.pure_epochs``): the next epoch's first chunk is ready when this one ends,
-    so nothing waits for it at the boundary (each epoch starts over, so reading ahead has no
-    side effect; a generator's next batches could be lost on a stop).
+    regrouped into ``timer.k``. Arrays small enough live on the devices for the fit: chunks
+    are row numbers (:mod:`easyfit.data.on_device`), made and placed in this thread (they
+    cost less than handing them over between threads, which also made the speed vary by 2x
+    from run to run). Other inputs are read, gathered and placed by a background thread.
+    Arrays and re-iterable inputs are read ahead across epochs (``train.pure_epochs``): the
+    next epoch's first chunk is ready when this one ends, so nothing waits for it at the
+    boundary (each epoch starts over, so reading ahead has no side effect; a generator's
+    next batches could be lost on a stop).
     """
     k = model._execution_steps()
-    one_batch = k == 1 or (k is None and timer is not None and timer.regroups)
-    rows = device_rows(train, model._distribution) if one_batch else None
+    rows = device_rows(train, model._distribution)
     args = {} if rows is None else {"as_index": True}
-    place = model._distribution.place_chunk
+    place = rows or model._distribution.place_chunk
 
     def host(epoch: int) -> Iterator[tuple[Batch, list[int]]]:
         first = start if epoch == epochs.start else 0
@@ -81,13 +80,12 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
         return train.chunks(epoch, k or timer.k, first, **args)
 
     def placed(item: Any) -> Any:
-        if item is _EPOCH_END:
-            return item
-        return (place(item[0]) if rows is None else rows(item[0])), item[1]
+        return item if item is _EPOCH_END else (place(item[0]), item[1])
 
+    depth = 0 if rows is not None else 2
     if not train.pure_epochs:
         for epoch in epochs:
-            yield prefetch(host(epoch), placed)
+            yield prefetch(host(epoch), placed, depth)
         return
 
     def read_ahead() -> Iterator[Any]:
@@ -95,7 +93,7 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
             yield from host(epoch)
             yield _EPOCH_END
 
-    feed = prefetch(read_ahead(), placed, depth=0 if rows is not None else 2)
+    feed = prefetch(read_ahead(), placed, depth)
     try:
         for _ in epochs:
             yield iter(lambda: next(feed), _EPOCH_END)
@@ -165,9 +163,10 @@ def _new_timer(model: "Model", train: DataAdapter, state: TrainState,
     timer = StepTimer(train.steps)
     sharding = model._distribution.chunk_sharding()
     steps = model._steps
+    batch = as_fed(batch, table_shapes(train, model._distribution))
     k, lowered = first_size(
         lambda k: trace_chunk(steps.train, state, batch, k, sharding),
-        sum(leaf.nbytes for leaf in jax.tree.leaves(batch)), train.steps,
+        sum(leaf.nbytes for leaf in jax.tree.leaves(batches_of(batch))), train.steps,
         jax.default_backend())
     if lowered is None:
         return timer

@@ -39,6 +39,8 @@ from flax import nnx
 
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays
 from easyfit.data.batch import Batch
+from easyfit.data.on_device import as_fed, batches_of, table_shapes
+from easyfit.execution import trace_chunk
 from easyfit.state import GRAPH
 from easyfit.summary import _human
 
@@ -83,8 +85,13 @@ class MemoryEstimate:
         other_bytes: the rest of the training state: batch statistics, RNG counts, step
             counter and metric sums (RNG keys themselves are not counted: a few bytes).
         input_bytes: one dispatch's input chunk (``steps_per_execution`` batches of x, y,
-            weights, mask) on one device.
-        argument_bytes: the step's inputs: training state + one input chunk.
+            weights, mask; row numbers for ``x`` and ``y`` when the arrays are held on the
+            devices) on one device.
+        dataset_bytes: the training arrays ``fit`` holds on each device (arrays up to
+            ``easyfit.data.on_device.DEVICE_DATA_BYTES``; known from a ``fit`` on them,
+            0 before or otherwise); the train step takes them as inputs.
+        argument_bytes: the step's inputs: training state + one input chunk (+ the
+            dataset held on the device).
         output_bytes: the step's outputs: the new training state.
         alias_bytes: outputs written into donated inputs (the state is donated, so this is
             about the state's size): counted once, not twice.
@@ -107,6 +114,7 @@ class MemoryEstimate:
     optimizer_bytes: int
     other_bytes: int
     input_bytes: int
+    dataset_bytes: int
     argument_bytes: int
     output_bytes: int
     alias_bytes: int
@@ -154,8 +162,10 @@ class MemoryEstimate:
             ("Optimizer state", self.optimizer_bytes),
             ("Other state (batch stats, RNG, metrics)", self.other_bytes),
             (f"Input chunk ({k} batch{'es' if k > 1 else ''})", self.input_bytes),
+            *([("Training arrays held on the device", self.dataset_bytes)]
+              if self.dataset_bytes else []),
             ("Train step (compiled):", None),
-            ("  arguments (state + input chunk)", self.argument_bytes),
+            ("  arguments (state + inputs)", self.argument_bytes),
             ("  outputs (new state)", self.output_bytes),
             ("  aliased (donated state, counted once)", -self.alias_bytes),
             ("  temporaries (activations, gradients)", self.temp_bytes),
@@ -184,6 +194,9 @@ class MemoryEstimate:
 # Per model: one row of its training input (a Batch of ShapeDtypeStructs with no batch axis),
 # recorded when fit or an estimate sees data, so later estimates need no rows.
 _ROW_SPECS: "weakref.WeakKeyDictionary[Any, Batch]" = weakref.WeakKeyDictionary()
+# Per model: the shapes of the training arrays its last fit held on the devices
+# (``easyfit.data.on_device``), which the train step takes as inputs; absent otherwise.
+_TABLES: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
 def _sds(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
@@ -231,6 +244,7 @@ def _measurable(model: "Model", x: Any, y: Any) -> Iterator[Batch]:
         _check_rows(x, y)
         spec = _row_spec(ArrayAdapter(x, y, batch_size=_rows_of(x)))
         _ROW_SPECS[model] = spec
+        _TABLES.pop(model, None)  # a few rows say nothing of the dataset fit will hold
     if spec is None:
         spec = _ROW_SPECS.get(model)
     if model._state is not None and model._steps is not None:
@@ -330,20 +344,21 @@ def _estimate(model: "Model", batch_size: int, spec: Batch,
     state = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), model._state)
     sharding = model._distribution.chunk_sharding()
-    chunk = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct((k, batch_size, *s.shape), s.dtype, sharding=sharding),
-        spec)
-    compiled = model._steps.train.lower(state, chunk).compile()
+    tables = _TABLES.get(model)
+    batch = as_fed(jax.tree.map(lambda s: _sds((batch_size, *s.shape), s.dtype), spec), tables)
+    compiled = trace_chunk(model._steps.train, state, batch, k, sharding).lower().compile()
     analysis = compiled.memory_analysis()
     if analysis is None:
         raise _NoAnalysis(f"The {jax.default_backend()} backend gives no memory analysis of "
                           "compiled programs, so training memory cannot be estimated here.")
-    input_bytes = _tree_bytes(chunk)
+    input_bytes = _tree_bytes(jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct((k, *s.shape), s.dtype, sharding=sharding),
+        batches_of(batch)))
     return MemoryEstimate(
         batch_size=batch_size, steps_per_execution=k, devices=model._distribution.mesh.size,
         params_bytes=_tree_bytes(state.params), optimizer_bytes=_tree_bytes(state.opt_state),
         other_bytes=_tree_bytes((state.rest, state.step, state.totals)),
-        input_bytes=input_bytes,
+        input_bytes=input_bytes, dataset_bytes=0 if tables is None else _tree_bytes(tables),
         argument_bytes=int(analysis.argument_size_in_bytes),
         output_bytes=int(analysis.output_size_in_bytes),
         alias_bytes=int(analysis.alias_size_in_bytes),
@@ -502,6 +517,7 @@ def check_capacity(model: "Model", batch_size: int, data: DataAdapter | None = N
     """
     if data is not None:
         _ROW_SPECS[model] = _row_spec(data)
+        _TABLES[model] = table_shapes(data, model._distribution)
     capacity = device_capacity(model)
     if capacity is None or model not in _ROW_SPECS:
         return None

@@ -318,7 +318,7 @@ class Model:
         one = jax.sharding.NamedSharding(dist.mesh, jax.sharding.PartitionSpec())
         shardings = TrainState(params=params_sharding, rest=one, opt_state=opt_sharding,
                                step=one, totals=one)
-        steps.shard_train(shardings)
+        steps.shard_train(shardings, dist.chunk_sharding())
         if on_shapes is not None:
             on_shapes(TrainState(
                 params=_placed_shapes(params, params_sharding),

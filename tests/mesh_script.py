@@ -4,7 +4,8 @@
     python mesh_script.py OUT.json CHECKPOINT_DIR
 
 Trains the same model with the same data on 1 device and with DataParallel, FSDP and a
-2x4 ModelParallel over 8; records per-epoch losses, the shardings of parameters and
+2x4 ModelParallel over 8 (and with DataParallel fed from the host rather than from the
+arrays held on the devices); records per-epoch losses, the shardings of parameters and
 optimizer state, compile counts, error messages, and predictions after checkpoints move
 between 8 devices and 1.
 """
@@ -20,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 import easyfit as ef
+from easyfit.data import on_device
 
 EPOCHS, BATCH = 3, 40
 COMPILES = []  # one entry per XLA compile of the train step
@@ -106,6 +108,13 @@ def main(out: str, checkpoints: str) -> None:
             "train_programs": max(1, len(m._auto_sizes)),  # "auto" may run two sizes
             "mesh": dict(m._distribution.mesh.shape), "summary": m.summary(print_fn=None)}
         trained[name] = m
+    # The same data fed from the host: the arrays are held on the devices above (the step
+    # gathers each batch's rows from them), and the two must train alike.
+    limit, on_device.DEVICE_DATA_BYTES = on_device.DEVICE_DATA_BYTES, 0
+    history = model(ef.distribute.DataParallel()).fit(x, y, batch_size=BATCH, epochs=EPOCHS,
+                                                      verbose=0)
+    results["runs"]["data_parallel_from_host"] = {"loss": history.history["loss"]}
+    on_device.DEVICE_DATA_BYTES = limit
     results["errors"] = {
         "batch": error(lambda: model(ef.distribute.DataParallel()).fit(
             x, y, batch_size=36, verbose=0)),

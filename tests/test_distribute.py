@@ -56,6 +56,11 @@ def test_eight_devices_match_one_device_per_epoch(mesh, strategy):
     np.testing.assert_allclose(run["loss"], reference["loss"], atol=1e-5)
 
 
+def test_arrays_held_on_eight_devices_train_as_from_the_host(mesh):
+    np.testing.assert_allclose(mesh["runs"]["data_parallel"]["loss"],
+                               mesh["runs"]["data_parallel_from_host"]["loss"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("strategy", ["data_parallel", "fsdp", "model_parallel"])
 def test_train_step_compiles_once_per_chunk_size(mesh, strategy):
     run = mesh["runs"][strategy]

@@ -329,17 +329,18 @@ def test_convolutions_on_cpu_measure_single_steps_first():
     assert model._auto_sizes == {1}        # one step per dispatch, too few steps to time more
 
 
-def test_small_array_datasets_train_from_the_device_like_from_the_host(monkeypatch):
+@pytest.mark.parametrize("spe", [1, 4])
+def test_small_array_datasets_train_from_the_device_like_from_the_host(monkeypatch, spe):
     from easyfit.data import on_device
 
-    x, y = make_data(300)
+    x, y = make_data(300)   # 10 batches: with 4 per chunk, the last chunk has a filler batch
     w = np.linspace(0.5, 1.5, 300).astype(np.float32)
     trained = []
-    for limit in (on_device.DEVICE_DATA_BYTES, 0):   # rows gathered on the device, then the host
+    for limit in (on_device.DEVICE_DATA_BYTES, 0):   # rows gathered in the step, then the host
         monkeypatch.setattr(on_device, "DEVICE_DATA_BYTES", limit)
         model = ef.Model(MLP(rngs=nnx.Rngs(0)))
         model.compile(ef.optimizers.sgd(0.1), "sparse_categorical_crossentropy", ["accuracy"],
-                      steps_per_execution=1)  # the device path serves one batch per chunk
+                      steps_per_execution=spe)
         history = model.fit(x, y, sample_weight=w, batch_size=32, epochs=3, verbose=0)
         trained.append((params_of(model.module), history.history))
     (device_params, device_history), (host_params, host_history) = trained

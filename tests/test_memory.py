@@ -127,8 +127,10 @@ def test_total_counts_what_fit_keeps_beside_the_step(data):
     on and the prefetched chunks (the module's own variables were there before fit): never
     more than the estimate's arguments + prefetched inputs."""
     x, y = make_data(2048, din=64)
-    model = _model(MLP(din=64, hidden=256, rngs=nnx.Rngs(0)))
-    estimate = model.estimate_memory(128, x[:2], y[:2])
+    measured = _model(MLP(din=64, hidden=256, rngs=nnx.Rngs(0)))
+    measured.fit(x, y, batch_size=128, epochs=1, verbose=0)
+    estimate = measured.estimate_memory(128)  # knows the arrays fit held on the device
+    assert estimate.dataset_bytes == x.nbytes + y.astype(np.int32).nbytes  # 2048 rows: no padding
     assert estimate.module_bytes == estimate.params_bytes  # no batch stats here
     assert estimate.prefetch_bytes == memory.CHUNKS_AHEAD * estimate.input_bytes
     assert estimate.total_bytes == (estimate.peak_bytes + estimate.module_bytes
@@ -140,16 +142,14 @@ def test_total_counts_what_fit_keeps_beside_the_step(data):
             time.sleep(0.02)  # give the prefetcher time to fill its queue
             seen.append(sum(a.nbytes for a in jax.live_arrays()))
 
+    model = _model(MLP(din=64, hidden=256, rngs=nnx.Rngs(0)))  # the same, not trained yet
     gc.collect()
     before = sum(a.nbytes for a in jax.live_arrays())  # the module's variables, and others'
     model.fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=[Live()])
     grown = max(seen) - before
-    # a small array dataset is also copied to the device for the fit (not in the estimate,
-    # which sees only a few rows; at most on_device.DEVICE_DATA_BYTES)
-    size = x.nbytes + y.nbytes
-    dataset = size if size <= on_device.DEVICE_DATA_BYTES else 0
-    assert grown <= estimate.argument_bytes + estimate.prefetch_bytes + dataset + 1024
-    assert grown >= estimate.argument_bytes - 1024  # the state and the current chunk
+    assert grown <= estimate.argument_bytes + estimate.prefetch_bytes + 1024
+    # the state and the arrays; the chunk of row numbers is placed within the step's call
+    assert grown >= estimate.argument_bytes - estimate.input_bytes - 1024
 
 
 def test_estimate_is_frozen_and_prints_a_table(data):
@@ -342,11 +342,28 @@ def test_estimate_at_the_training_shapes_shares_the_step_compile(data, train_com
     model = _model()
     model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)  # builds the state
     before = train_compiles.count
-    model.estimate_memory(48, x[:2], y[:2])       # a new batch size: one compile...
+    model.estimate_memory(48)                     # a new batch size: one compile...
     assert train_compiles.count == before + 1
-    model.fit(x[:96], y[:96], batch_size=48, epochs=1, verbose=0)   # ...which fit reuses
+    model.fit(x[:64], y[:64], batch_size=48, epochs=1, verbose=0)   # ...which fit reuses
     model.estimate_memory(32)                     # the shapes fit compiled: none
     assert train_compiles.count == before + 1
+
+
+def test_an_estimate_from_a_few_rows_leaves_out_the_dataset(data, monkeypatch):
+    """A few rows say nothing of the arrays a later fit holds on the device; after that
+    fit, estimates count them (they are inputs of its train step)."""
+    x, y = data
+    model = _model()
+    assert model.estimate_memory(32, x[:2], y[:2]).dataset_bytes == 0
+    model.fit(x[:100], y[:100], batch_size=32, epochs=1, verbose=0)
+    after = model.estimate_memory(32)
+    rows = on_device.table_rows(100)  # 104: rounded up to 4 binary digits
+    assert after.dataset_bytes == rows * (x[0].nbytes + np.int32(0).nbytes)
+    assert "Training arrays held on the device" in str(after)
+    # too large to hold: the rows come from the host, as the few rows estimated
+    monkeypatch.setattr(on_device, "DEVICE_DATA_BYTES", 0)
+    model.fit(x[:100], y[:100], batch_size=32, epochs=1, verbose=0)
+    assert model.estimate_memory(32).dataset_bytes == 0
 
 
 # -- several devices ---------------------------------------------------------------------------

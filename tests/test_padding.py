@@ -96,7 +96,9 @@ def test_train_step_compiles_once(spe):
     model = _model(lr=0.01, steps_per_execution=spe)
     model.fit(x, y, batch_size=96, epochs=2, verbose=0)
     assert model._steps.train._cache_size() == train_programs(model)
-    model.fit(x[:500], y[:500], batch_size=96, epochs=1, verbose=0)  # 6 batches, last padded
+    # 6 batches, the last padded; the arrays held on the device are rounded up to 4 binary
+    # digits (1000 -> 1024 rows): 961 rows share the program (1000 rows: 11 batches)
+    model.fit(x[:961], y[:961], batch_size=96, epochs=1, verbose=0)
     assert model._steps.train._cache_size() == train_programs(model)
 
 
@@ -126,8 +128,14 @@ def test_no_backend_compile_after_the_first_fit():
     assert counter.count == 0
     steps = model._steps
     programs = [f._cache_size() for f in (steps.train, steps.eval, steps.predict)]
-    with CompileCounter() as counter:  # another dataset size: the steps still do not compile
-        model.fit(x[:250], y[:250], batch_size=32, epochs=2, verbose=0,
+    with CompileCounter() as counter:  # another dataset size (300 and 290 rows are held on
+        model.fit(x[:290], y[:290], batch_size=32, epochs=2, verbose=0,  # the device as 320)
                   validation_data=(x[:50], y[:50]))
     assert [f._cache_size() for f in (steps.train, steps.eval, steps.predict)] == programs
-    assert counter.count <= 1  # at most the gather from a device-held dataset of a new size
+    assert counter.count == 0
+    with CompileCounter() as counter:  # 250 rows are held as 256: the train step compiles
+        model.fit(x[:250], y[:250], batch_size=32, epochs=2, verbose=0,
+                  validation_data=(x[:50], y[:50]))
+    programs[0] += 1
+    assert [f._cache_size() for f in (steps.train, steps.eval, steps.predict)] == programs
+    assert counter.count == 1

@@ -13,7 +13,7 @@ import numpy as np
 _ALIGN = 64
 
 
-def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialised array whose data starts on an ``_ALIGN``-byte boundary."""
     size = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(size + _ALIGN, np.uint8)
@@ -26,7 +26,7 @@ def take_rows(array: Any, index: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype.hasobject:
         return np.take(array, index, axis=0)
-    out = _aligned_empty((len(index), *array.shape[1:]), array.dtype)
+    out = aligned_empty((len(index), *array.shape[1:]), array.dtype)
     return np.take(array, index, axis=0, out=out, mode="clip")  # "raise" would copy twice
 
 
@@ -35,7 +35,7 @@ def _stack(leaves: Sequence[Any]) -> np.ndarray:
     first = np.asarray(leaves[0])
     if first.dtype.hasobject:
         return np.stack(leaves)
-    out = _aligned_empty((len(leaves), *first.shape), np.result_type(*leaves))
+    out = aligned_empty((len(leaves), *first.shape), np.result_type(*leaves))
     return np.stack(leaves, out=out)
 
 
@@ -76,13 +76,6 @@ def make_batch(x: Any, y: Any, sample_weight: np.ndarray | None, size: int,
     if sample_weight is not None:
         weight[:size] *= np.asarray(sample_weight, np.float32).reshape(size)
     return Batch(pad_rows(x, size, batch_size), pad_rows(y, size, batch_size), weight, mask)
-
-
-def gather_rows(tables: tuple[Any, Any], chunk: Batch) -> Batch:
-    """A chunk of row numbers (``x`` and ``y`` int32, ``(k, batch)``) made a chunk of rows,
-    from ``tables = (x, y)``: whole datasets on the device (jit it)."""
-    take = lambda table, rows: jax.tree.map(lambda t: t[rows], table)
-    return chunk._replace(x=take(tables[0], chunk.x), y=take(tables[1], chunk.y))
 
 
 def stack(batches: Sequence[Batch], length: int) -> Batch:

@@ -181,7 +181,7 @@ class Distribution:
         flat_params, _ = flatten(params)
         by_path = {names: (_shape(leaf), sharding) for (names, leaf), sharding in
                    zip(flat_params, jax.tree.leaves(param_shardings))}
-        replicated = NamedSharding(self.mesh, P())
+        replicated = self.replicated_sharding()
 
         def follow(names: tuple[str, ...], leaf: Any) -> NamedSharding:
             for start in range(len(names)):
@@ -195,9 +195,13 @@ class Distribution:
             treedef, [follow(names, leaf) for names, leaf in flat_opt])
 
     # -- placement --------------------------------------------------------------------------
+    def replicated_sharding(self) -> NamedSharding:
+        """Whole on every device."""
+        return NamedSharding(self.mesh, P())
+
     def replicate(self, tree: Any) -> Any:
         """Places a pytree whole on every device."""
-        return self.place(tree, NamedSharding(self.mesh, P()))
+        return self.place(tree, self.replicated_sharding())
 
     def place(self, tree: Any, shardings: Any) -> Any:
         """Places a pytree with the given shardings (a sharding or a pytree prefix of them)."""
