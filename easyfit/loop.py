@@ -59,8 +59,8 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
     ``start``).
 
     While "auto" measures (``timer`` not settled), epochs are read one batch at a time and
-    regrouped into ``timer.k``. Arrays small enough live on the devices for the fit: chunks
-    are row numbers (:mod:`easyfit.data.on_device`), made and placed in this thread (they
+    regrouped into ``timer.k``. Arrays that the fit holds on the devices
+    (:mod:`easyfit.data.on_device`) come as chunks of row numbers, made in this thread (they
     cost less than handing them over between threads, which also made the speed vary by 2x
     from run to run). Other inputs are read, gathered and placed by a background thread.
     Arrays and re-iterable inputs are read ahead across epochs (``train.pure_epochs``): the
@@ -69,7 +69,7 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
     next batches could be lost on a stop).
     """
     k = model._execution_steps()
-    rows = device_rows(train, model._distribution)
+    rows = device_rows(train, model._distribution, model._one_step_per_call())
     args = {} if rows is None else {"as_index": True}
     place = rows or model._distribution.place_chunk
 
@@ -163,7 +163,7 @@ def _new_timer(model: "Model", train: DataAdapter, state: TrainState,
     timer = StepTimer(train.steps)
     sharding = model._distribution.chunk_sharding()
     steps = model._steps
-    batch = as_fed(batch, table_shapes(train, model._distribution))
+    batch = as_fed(batch, table_shapes(train, model._distribution, model._one_step_per_call()))
     k, lowered = first_size(
         lambda k: trace_chunk(steps.train, state, batch, k, sharding),
         sum(leaf.nbytes for leaf in jax.tree.leaves(batches_of(batch))), train.steps,

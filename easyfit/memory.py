@@ -517,7 +517,7 @@ def check_capacity(model: "Model", batch_size: int, data: DataAdapter | None = N
     """
     if data is not None:
         _ROW_SPECS[model] = _row_spec(data)
-        _TABLES[model] = table_shapes(data, model._distribution)
+        _TABLES[model] = table_shapes(data, model._distribution, model._one_step_per_call())
     capacity = device_capacity(model)
     if capacity is None or model not in _ROW_SPECS:
         return None

@@ -258,6 +258,12 @@ class Model:
             return 1 if self._every_batch else self._auto_k
         return self._steps_per_execution
 
+    def _one_step_per_call(self) -> bool:
+        """One step per call for the whole running ``fit``, set by the user (the number 1,
+        or "auto" with a callback that must see every batch), not measured by "auto"."""
+        return self._steps_per_execution == 1 or (
+            self._steps_per_execution == "auto" and self._every_batch)
+
     def _require_compiled(self, action: str) -> None:
         if not self._compiled:
             raise RuntimeError(f"You must call `model.compile(optimizer=..., loss=...)` before "

@@ -79,6 +79,7 @@ def main(out: str, checkpoints: str) -> None:
     logging.getLogger("jax._src.interpreters.pxla").addHandler(_TrainCompiles())
     logging.getLogger("jax._src.interpreters.pxla").propagate = False
     x, y = data()
+    on_device.WIDE_ROW_BYTES = 0  # the arrays held on the devices, though their rows are narrow
     one = ef.distribute.DataParallel(devices=jax.devices()[:1])
     results = {"devices": len(jax.devices()), "runs": {}}
     strategies = {

@@ -336,6 +336,7 @@ def test_small_array_datasets_train_from_the_device_like_from_the_host(monkeypat
     x, y = make_data(300)   # 10 batches: with 4 per chunk, the last chunk has a filler batch
     w = np.linspace(0.5, 1.5, 300).astype(np.float32)
     trained = []
+    monkeypatch.setattr(on_device, "WIDE_ROW_BYTES", 0)   # held, whatever the rows' width
     for limit in (on_device.DEVICE_DATA_BYTES, 0):   # rows gathered in the step, then the host
         monkeypatch.setattr(on_device, "DEVICE_DATA_BYTES", limit)
         model = ef.Model(MLP(rngs=nnx.Rngs(0)))
@@ -347,6 +348,17 @@ def test_small_array_datasets_train_from_the_device_like_from_the_host(monkeypat
     for a, b in zip(device_params, host_params):
         np.testing.assert_array_equal(a, b)
     assert device_history == host_history
+
+
+def test_rows_are_gathered_in_the_step_where_it_pays():
+    from easyfit.data import on_device
+
+    narrow = (np.zeros((10, 64), np.float32), np.zeros(10, np.int32))    # 260 bytes a row
+    wide = (np.zeros((10, 784), np.float32), np.zeros(10, np.int32))    # 3,140 bytes
+    assert jax.default_backend() == "cpu"
+    assert not on_device.gathers_in_step(narrow, one_step=False)  # the host gathers those
+    assert on_device.gathers_in_step(narrow, one_step=True)       # a call per step: held
+    assert on_device.gathers_in_step(wide, one_step=False)
 
 
 def test_device_tables_only_for_one_process_and_small_data():

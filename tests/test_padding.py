@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 import easyfit as ef
+from easyfit.data import on_device
 from conftest import (BNMLP, MLP, CompileCounter, assert_params_close, forward, grad_of, make_data,
                       mean_loss, params_of, train_programs)
 
@@ -89,7 +90,8 @@ def test_metrics_ignore_padding_rows():
 
 
 @pytest.mark.parametrize("spe", [1, 4])
-def test_train_step_compiles_once(spe):
+def test_train_step_compiles_once(spe, monkeypatch):
+    monkeypatch.setattr(on_device, "WIDE_ROW_BYTES", 0)  # the arrays held on the device
     # 1000 rows at batch 64: 16 batches, the last padded; batch 96 -> 11 batches (not a
     # multiple of 4: the last chunk holds 3 real batches and a filler).
     x, y = make_data(1000)
@@ -115,7 +117,8 @@ def test_eval_and_predict_compile_once_per_batch_size():
     assert model._steps.train._cache_size() == train_programs(model)
 
 
-def test_no_backend_compile_after_the_first_fit():
+def test_no_backend_compile_after_the_first_fit(monkeypatch):
+    monkeypatch.setattr(on_device, "WIDE_ROW_BYTES", 0)  # the arrays held on the device
     x, y = make_data(300)
     model = _model(lr=0.01)
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, validation_data=(x[:50], y[:50]))

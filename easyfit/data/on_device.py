@@ -4,20 +4,27 @@ Up to ``DEVICE_DATA_BYTES``, the training arrays are copied to every device once
 ``fit``, and each chunk holds int32 row numbers (:class:`IndexedChunk`). The train step
 gathers each batch's rows inside its loop, so the rows are read where a batch is used:
 no host gather, stack and transfer of the rows per chunk, and no chunk of rows written to
-memory and read back (on a 2-core CPU that traffic cost ~8% of a 784-512-512-10 MLP's
+memory and read back (on a 2-core CPU that traffic cost ~5-8% of a 784-512-512-10 MLP's
 speed).
+
+Where that pays (:func:`gathers_in_step`): on accelerators always; on a CPU with one step
+per call (the host path's hand-over per call costs more than the step), or for rows of at
+least ``WIDE_ROW_BYTES``. XLA:CPU's gather costs ~0.1 us a row whatever its width, on the
+cores that compute, while the host gathers narrow rows cheaply on the other core: in-step,
+a 64-64-10 MLP's fused steps (256-byte rows) ran 20-30% slower.
 
 The train step takes the arrays as inputs, so it compiles per shape of them: their rows
 are rounded up (:func:`table_rows`, at most 1/8 more), so that datasets of nearby sizes
 (cross-validation folds, a few rows more or less) share one program.
 
 Example:
-    >>> rows = device_rows(adapter, distribution)   # doctest: +SKIP
+    >>> rows = device_rows(adapter, distribution, one_step=False)   # doctest: +SKIP
     >>> state, logs = steps.train(state, rows(chunk_of_row_numbers))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -28,6 +35,9 @@ from easyfit.data.batch import Batch, aligned_empty
 
 # MNIST as float32 (188 MB) fits; on a GPU that is a few percent of its memory.
 DEVICE_DATA_BYTES = 256 * 2**20
+# Measured on a 2-core CPU at two widths: 260-byte rows ran slower gathered in the step,
+# 3,140-byte rows (784 features) faster.
+WIDE_ROW_BYTES = 1024
 
 
 class IndexedChunk(NamedTuple):
@@ -92,16 +102,31 @@ class DeviceRows:
         return IndexedChunk(chunk, self.tables)
 
 
-def device_rows(data: DataAdapter, distribution: Any) -> DeviceRows | None:
-    """A :class:`DeviceRows` for ``data`` if it is arrays small enough, else ``None``."""
+def gathers_in_step(tables: Any, one_step: bool) -> bool:
+    """Whether ``fit`` holds ``tables`` (``(x, y)``, arrays or shapes) on the devices and
+    gathers from them in the train step; ``one_step``: one step per call for the whole
+    fit (see the module's docstring)."""
+    row_bytes = sum(math.prod(a.shape[1:]) * np.dtype(a.dtype).itemsize
+                    for a in jax.tree.leaves(tables))
+    return one_step or jax.default_backend() != "cpu" or row_bytes >= WIDE_ROW_BYTES
+
+
+def _held(data: DataAdapter, one_step: bool) -> Any:
     tables = data.device_tables(DEVICE_DATA_BYTES)
+    return tables if tables is not None and gathers_in_step(tables, one_step) else None
+
+
+def device_rows(data: DataAdapter, distribution: Any, one_step: bool) -> DeviceRows | None:
+    """A :class:`DeviceRows` for ``data`` if it is arrays that ``fit`` holds on the devices
+    (:func:`gathers_in_step`), else ``None``."""
+    tables = _held(data, one_step)
     return None if tables is None else DeviceRows(tables, distribution)
 
 
-def table_shapes(data: DataAdapter, distribution: Any) -> Any:
+def table_shapes(data: DataAdapter, distribution: Any, one_step: bool) -> Any:
     """The shapes (``jax.ShapeDtypeStruct``) of what :func:`device_rows` would place for
     ``data``, or ``None`` if it would place nothing; nothing is copied."""
-    tables = data.device_tables(DEVICE_DATA_BYTES)
+    tables = _held(data, one_step)
     if tables is None:
         return None
     replicated = distribution.replicated_sharding()
