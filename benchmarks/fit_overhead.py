@@ -410,7 +410,7 @@ def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int
     model = _easyfit_model(cfg, k)
     model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, verbose=0)
     adapter = ArrayAdapter(x, y, batch_size=cfg.batch, shuffle=True)
-    device_rows = make_rows(adapter, model._distribution)
+    device_rows = make_rows(adapter, model._distribution, model._one_step_per_call())
     place = device_rows or model._distribution.place_chunk
     args = {} if device_rows is None else {"as_index": True}
     how = "host gather" if device_rows is None else "row numbers (gathered in the step)"

@@ -88,8 +88,8 @@ class MemoryEstimate:
             weights, mask; row numbers for ``x`` and ``y`` when the arrays are held on the
             devices) on one device.
         dataset_bytes: the training arrays ``fit`` holds on each device (arrays up to
-            ``easyfit.data.on_device.DEVICE_DATA_BYTES``; known from a ``fit`` on them,
-            0 before or otherwise); the train step takes them as inputs.
+            ``easyfit.data.on_device.DEVICE_DATA_BYTES``, where that pays; known from a
+            ``fit`` on them, 0 before it or otherwise); the train step takes them as inputs.
         argument_bytes: the step's inputs: training state + one input chunk (+ the
             dataset held on the device).
         output_bytes: the step's outputs: the new training state.
