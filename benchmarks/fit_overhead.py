@@ -33,6 +33,10 @@ epochs (about ``--seconds`` each). Keras runs in a worker subprocess (Keras must
 ``KERAS_BACKEND`` before its import, and must not share the process with flax) that times a
 trial when asked, so trials of ALL variants are interleaved, ``--repeats`` rounds, and each
 variant keeps its best trial: bursts of other work on the machine hit every variant alike.
+Each round runs the variants in its own (seeded) random order: in a fixed order, a variant
+ran slower than the same program in another place (easyfit default, after the hand loop,
+made 0.87x of the limit where ``steps_per_execution=128``, the program "auto" had chosen,
+made 0.97x), so which variant comes first is not left to the order of the list.
 The ratio to the limit is also taken round by round ("paired": the median over rounds of
 this variant's trial / the limit's in the same round); that figure decides the speed
 targets, as this VM's speed drifts by 10-20% over minutes and best trials can come from
@@ -67,6 +71,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -752,7 +757,7 @@ def run_regime(cfg: Config, args, argv_common: list[str]) -> tuple[list[Result],
         variants += [KerasVariant(cfg, worker, k) for k in cfg.ks]
     try:
         for i in range(args.repeats):
-            for variant in variants:
+            for variant in random.Random(i).sample(variants, len(variants)):
                 variant.trial(attempts=args.attempts)
             print(f"  trial round {i + 1}/{args.repeats} done", flush=True)
     finally:
