@@ -336,12 +336,17 @@ def test_find_batch_size_defaults_to_the_capacity(data, monkeypatch):
 # -- compiles ---------------------------------------------------------------------------------
 
 
-def test_estimate_at_the_training_shapes_shares_the_step_compile(data, train_compiles):
+@pytest.mark.parametrize("held", [False, True])  # the arrays from the host, or on the device
+def test_estimate_at_the_training_shapes_shares_the_step_compile(data, train_compiles, held,
+                                                                 monkeypatch):
     """``lower(...).compile()`` and the jitted call share JAX's executable cache: measuring
     before training costs the step no second compile, and measuring after costs none."""
+    if held:
+        monkeypatch.setattr(on_device, "WIDE_ROW_BYTES", 0)
     x, y = data
     model = _model()
     model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)  # builds the state
+    assert (model.estimate_memory(32).dataset_bytes > 0) == held
     before = train_compiles.count
     model.estimate_memory(48)                     # a new batch size: one compile...
     assert train_compiles.count == before + 1

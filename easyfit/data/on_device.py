@@ -1,17 +1,17 @@
 """Array datasets held on the devices for a ``fit``: chunks carry row numbers only.
 
-Up to ``DEVICE_DATA_BYTES``, the training arrays are copied to every device once per
-``fit``, and each chunk holds int32 row numbers (:class:`IndexedChunk`). The train step
-gathers each batch's rows inside its loop, so the rows are read where a batch is used:
-no host gather, stack and transfer of the rows per chunk, and no chunk of rows written to
-memory and read back (on a 2-core CPU that traffic cost ~5-8% of a 784-512-512-10 MLP's
-speed).
+Up to ``DEVICE_DATA_BYTES``, and where it pays (below), the training arrays are copied to
+every device once per ``fit``, and each chunk holds int32 row numbers
+(:class:`IndexedChunk`). The train step gathers each batch's rows inside its loop, so the
+rows are read where a batch is used: no host gather, stack and transfer of the rows per
+chunk, and no chunk of rows written to memory and read back (on a 2-core CPU that traffic
+cost 5-10% of a 784-512-512-10 MLP's speed).
 
-Where that pays (:func:`gathers_in_step`): on accelerators always; on a CPU with one step
-per call (the host path's hand-over per call costs more than the step), or for rows of at
-least ``WIDE_ROW_BYTES``. XLA:CPU's gather costs ~0.1 us a row whatever its width, on the
+It pays (:func:`gathers_in_step`) on accelerators always; on a CPU with one step per call
+(the host path's hand-over per call costs more than the step), or for rows of at least
+``WIDE_ROW_BYTES``. XLA:CPU's gather costs ~0.1 us a row whatever its width, on the
 cores that compute, while the host gathers narrow rows cheaply on the other core: in-step,
-a 64-64-10 MLP's fused steps (256-byte rows) ran 20-30% slower.
+a 64-64-10 MLP's fused steps (260-byte rows) ran about 20% slower.
 
 The train step takes the arrays as inputs, so it compiles per shape of them: their rows
 are rounded up (:func:`table_rows`, at most 1/8 more), so that datasets of nearby sizes
