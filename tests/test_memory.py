@@ -122,12 +122,11 @@ def test_figures_are_the_compiled_steps_memory_analysis(data):
     assert estimate.alias_bytes >= state_bytes - 64
 
 
-def test_total_counts_what_fit_keeps_beside_the_step(data, monkeypatch):
+def test_total_counts_what_fit_keeps_beside_the_step(data):
     """Between steps, the arrays alive on the device are the state, the chunk just trained
     on and the prefetched chunks (the module's own variables were there before fit): never
     more than the estimate's arguments + prefetched inputs."""
-    monkeypatch.setattr(on_device, "WIDE_ROW_BYTES", 0)  # the arrays held on the device
-    x, y = make_data(2048, din=64)
+    x, y = make_data(2048, din=64)   # one step per call: the arrays are held on the device
     measured = _model(MLP(din=64, hidden=256, rngs=nnx.Rngs(0)))
     measured.fit(x, y, batch_size=128, epochs=1, verbose=0)
     estimate = measured.estimate_memory(128)  # knows the arrays fit held on the device
@@ -341,8 +340,8 @@ def test_estimate_at_the_training_shapes_shares_the_step_compile(data, train_com
                                                                  monkeypatch):
     """``lower(...).compile()`` and the jitted call share JAX's executable cache: measuring
     before training costs the step no second compile, and measuring after costs none."""
-    if held:
-        monkeypatch.setattr(on_device, "WIDE_ROW_BYTES", 0)
+    if not held:  # (one step per call: held unless too large)
+        monkeypatch.setattr(on_device, "DEVICE_DATA_BYTES", 0)
     x, y = data
     model = _model()
     model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)  # builds the state
@@ -358,8 +357,7 @@ def test_estimate_at_the_training_shapes_shares_the_step_compile(data, train_com
 def test_an_estimate_from_a_few_rows_leaves_out_the_dataset(data, monkeypatch):
     """A few rows say nothing of the arrays a later fit holds on the device; after that
     fit, estimates count them (they are inputs of its train step)."""
-    monkeypatch.setattr(on_device, "WIDE_ROW_BYTES", 0)  # held whatever the rows' width
-    x, y = data
+    x, y = data   # one step per call: the arrays are held on the device
     model = _model()
     assert model.estimate_memory(32, x[:2], y[:2]).dataset_bytes == 0
     model.fit(x[:100], y[:100], batch_size=32, epochs=1, verbose=0)
