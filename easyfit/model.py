@@ -321,7 +321,7 @@ class Model:
         params_sharding, opt_sharding = dist.state_shardings(params, opt_shapes)
         totals = steps.zero_totals(params, rest, batch)
         step = np.zeros((), np.int32)
-        one = jax.sharding.NamedSharding(dist.mesh, jax.sharding.PartitionSpec())
+        one = dist.replicated_sharding()
         shardings = TrainState(params=params_sharding, rest=one, opt_state=opt_sharding,
                                step=one, totals=one)
         steps.shard_train(shardings, dist.chunk_sharding())
