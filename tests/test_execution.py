@@ -355,10 +355,10 @@ def test_rows_are_gathered_in_the_step_where_it_pays():
 
     narrow = (np.zeros((10, 64), np.float32), np.zeros(10, np.int32))    # 260 bytes a row
     wide = (np.zeros((10, 784), np.float32), np.zeros(10, np.int32))    # 3,140 bytes
-    assert jax.default_backend() == "cpu"
-    assert not on_device.gathers_in_step(narrow, one_step=False)  # the host gathers those
-    assert on_device.gathers_in_step(narrow, one_step=True)       # a call per step: held
-    assert on_device.gathers_in_step(wide, one_step=False)
+    assert not on_device.gathers_in_step(narrow, False, "cpu")  # the host gathers those
+    assert on_device.gathers_in_step(narrow, True, "cpu")       # a call per step: held
+    assert on_device.gathers_in_step(wide, False, "cpu")
+    assert on_device.gathers_in_step(narrow, False, "gpu")      # accelerators: always held
 
 
 def test_device_tables_only_for_one_process_and_small_data():

@@ -80,11 +80,18 @@ def table_rows(n: int) -> int:
     return -(-n // unit) * unit
 
 
+def _held_shape(array: Any) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of the device copy of ``array``: :func:`table_rows` rows, the
+    dtype the device holds (int64 -> int32 unless x64 is on)."""
+    return jax.ShapeDtypeStruct((table_rows(len(array)), *array.shape[1:]),
+                                jax.dtypes.canonicalize_dtype(array.dtype))
+
+
 def _padded(array: np.ndarray) -> np.ndarray:
-    """``array`` with ``table_rows`` rows and the dtype the device holds, in an aligned
-    array (placed on a CPU device without another copy)."""
-    out = aligned_empty((table_rows(len(array)), *array.shape[1:]),
-                        np.dtype(jax.dtypes.canonicalize_dtype(array.dtype)))
+    """``array`` as :func:`_held_shape` says, in an aligned array (placed on a CPU device
+    without another copy)."""
+    held = _held_shape(array)
+    out = aligned_empty(held.shape, np.dtype(held.dtype))
     out[:len(array)] = array
     out[len(array):] = 0
     return out
@@ -102,37 +109,37 @@ class DeviceRows:
         return IndexedChunk(chunk, self.tables)
 
 
-def gathers_in_step(tables: Any, one_step: bool) -> bool:
-    """Whether ``fit`` holds ``tables`` (``(x, y)``, arrays or shapes) on the devices and
-    gathers from them in the train step; ``one_step``: one step per call for the whole
-    fit (see the module's docstring)."""
+def gathers_in_step(tables: Any, one_step: bool, platform: str) -> bool:
+    """Whether ``fit`` holds ``tables`` (``(x, y)``, arrays or shapes) on devices of
+    ``platform`` (``"cpu"``, ``"gpu"``, ...) and gathers from them in the train step;
+    ``one_step``: one step per call for the whole fit (see the module's docstring)."""
     row_bytes = sum(math.prod(a.shape[1:]) * np.dtype(a.dtype).itemsize
                     for a in jax.tree.leaves(tables))
-    return one_step or jax.default_backend() != "cpu" or row_bytes >= WIDE_ROW_BYTES
+    return one_step or platform != "cpu" or row_bytes >= WIDE_ROW_BYTES
 
 
-def _held(data: DataAdapter, one_step: bool) -> Any:
+def _held(data: DataAdapter, distribution: Any, one_step: bool) -> Any:
     tables = data.device_tables(DEVICE_DATA_BYTES)
-    return tables if tables is not None and gathers_in_step(tables, one_step) else None
+    platform = distribution.mesh.devices.flat[0].platform
+    return tables if tables is not None and gathers_in_step(tables, one_step, platform) \
+        else None
 
 
 def device_rows(data: DataAdapter, distribution: Any, one_step: bool) -> DeviceRows | None:
     """A :class:`DeviceRows` for ``data`` if it is arrays that ``fit`` holds on the devices
     (:func:`gathers_in_step`), else ``None``."""
-    tables = _held(data, one_step)
+    tables = _held(data, distribution, one_step)
     return None if tables is None else DeviceRows(tables, distribution)
 
 
 def table_shapes(data: DataAdapter, distribution: Any, one_step: bool) -> Any:
     """The shapes (``jax.ShapeDtypeStruct``) of what :func:`device_rows` would place for
     ``data``, or ``None`` if it would place nothing; nothing is copied."""
-    tables = _held(data, one_step)
+    tables = _held(data, distribution, one_step)
     if tables is None:
         return None
     replicated = distribution.replicated_sharding()
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-        (table_rows(len(a)), *a.shape[1:]), jax.dtypes.canonicalize_dtype(a.dtype),
-        sharding=replicated), tables)
+    return jax.tree.map(lambda a: _held_shape(a).update(sharding=replicated), tables)
 
 
 def as_fed(batch: Batch, tables: Any) -> Batch | IndexedChunk:
