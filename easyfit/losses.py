@@ -1,10 +1,12 @@
-"""Losses: ``(y_true, y_pred) -> per-example loss``, Keras names, logits by default.
+"""Losses: ``(y_true, y_pred) -> loss values``, Keras names, logits by default.
 
 Flax modules return logits, so the cross-entropies default to ``from_logits=True`` (Keras
-defaults to ``False``). A loss returns one value per example; ``fit`` reduces it as a weighted
-mean over the real rows of the batch, ``sum(w * l) / sum(w)``, padding rows having ``w = 0``.
-Any callable with the same signature works as a loss; extra trailing axes of its result are
-averaged.
+defaults to ``False``). As in Keras, a loss returns one value per example, or one per token
+for sequence outputs: ``(B, T, V)`` logits with ``(B, T)`` labels give ``(B, T)`` values.
+``fit`` reduces them as a weighted mean over what is real, ``sum(w * l) / sum(w)``: ``w`` is
+per example (padding rows 0), or per token when ``sample_weight`` has shape ``(B, T)`` (a
+padding mask). Values with more axes than the weight are averaged over the extra ones first.
+Any callable with the same signature works as a loss.
 
 Example:
     >>> import jax.numpy as jnp
@@ -31,6 +33,14 @@ def _shape_error(loss: str, y_true, y_pred, expected: str) -> ValueError:
         "module's last layer, or choose another loss.")
 
 
+def _integer_labels_expected(y_pred) -> str:
+    shape = tuple(y_pred.shape)
+    if len(shape) >= 3:
+        return (f"expected integer labels of shape {shape[:-1]}: one per token of the "
+                f"(batch, time, classes) output")
+    return f"expected integer labels of shape {shape[:-1]}: one per example"
+
+
 class Loss:
     """Base class: subclasses implement ``call(y_true, y_pred) -> per-example loss``."""
 
@@ -44,7 +54,9 @@ class Loss:
 
 
 class SparseCategoricalCrossentropy(Loss):
-    """Cross-entropy with integer class labels of shape ``(batch,)`` or ``(batch, 1)``.
+    """Cross-entropy with integer class labels: ``(batch,)`` (or ``(batch, 1)``) for outputs
+    ``(batch, classes)``; one per token, ``(batch, time)``, for outputs
+    ``(batch, time, classes)``.
 
     Args:
         from_logits: ``y_pred`` are logits (default) rather than probabilities.
@@ -62,8 +74,7 @@ class SparseCategoricalCrossentropy(Loss):
         if y_true.ndim == y_pred.ndim and y_true.shape[-1] == 1:
             y_true = y_true[..., 0]
         if y_true.shape != y_pred.shape[:-1]:
-            raise _shape_error(self.name, y_true, y_pred,
-                               "expected one integer label per output row")
+            raise _shape_error(self.name, y_true, y_pred, _integer_labels_expected(y_pred))
         if not jnp.issubdtype(y_true.dtype, jnp.integer):
             y_true = y_true.astype(jnp.int32)
         logits = y_pred if self.from_logits else jnp.log(jnp.clip(y_pred, 1e-7, 1.0))
@@ -122,9 +133,9 @@ def _match_binary(name, y_true, y_pred):
     raise _shape_error(name, y_true, y_pred, "expected labels of the output's shape")
 
 
-def _per_example(values: jax.Array) -> jax.Array:
-    """Averages every axis but the batch axis."""
-    return values.reshape(values.shape[0], -1).mean(axis=1) if values.ndim > 1 else values
+def _mean_last_axis(values: jax.Array) -> jax.Array:
+    """Averages the last axis of element-wise values (of outputs with one), as Keras does."""
+    return values.mean(axis=-1) if values.ndim > 1 else values
 
 
 class BinaryCrossentropy(Loss):
@@ -150,7 +161,7 @@ class BinaryCrossentropy(Loss):
         else:
             p = jnp.clip(y_pred, 1e-7, 1 - 1e-7)
             values = -(y_true * jnp.log(p) + (1 - y_true) * jnp.log1p(-p))
-        return _per_example(values)
+        return _mean_last_axis(values)
 
 
 class MeanSquaredError(Loss):
@@ -164,7 +175,7 @@ class MeanSquaredError(Loss):
 
     def call(self, y_true, y_pred):
         y_true = _match_binary(self.name, y_true, y_pred)
-        return _per_example(jnp.square(y_pred.astype(jnp.float32) - y_true))
+        return _mean_last_axis(jnp.square(y_pred.astype(jnp.float32) - y_true))
 
 
 class MeanAbsoluteError(Loss):
@@ -178,7 +189,7 @@ class MeanAbsoluteError(Loss):
 
     def call(self, y_true, y_pred):
         y_true = _match_binary(self.name, y_true, y_pred)
-        return _per_example(jnp.abs(y_pred.astype(jnp.float32) - y_true))
+        return _mean_last_axis(jnp.abs(y_pred.astype(jnp.float32) - y_true))
 
 
 class Huber(Loss):
@@ -195,7 +206,7 @@ class Huber(Loss):
 
     def call(self, y_true, y_pred):
         y_true = _match_binary(self.name, y_true, y_pred)
-        return _per_example(optax.huber_loss(y_pred.astype(jnp.float32), y_true, self.delta))
+        return _mean_last_axis(optax.huber_loss(y_pred.astype(jnp.float32), y_true, self.delta))
 
 
 LOSSES: dict[str, Callable[[], Loss]] = {
@@ -226,11 +237,38 @@ def get(loss: str | LossFn) -> LossFn:
                     f"got {type(loss).__name__}.")
 
 
-def per_example(loss_fn: LossFn, y_true, y_pred) -> jax.Array:
-    """Calls a loss and checks that it returns one value per example."""
+def loss_values(loss_fn: LossFn, y_true, y_pred) -> jax.Array:
+    """Calls a loss and checks that it returns values per example (or per token).
+
+    Example:
+        >>> loss_values(get("mse"), jnp.zeros((2, 3)), jnp.ones((2, 3))).shape
+        (2,)
+    """
     values = jnp.asarray(loss_fn(y_true, y_pred))
     batch = jax.tree.leaves(y_pred)[0].shape[0]
     if values.ndim == 0 or values.shape[0] != batch:
         raise ValueError(f"The loss returned shape {values.shape}; it must return one value per "
-                         f"example (leading dimension {batch}). Do not reduce over the batch.")
-    return _per_example(values).astype(jnp.float32)
+                         f"example (leading dimension {batch}), or per token. Do not reduce "
+                         "over the batch.")
+    return values.astype(jnp.float32)
+
+
+def align(values: jax.Array, weight: jax.Array, what: str = "The loss") -> jax.Array:
+    """``values`` averaged down to ``weight``'s shape, zero where the weight is zero.
+
+    Per-example weights ``(B,)`` average each example's values; per-token weights
+    ``(B, T)`` keep one value per token. A zero weight means "not in the batch", so its
+    value is replaced by 0: a padding token's label may be anything (even out of range).
+
+    Example:
+        >>> align(jnp.ones((2, 3)), jnp.ones(2)).shape
+        (2,)
+    """
+    if values.shape[:weight.ndim] != weight.shape:
+        raise ValueError(
+            f"{what} gave values of shape {tuple(values.shape)}, which a sample_weight of "
+            f"shape {tuple(weight.shape)} cannot weight: per-token weights (batch, time) need "
+            "per-token values, e.g. (batch, time, classes) logits with (batch, time) labels. "
+            "Pass one weight per example, or per token of the output.")
+    values = values.reshape(*weight.shape, -1).mean(axis=-1)
+    return jnp.where(weight != 0, values, 0.0)

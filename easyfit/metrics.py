@@ -4,6 +4,8 @@ A metric is two pure functions: ``totals(y_true, y_pred, weight)`` returns a sma
 sums for one batch (padding rows have ``weight = 0``, so they never count), and
 ``result(totals)`` turns the sums accumulated over many batches into the value. Sums add
 exactly, so the epoch value over padded batches equals the value over the real rows.
+Sequence outputs count per token: accuracy over ``(B, T, V)`` logits is token accuracy, and
+in ``weighted_metrics`` a ``(B, T)`` sample weight (a padding mask) weights each token.
 
 Example:
     >>> import jax.numpy as jnp
@@ -20,11 +22,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from easyfit.losses import align
+
 Totals = dict[str, jax.Array]
 
 
-def _weighted(values: jax.Array, weight: jax.Array) -> Totals:
-    values = values.reshape(values.shape[0], -1).mean(axis=1).astype(jnp.float32)
+def _weighted(values: jax.Array, weight: jax.Array, name: str) -> Totals:
+    values = align(values.astype(jnp.float32), weight, f"The metric {name!r}")
     return {"sum": jnp.sum(values * weight), "weight": jnp.sum(weight)}
 
 
@@ -51,7 +55,7 @@ class Metric:
 
     def totals(self, y_true: jax.Array, y_pred: jax.Array, weight: jax.Array) -> Totals:
         """Sums over one batch (added across batches on the device)."""
-        return _weighted(self.values(y_true, y_pred), weight)
+        return _weighted(self.values(y_true, y_pred), weight, self.name)
 
     def result(self, totals: Totals) -> jax.Array:
         """The metric's value from summed totals."""
@@ -65,8 +69,11 @@ def _labels(y_true, y_pred):
     if y_true.ndim == y_pred.ndim and y_true.shape[-1] == 1:
         y_true = y_true[..., 0]
     if y_true.shape != y_pred.shape[:-1]:
+        per = "token of the (batch, time, classes) output" if y_pred.ndim >= 3 else "example"
         raise ValueError(f"accuracy: labels of shape {tuple(y_true.shape)} cannot match the "
-                         f"model's output of shape {tuple(y_pred.shape)}.")
+                         f"model's output of shape {tuple(y_pred.shape)}: expected integer "
+                         f"labels of shape {tuple(y_pred.shape[:-1])} (one per {per}) or "
+                         f"one-hot labels of the output's shape.")
     return y_true.astype(jnp.int32)
 
 
@@ -173,9 +180,9 @@ class _Confusion(Metric):
 
     def totals(self, y_true, y_pred, weight):
         p = jax.nn.sigmoid(y_pred) if self.from_logits else y_pred
-        pred = (p.reshape(p.shape[0], -1) > self.threshold).astype(jnp.float32)
+        pred = (p.reshape(*weight.shape, -1) > self.threshold).astype(jnp.float32)
         true = (y_true.reshape(pred.shape) > 0.5).astype(jnp.float32)
-        w = weight[:, None]
+        w = weight[..., None]  # per example, or per token
         return {"tp": jnp.sum(w * pred * true), "fp": jnp.sum(w * pred * (1 - true)),
                 "fn": jnp.sum(w * (1 - pred) * true)}
 

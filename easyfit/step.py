@@ -183,8 +183,13 @@ class Steps:
             y_pred = cast_floating(y_pred, jnp.float32)
         return y_pred, nnx.split(module, nnx.Param, ..., graph=GRAPH)[2]
 
-    def _batch_totals(self, per_example, batch: Batch, y_pred) -> dict[str, Any]:
-        totals = {"loss": {"sum": jnp.sum(per_example * batch.weight),
+    def _loss_values(self, batch: Batch, y_pred) -> jax.Array:
+        """The loss per example (or per token, with per-token weights), 0 where weightless."""
+        return losses_lib.align(losses_lib.loss_values(self.loss_fn, batch.y, y_pred),
+                                batch.weight)
+
+    def _batch_totals(self, values, batch: Batch, y_pred) -> dict[str, Any]:
+        totals = {"loss": {"sum": jnp.sum(values * batch.weight),
                            "weight": jnp.sum(batch.weight)}}
         for metric in self.metrics:
             totals[metric.name] = metric.totals(batch.y, y_pred, batch.mask)
@@ -200,20 +205,20 @@ class Steps:
 
         def loss(params):
             y_pred, rest = self._forward(self.graphs.train, params, state.rest, batch.x)
-            per_example = losses_lib.per_example(self.loss_fn, batch.y, y_pred)
-            mean = jnp.sum(per_example * batch.weight) / jnp.maximum(jnp.sum(batch.weight), 1e-12)
+            values = self._loss_values(batch, y_pred)
+            mean = jnp.sum(values * batch.weight) / jnp.maximum(jnp.sum(batch.weight), 1e-12)
             if scale is not None:  # float16: scaled up here, gradients scaled back by the optimizer
                 mean = mean * scale
-            return mean, (y_pred, per_example, rest)
+            return mean, (y_pred, values, rest)
 
         scale = loss_scale(state.opt_state)
 
-        grads, (y_pred, per_example, rest) = jax.grad(loss, has_aux=True)(state.params)
+        grads, (y_pred, values, rest) = jax.grad(loss, has_aux=True)(state.params)
         updates, opt_state = self.optimizer.transform.update(grads, state.opt_state, state.params)
         return state.replace(
             params=optax.apply_updates(state.params, updates), rest=rest, opt_state=opt_state,
             step=state.step + 1,
-            totals=_add(state.totals, self._batch_totals(per_example, batch, y_pred)))
+            totals=_add(state.totals, self._batch_totals(values, batch, y_pred)))
 
     # -- chunks -----------------------------------------------------------------------------
     def _train_loop(self, state: TrainState, chunk: Batch | IndexedChunk) -> TrainState:
@@ -237,8 +242,8 @@ class Steps:
     def _eval_chunk(self, params, rest, totals, chunk: Batch):
         def batch_totals(totals, batch):
             y_pred, _ = self._forward(self.graphs.eval, params, rest, batch.x)
-            per_example = losses_lib.per_example(self.loss_fn, batch.y, y_pred)
-            return _add(totals, self._batch_totals(per_example, batch, y_pred))
+            return _add(totals, self._batch_totals(self._loss_values(batch, y_pred), batch,
+                                                   y_pred))
 
         return _over_real_batches(batch_totals, totals, chunk)
 
@@ -252,8 +257,7 @@ class Steps:
 
         def totals(params, rest, batch):
             y_pred, _ = self._forward(self.graphs.eval, params, rest, batch.x)
-            per_example = losses_lib.per_example(self.loss_fn, batch.y, y_pred)
-            return self._batch_totals(per_example, batch, y_pred)
+            return self._batch_totals(self._loss_values(batch, y_pred), batch, y_pred)
 
         shapes = jax.eval_shape(totals, params, rest, batch)
         return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)

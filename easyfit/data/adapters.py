@@ -15,7 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from easyfit.data.batch import Batch, make_batch, stack, take_rows
+from easyfit.data.batch import (Batch, check_sample_weight, make_batch, sample_weights, scale_rows,
+                                stack, take_rows)
 
 
 def _numeric(tree: Any, what: str) -> Any:
@@ -140,17 +141,17 @@ class ArrayAdapter(DataAdapter):
                         f"{name} has an array with {leaf.shape[0]}. Pass matching arrays.")
         if self.num_rows == 0:
             raise ValueError("The input is empty (0 rows). Pass at least one example.")
-        weight = None if sample_weight is None else _numeric(sample_weight, "sample_weight")
-        if weight is not None and weight.shape[0] != self.num_rows:
-            raise ValueError(f"sample_weight has {weight.shape[0]} rows but x has "
-                             f"{self.num_rows}; pass one weight per example.")
+        weight = None if sample_weight is None else \
+            sample_weights(_numeric(sample_weight, "sample_weight"))
+        if weight is not None:
+            check_sample_weight(weight, self.num_rows, self.y)
         self.user_weight, self.class_weight = weight, class_weight
         if class_weight:
             if self.y is None or len(jax.tree.leaves(self.y)) != 1:
                 raise ValueError("class_weight needs a single array of labels `y`.")
             cw = _class_weights(jax.tree.leaves(self.y)[0], class_weight)
-            weight = cw if weight is None else weight.reshape(-1) * cw
-        self.sample_weight = None if weight is None else weight.reshape(self.num_rows)
+            weight = cw if weight is None else scale_rows(cw, weight)
+        self.sample_weight = weight
         self.batch_size = int(batch_size or 32)
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -194,8 +195,8 @@ class ArrayAdapter(DataAdapter):
             local = size // self.process_count  # this process's block of every batch
             cols = slice(self.process_index * local, (self.process_index + 1) * local)
             index, mask = index.reshape(k, size)[:, cols].ravel(), mask.reshape(k, size)[:, cols]
-            weight = mask if self.sample_weight is None else \
-                mask * self.sample_weight[index].reshape(k, local)
+            weight = mask if self.sample_weight is None else scale_rows(
+                mask, self.sample_weight[index].reshape(k, local, *self.sample_weight.shape[1:]))
             if as_index:
                 row_ids = index.astype(np.int32).reshape(k, local)
                 chunk = Batch(row_ids, row_ids, weight, mask)

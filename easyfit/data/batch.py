@@ -45,7 +45,8 @@ class Batch(NamedTuple):
     Attributes:
         x: model input (an array or a pytree of arrays, e.g. a dict for several inputs).
         y: targets, or ``None`` when predicting.
-        weight: per-row loss weight: sample weight x class weight, 0 on padding rows.
+        weight: loss weight per row, or per token (``(rows, T)``, a padding mask): sample
+            weight x class weight, 0 on padding rows.
         mask: 1.0 on real rows, 0.0 on padding rows.
     """
 
@@ -67,6 +68,45 @@ def pad_rows(tree: Any, size: int, batch_size: int) -> Any:
     return jax.tree.map(lambda a: take_rows(a, index), tree)
 
 
+def sample_weights(weight: Any) -> np.ndarray:
+    """Sample weights as float32, per example ``(rows,)`` or per token ``(rows, T, ...)``;
+    trailing axes of size 1 are dropped (Keras takes ``(rows, 1)`` too).
+
+    Example:
+        >>> sample_weights([[1], [0]]).shape
+        (2,)
+    """
+    weight = np.asarray(weight, np.float32)
+    while weight.ndim > 1 and weight.shape[-1] == 1:
+        weight = weight[..., 0]
+    return weight
+
+
+def check_sample_weight(weight: np.ndarray, rows: int, y: Any) -> None:
+    """Refuses sample weights that are neither per example nor per token of ``y``."""
+    if weight.shape[0] != rows:
+        raise ValueError(f"sample_weight has {weight.shape[0]} rows but x has {rows}; pass one "
+                         "weight per example (or one per token: shape (rows, time)).")
+    labels = jax.tree.leaves(y)
+    if weight.ndim > 1 and len(labels) == 1 and \
+            labels[0].shape[1:weight.ndim] != weight.shape[1:]:
+        raise ValueError(
+            f"sample_weight has shape {weight.shape}, y has shape {labels[0].shape}: pass one "
+            f"weight per example, shape ({rows},), or one per token of y, shape "
+            f"{labels[0].shape[:2]} (0 on padding tokens).")
+
+
+def scale_rows(per_row: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``weight`` (per row or per token) times one factor per row (``per_row``'s shape is
+    ``weight``'s leading axes).
+
+    Example:
+        >>> scale_rows(np.array([1.0, 0.0]), np.ones((2, 3))).tolist()
+        [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    """
+    return per_row.reshape(per_row.shape + (1,) * (weight.ndim - per_row.ndim)) * weight
+
+
 def make_batch(x: Any, y: Any, sample_weight: np.ndarray | None, size: int,
                batch_size: int) -> Batch:
     """Builds a padded :class:`Batch` from ``size`` real rows."""
@@ -74,7 +114,7 @@ def make_batch(x: Any, y: Any, sample_weight: np.ndarray | None, size: int,
     mask[:size] = 1.0
     weight = mask.copy()
     if sample_weight is not None:
-        weight[:size] *= np.asarray(sample_weight, np.float32).reshape(size)
+        weight = scale_rows(mask, pad_rows(sample_weights(sample_weight), size, batch_size))
     return Batch(pad_rows(x, size, batch_size), pad_rows(y, size, batch_size), weight, mask)
 
 
