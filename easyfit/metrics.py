@@ -50,7 +50,7 @@ class Metric:
             self.name = name
 
     def values(self, y_true: jax.Array, y_pred: jax.Array) -> jax.Array:
-        """Per-example values; the metric is their weighted mean."""
+        """Values per example (or per token); the metric is their weighted mean."""
         raise NotImplementedError
 
     def totals(self, y_true: jax.Array, y_pred: jax.Array, weight: jax.Array) -> Totals:
