@@ -7,12 +7,12 @@ Example:
     >>> model.fit(x, y, epochs=10, validation_split=0.1)              # doctest: +SKIP
 """
 
-from easyfit import (callbacks, config, data, distribute, losses, metrics, optimizers, plots,
-                     schedules, tune)
+from easyfit import (augment, callbacks, config, data, distribute, losses, metrics, optimizers,
+                     plots, schedules, tune)
 from easyfit.callbacks import History
 from easyfit.model import Model
 
 __version__ = "0.1.0"
 
-__all__ = ["History", "Model", "callbacks", "config", "data", "distribute", "losses", "metrics",
-           "optimizers", "plots", "schedules", "tune", "__version__"]
+__all__ = ["History", "Model", "augment", "callbacks", "config", "data", "distribute", "losses",
+           "metrics", "optimizers", "plots", "schedules", "tune", "__version__"]
