@@ -57,7 +57,7 @@ def markdown(results: dict) -> str:
                      _f(p["easyfit_first_fit_s"], ".1f"), p["flops_source"]])
     lines += _table(["model", "config", "params", "easyfit ms/step", "hand ms/step",
                      "hand/easyfit", "easyfit throughput", "MFU easyfit (989T)",
-                     "MFU hand (989T)", "MFU easyfit (790T)", "first fit s",
+                     "MFU hand (989T)", "MFU easyfit (790T)", "first trial s",
                      "FLOPs counted by"], rows) + failures
 
     lines += ["### Memory: `estimate_memory` against the measured peak", ""]
