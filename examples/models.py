@@ -78,15 +78,20 @@ class CharTransformer(nnx.Module):
         return self.head(self.ln(x))
 
 
+# BatchNorm's running averages: 0.9 (PyTorch's 0.1) rather than Flax's and Keras's 0.99, which
+# lag the weights over a short run (a few hundred steps): evaluate then read stale statistics.
+BN_MOMENTUM = 0.9
+
+
 class ResidualBlock(nnx.Module):
     """conv-BN-relu-conv-BN plus a shortcut (a strided 1x1 conv where the shape changes)."""
 
     def __init__(self, features_in: int, features: int, stride: int, *, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(features_in, features, (3, 3), strides=stride, use_bias=False,
                               rngs=rngs)
-        self.bn1 = nnx.BatchNorm(features, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(features, momentum=BN_MOMENTUM, rngs=rngs)
         self.conv2 = nnx.Conv(features, features, (3, 3), use_bias=False, rngs=rngs)
-        self.bn2 = nnx.BatchNorm(features, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(features, momentum=BN_MOMENTUM, rngs=rngs)
         reshapes = stride != 1 or features_in != features
         self.shortcut = nnx.data(nnx.Conv(features_in, features, (1, 1), strides=stride,
                                           use_bias=False, rngs=rngs) if reshapes else None)
@@ -111,7 +116,7 @@ class ResNet(nnx.Module):
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64),
                  blocks: int = 1, in_channels: int = 1, *, rngs: nnx.Rngs):
         self.stem = nnx.Conv(in_channels, widths[0], (3, 3), use_bias=False, rngs=rngs)
-        self.bn = nnx.BatchNorm(widths[0], rngs=rngs)
+        self.bn = nnx.BatchNorm(widths[0], momentum=BN_MOMENTUM, rngs=rngs)
         layers, features = [], widths[0]
         for stage, width in enumerate(widths):
             for block in range(blocks):
