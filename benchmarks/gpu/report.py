@@ -40,7 +40,9 @@ def markdown(results: dict) -> str:
     lines += ["### Speed: easyfit `fit` against the same hand-written jitted step", ""]
     rows, failures = [], []
     for name in ("speed_transformer", "speed_cnn"):
-        p = parts.get(name, {})
+        if name not in parts:
+            continue
+        p = parts[name]
         if not p.get("ok"):
             failures += _failed(name, p)
             continue
@@ -63,7 +65,9 @@ def markdown(results: dict) -> str:
     lines += ["### Memory: `estimate_memory` against the measured peak", ""]
     rows, failures = [], []
     for name in ("memory_transformer", "memory_cnn"):
-        p = parts.get(name, {})
+        if name not in parts:
+            continue
+        p = parts[name]
         if not p.get("ok"):
             failures += _failed(name, p)
             continue
@@ -77,7 +81,9 @@ def markdown(results: dict) -> str:
 
     lines += ["### Distribution strategies on the device(s) at hand", ""]
     p = parts.get("distribution", {})
-    if p.get("ok"):
+    if not p:
+        lines += ["Not run.", ""]
+    elif p.get("ok"):
         lines += _table(["devices", "default loss", "DataParallel loss", "FSDP loss",
                          "max relative difference", "passed"],
                         [[str(p["devices"]), _f(p["default_loss"], ".6f"),
@@ -88,6 +94,8 @@ def markdown(results: dict) -> str:
 
     lines += ["### Device-facing tests", ""]
     p = parts.get("tests", {})
+    if not p:
+        return "\n".join(lines + ["Not run.", ""])
     counts = ", ".join(f"{n} {word}" for word, n in p.get("counts", {}).items()) or "no summary"
     lines += [f"`pytest {' '.join(p.get('files', []))}` ({p.get('select', '')}): {counts} "
               f"in {p.get('seconds')} s (exit code {p.get('exit_code')}).", ""]

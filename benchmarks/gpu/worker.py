@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/gpu/worker.py SIZE OUT_DIR PART:MODEL [PART:MODEL ...]``, SIZE
 ``gpu`` or ``smoke``; each part writes ``OUT_DIR/PART_MODEL.json`` (its figures, or its
-error's text). ``suite.py`` starts one worker per part on the GPU (fresh processes: memory
+error's text). ``suite.py`` starts a worker per part on the GPU (fresh processes: memory
 peaks and compiles don't mix) and one worker for all parts in ``--smoke`` (one import).
 """
 
