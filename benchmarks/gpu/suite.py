@@ -30,11 +30,12 @@ import datetime
 import json
 import os
 import re
-import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from report import markdown
@@ -63,47 +64,35 @@ PARTS = [("versions", "versions", 30),
 
 def run_part(name: str, command: list[str], timeout: float, log, env: dict) -> tuple[int, str]:
     """Runs one part's process, its output both printed and logged; returns
-    ``(return code, output tail)``; 124 when it ran out of time."""
+    ``(return code, output tail)``; 124 when it ran out of time (then it is interrupted,
+    as by Ctrl-C, so that pytest still prints its summary, and killed 15 s later)."""
     print(f"\n=== {name} (budget {timeout:.0f} s) ===", flush=True)
     log.write(f"\n=== {name} ===\n")
     lines: list[str] = []
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, bufsize=1)
-    deadline = time.monotonic() + timeout
-    try:
-        for line in _lines_until(process, deadline):
+
+    def pump() -> None:
+        for line in process.stdout:
             print(line, end="", flush=True)
             log.write(line)
             lines.append(line)
-        code = process.wait(timeout=max(deadline - time.monotonic(), 1))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGINT)  # pytest still prints its summary then
+        process.send_signal(signal.SIGINT)
         try:
-            rest, _ = process.communicate(timeout=15)
-            log.write(rest or "")
-            lines.append(rest or "")
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
         code = 124
+    reader.join(timeout=5)  # a grandchild may still hold the pipe open
     log.flush()
     return code, "".join(lines[-40:])
-
-
-def _lines_until(process: subprocess.Popen, deadline: float):
-    """The process's output lines; raises ``TimeoutExpired`` past the deadline (checked
-    between lines; a silent hang is caught by the final ``wait``)."""
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise subprocess.TimeoutExpired(process.args, 0)
-        if selector.select(timeout=min(left, 1.0)):
-            line = process.stdout.readline()
-            if not line:
-                return
-            yield line
 
 
 def pytest_summary(output: str) -> dict:
@@ -185,6 +174,7 @@ def main() -> int:
             results["parts"]["tests"] = run_tests(tests, args.out_dir,
                                                   min(TESTS_BUDGET, max(left(), 20)), env)
 
+    shutil.rmtree(cache, ignore_errors=True)
     results["seconds"] = round(time.monotonic() - start, 1)
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
