@@ -53,9 +53,9 @@ def load_data(size: int = 32, test_rows: int = TEST_ROWS, seed: int = 0,
 
 
 def build(widths: tuple[int, ...] = (16, 32, 64), blocks: int = 1, shift: int = 4,
-          learning_rate: float = 3e-3, seed: int = 0) -> ef.Model:
+          learning_rate: float = 3e-3, seed: int = 0, precision: str = "float32") -> ef.Model:
     """A compiled ``ef.Model`` of a ``ResNet``, augmented by random shifts of up to ``shift``
-    pixels (0: no augmentation)."""
+    pixels (0: no augmentation); ``precision="bfloat16"`` for GPUs and TPUs."""
     model = ef.Model(ResNet(num_classes=10, widths=widths, blocks=blocks, in_channels=1,
                             rngs=nnx.Rngs(seed)))
     model.compile(
@@ -66,6 +66,7 @@ def build(widths: tuple[int, ...] = (16, 32, 64), blocks: int = 1, shift: int = 
         metrics=["accuracy"],
         augment=ef.augment.random_translation(shift) if shift else None,
         seed=seed,
+        precision=precision,
     )
     return model
 
@@ -73,7 +74,8 @@ def build(widths: tuple[int, ...] = (16, 32, 64), blocks: int = 1, shift: int = 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Loads the data, trains, evaluates; returns the test results and the fit's seconds."""
     x_train, y_train, x_test, y_test = load_data(args.size, seed=args.seed, limit=args.limit)
-    model = build(tuple(args.widths), args.blocks, args.shift, args.learning_rate, args.seed)
+    model = build(tuple(args.widths), args.blocks, args.shift, args.learning_rate, args.seed,
+                  args.precision)
     if args.verbose:
         model.summary()
     start = time.perf_counter()
@@ -96,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak of the schedule")
     parser.add_argument("--size", type=int, default=32, help="image side after resizing")
     parser.add_argument("--limit", type=int, default=None, help="use only this many digits")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                        help="bfloat16 pays on GPUs and TPUs, not on a CPU")
     parser.add_argument("--seed", type=int, default=0, help="split, init and augmentation")
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                         help="0 silent, 1 progress bar, 2 one line per epoch")
