@@ -150,7 +150,7 @@ def reseed(rest: Any, seed: int) -> Any:
             key = jax.random.fold_in(jax.random.key(seed), index)
             variable = variable.replace(value=key)
         elif isinstance(variable, nnx.RngCount):
-            variable = variable.replace(value=jnp.zeros_like(variable.value))
+            variable = variable.replace(value=jnp.zeros_like(variable[...]))
         updated.append((path, variable))
     return nnx.from_flat_state(updated)
 
