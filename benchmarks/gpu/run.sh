@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU suite in one call: bash benchmarks/gpu/run.sh OUT_DIR [--smoke] [--budget SECONDS]
+# The GPU suite in one call: bash benchmarks/gpu/run.sh OUT_DIR [--smoke] [--budget S] [--only P,..]
 # Run from the repository root; easyfit comes from the source tree (PYTHONPATH), not from an
 # install. On the GPU machine "python3" is the interpreter that holds jax. See suite.py.
 set -u

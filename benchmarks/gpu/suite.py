@@ -3,7 +3,7 @@ strategies, in one call, each part in its own process under its own time budget.
 
 Usage (from the repository root; ``benchmarks/gpu/run.sh`` sets the environment)::
 
-    python benchmarks/gpu/suite.py OUT_DIR [--smoke] [--budget SECONDS]
+    python benchmarks/gpu/suite.py OUT_DIR [--smoke] [--budget SECONDS] [--only PART,...]
 
 Parts, in this order (the headline figures first, the tests last with what time is left):
 
