@@ -13,7 +13,7 @@ import math
 import jax
 
 import easyfit as ef
-from common import SPECS, Spec, optimizer, token_cross_entropy
+from common import SPECS, Spec, optimizer
 
 TOLERANCE = 1e-4
 SIZES = {"gpu": Spec("transformer", dict(vocab=256, width=256, depth=2, heads=4, seq_len=256,
@@ -31,7 +31,7 @@ def run(name: str, size: str) -> dict:
     for variant, distribution in variants.items():
         kwargs = {} if distribution is None else {"distribution": distribution}
         model = ef.Model(spec.build(), **kwargs)
-        model.compile(optimizer=optimizer(), loss=token_cross_entropy, precision="float32")
+        model.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy", precision="float32")
         history = model.fit(x, y, batch_size=spec.batch, epochs=spec.epochs, verbose=0,
                             shuffle=False)
         result[f"{variant}_loss"] = history.history["loss"][-1]

@@ -13,14 +13,14 @@ from __future__ import annotations
 import jax
 
 import easyfit as ef
-from common import SPECS, optimizer, peak_bytes, token_cross_entropy
+from common import SPECS, optimizer, peak_bytes
 
 
 def run(name: str, size: str) -> dict:
     spec = SPECS[size][name]
     x, y = spec.data()
     model = ef.Model(spec.build())
-    model.compile(optimizer=optimizer(), loss=token_cross_entropy, precision=spec.precision)
+    model.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy", precision=spec.precision)
     history = model.fit(x, y, batch_size=spec.batch, epochs=2, verbose=0)
     measured = peak_bytes()
     stats = jax.devices()[0].memory_stats() or {}
