@@ -66,23 +66,18 @@ Run:  pip install -e ".[benchmark]"                 (Keras 3 for the peer rows)
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
-import json
 import os
-import platform
-import random
-import resource
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
-from _machine import cpu_times, wait_idle  # benchmarks/ is on sys.path when run as a script
+# benchmarks/ is on sys.path when run as a script
+from _paired import (QUIET, FreshRun, Result, Variant, Worker, WorkerVariant, best_fresh,
+                     child_env, fresh_run as run_fresh, machine_info as describe_machine,
+                     paired_ratio, peak_rss_mib, reply, run_rounds, serve_trials,
+                     set_wait_idle, settle, timed)
 
 ROLE_ENV = "FIT_OVERHEAD_ROLE"
 KERAS_CHILD = os.environ.get(ROLE_ENV) == "keras"
@@ -95,9 +90,6 @@ if not KERAS_CHILD:  # Keras children keep flax and optax out of their memory
     from flax import nnx
 
 LR = 1e-3
-WAIT_IDLE = True  # --no-wait-idle turns it off
-QUIET = 0.10      # a trial is "quiet" if other processes used at most this share of the CPU
-MARK = "@@fit_overhead "  # prefix of the result lines children print on stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,117 +146,6 @@ def loss_fn(graphdef, params, x, y):
 # ---------------------------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------------------------
-def timed(run: Callable[[], None]) -> tuple[float, float]:
-    """Wall time (s) of ``run()`` (which ends synchronised) and the share of the machine's
-    CPU that *other* processes used meanwhile (0.0 = we had the machine to ourselves)."""
-    if not os.path.exists("/proc/stat"):
-        start = time.perf_counter()
-        run()
-        return time.perf_counter() - start, 0.0
-    busy0, total0 = cpu_times()
-    own0 = sum(os.times()[:2])
-    start = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - start
-    busy1, total1 = cpu_times()
-    own = (sum(os.times()[:2]) - own0) * os.sysconf("SC_CLK_TCK")
-    others = max(0.0, (busy1 - busy0 - own) / max(total1 - total0, 1))
-    return seconds, others
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far (MiB).
-
-    Linux: ``VmHWM`` of ``/proc/self/status``. Not ``ru_maxrss``: Linux carries that over
-    ``fork`` + ``exec``, so a child started by a big parent reports the parent's peak.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**10  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes / KiB
-
-
-@dataclass
-class Variant:
-    """One thing to time: ``run(n)`` trains ``n`` epochs and returns when the device is done."""
-
-    config: Config
-    name: str
-    run: Callable[[int], None]
-    check: Callable[[], str] = lambda: ""   # after timing: "" or a problem to report
-    info: Callable[[], str] = lambda: ""    # after timing: a remark for the note column
-    epochs: int = 1                         # per timed trial (calibrated)
-    trials: list[tuple[float, float]] = field(default_factory=list)  # (s, others' CPU share)
-    rounds: list[float] = field(default_factory=list)  # seconds of each round's kept trial
-    key: str = ""                           # for the main table: "default", "hand", ...
-
-    def prepare(self, target_s: float, max_epochs: int) -> None:
-        """Warm-up epoch (compiles), then picks the epochs per trial for ~``target_s``.
-
-        Timed twice: a ``fit`` call's fixed cost (its setup, filling and draining the
-        pipeline) makes one epoch look slower than an epoch within a longer trial, and
-        trials sized from it alone came out at a quarter of ``target_s``.
-        """
-        self.run(1)
-        epochs = 1
-        for _ in range(2):
-            seconds, _ = timed(lambda: self.run(epochs))
-            epochs = int(min(max_epochs, max(1, round(epochs * target_s / seconds))))
-        self.epochs = epochs
-        self.trials, self.rounds = [], []
-
-    def measure(self) -> tuple[float, float]:
-        return timed(lambda: self.run(self.epochs))
-
-    def trial(self, attempts: int = 1) -> None:
-        """One timed trial; retried (up to ``attempts`` runs) while others used the CPU."""
-        for _ in range(attempts):
-            if WAIT_IDLE:
-                wait_idle()
-            self.trials.append(self.measure())
-            if self.trials[-1][1] <= QUIET:
-                break
-        self.rounds.append(self.trials[-1][0])
-
-    def result(self) -> "Result":
-        # Contention only ever slows a run down: the fastest quiet trial is the measurement.
-        quiet = [t for t in self.trials if t[1] <= QUIET]
-        seconds, others = min(quiet or self.trials)
-        note = "; ".join(n for n in (self.check(), self.info()) if n)
-        if not quiet:
-            note = (note + "; " if note else "") + "no quiet trial: contended"
-        median = statistics.median(t for t, _ in (quiet or self.trials))
-        steps = self.epochs * self.config.steps
-        return Result(self.config.label, self.name, steps / seconds, others, note,
-                      len(quiet), len(self.trials), steps / median, self.key)
-
-
-@dataclass
-class Result:
-    config: str
-    variant: str
-    steps_per_s: float
-    others: float = 0.0  # other processes' CPU share during the best trial
-    note: str = ""
-    quiet_trials: int = 0
-    trials: int = 0
-    median_steps_per_s: float = 0.0  # over the trials the best was chosen from
-    key: str = ""
-    paired_vs_limit: float = 0.0  # median over rounds of (this / the limit), same round
-
-
-def paired_ratio(rates: list[float], reference: list[float]) -> float:
-    """The median over rounds of ``rates[i] / reference[i]``: two variants compared in the
-    same round, so that a slow spell of the machine (this VM's speed drifts by 10-20% over
-    minutes) hits both sides of each ratio alike."""
-    return statistics.median(a / b for a, b in zip(rates, reference))
-
-
 def _split(cfg: Config):
     graphdef, params = nnx.split(make_module(cfg), nnx.Param)
     tx = optax.adamw(LR, weight_decay=0.0)
@@ -463,68 +344,27 @@ def _keras_fit(model, cfg: Config, x, y, epochs: int) -> None:
 
 
 def _child_env(keras: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    if keras:
-        env.update({"KERAS_BACKEND": "jax", ROLE_ENV: "keras"})
-    else:
-        env.pop(ROLE_ENV, None)
-    return env
+    return child_env(ROLE_ENV, "keras" if keras else None, keras)
 
 
-def _reply(payload: dict) -> None:
-    print(MARK + json.dumps(payload), flush=True)
-
-
-class KerasWorker:
+class KerasWorker(Worker):
     """A subprocess holding one Keras model per ``steps_per_execution``, each warmed up and
     calibrated; it times one trial whenever asked, so its trials interleave with ours."""
 
     def __init__(self, cfg: Config, target_s: float, argv_common: list[str]):
-        self._log = tempfile.TemporaryFile(mode="w+")
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", "keras-worker",
-               "--config", cfg.name, "--seconds", str(target_s), *argv_common]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, text=True, env=_child_env(True))
-        self.epochs = {int(k): n for k, n in self._read()["epochs"].items()}
-
-    def _read(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
-        self._log.seek(0)
-        raise RuntimeError("the Keras worker ended early:\n" + self._log.read()[-3000:])
-
-    def request(self, payload: dict) -> dict:
-        self.proc.stdin.write(json.dumps(payload) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.request({"op": "quit"})
-            except Exception:  # noqa: BLE001 -- it is going away anyway
-                pass
-            self.proc.wait(timeout=30)
-        self._log.close()
+        super().__init__([sys.executable, os.path.abspath(__file__), "--child", "keras-worker",
+                          "--config", cfg.name, "--seconds", str(target_s), *argv_common],
+                         _child_env(True))
+        self.epochs = {int(key[len("keras"):]): n for key, n in self.ready["epochs"].items()}
 
 
-class KerasVariant(Variant):
+class KerasVariant(WorkerVariant):
     """A Keras model living in the worker; ``measure`` asks the worker for one trial."""
 
     def __init__(self, cfg: Config, worker: KerasWorker, k: int):
         name = "Keras 3 default (steps_per_execution=1)" if k == 1 else \
             f"Keras 3 steps_per_execution={k}"
-        super().__init__(cfg, name, run=None, key=f"keras{k}")
-        self.worker, self.k, self.epochs = worker, k, worker.epochs[k]
-
-    def prepare(self, target_s: float, max_epochs: int) -> None:
-        self.trials, self.rounds = [], []  # the worker warmed up and calibrated at its start
-
-    def measure(self) -> tuple[float, float]:
-        answer = self.worker.request({"op": "trial", "k": self.k})
-        return answer["seconds"], answer["others"]
+        super().__init__(cfg, name, worker, f"keras{k}", worker.epochs[k])
 
 
 def keras_worker_main(cfg: Config, target_s: float) -> int:
@@ -532,32 +372,13 @@ def keras_worker_main(cfg: Config, target_s: float) -> int:
     variants = {}
     for k in cfg.ks:
         model = keras_model(cfg, k)
-        variants[k] = Variant(cfg, f"keras{k}", lambda n, m=model: _keras_fit(m, cfg, x, y, n))
-        variants[k].prepare(target_s, cfg.epochs)
-    _reply({"epochs": {k: v.epochs for k, v in variants.items()}})
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request["op"] == "quit":
-            _reply({})
-            return 0
-        variant = variants[request["k"]]
-        seconds, others = variant.measure()
-        _reply({"seconds": seconds, "others": others})
-    return 0
+        variants[f"keras{k}"] = Variant(cfg, f"keras{k}",
+                                        lambda n, m=model: _keras_fit(m, cfg, x, y, n))
+        variants[f"keras{k}"].prepare(target_s, cfg.epochs)
+    return serve_trials(variants)
 
 
 # first epoch and peak RSS, in fresh processes ---------------------------------------------------
-@dataclass
-class FreshRun:
-    """What one fresh process measured."""
-
-    first_s: float
-    others: float
-    rss_mib: float
-    before_mib: float = 0.0  # peak RSS once imports, data and model are ready (before fit)
-    auto_k: list[int] = field(default_factory=list)  # what "auto" chose (easyfit default)
-
-
 def fresh_main(cfg: Config, variant: str, k: int | str, epochs: int) -> int:
     """Child: a fresh model, its first epoch timed (compile included), ``epochs - 1`` more
     epochs, then the peak RSS. Imports only what the variant needs."""
@@ -574,14 +395,13 @@ def fresh_main(cfg: Config, variant: str, k: int | str, epochs: int) -> int:
     else:
         raise ValueError(variant)
     before = peak_rss_mib()  # imports, data and model: what the process holds before fit
-    if WAIT_IDLE:
-        wait_idle()
+    settle()
     first, others = timed(lambda: train(1))
     if epochs > 1:
         train(epochs - 1)
     if variant == "easyfit" and k == "auto":
         auto_k = [model._execution_steps()]
-    _reply({"first_s": first, "others": others, "rss_mib": peak_rss_mib(),
+    reply({"first_s": first, "others": others, "rss_mib": peak_rss_mib(),
             "before_mib": before, "auto_k": auto_k})
     return 0
 
@@ -590,55 +410,14 @@ def fresh_run(cfg: Config, variant: str, k: int | str, epochs: int,
               argv_common: list[str]) -> FreshRun:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "fresh", "--config", cfg.name,
            "--variant", variant, "--k", str(k), "--rss-epochs", str(epochs), *argv_common]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(variant == "keras"),
-                          timeout=600)
-    for line in done.stdout.splitlines():
-        if line.startswith(MARK):
-            return FreshRun(**json.loads(line[len(MARK):]))
-    raise RuntimeError(f"fresh {variant} run failed (rc {done.returncode}):\n"
-                       f"{done.stderr[-3000:]}")
+    return run_fresh(cmd, _child_env(variant == "keras"), timeout=600)
 
 
 # ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
-def _git_state(module) -> str:
-    """The commit the imported package comes from, and whether its files differ from it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
-    try:
-        git = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True,
-                                        text=True, timeout=10, check=True).stdout.strip()
-        head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", os.path.basename(module.__path__[0]))
-    except (OSError, subprocess.SubprocessError):
-        return "not a git checkout"
-    changed = len(dirty.splitlines())
-    return f"git {head}" + (f", {changed} file(s) modified" if changed else ", clean")
-
-
 def machine_info() -> str:
-    import easyfit as ef
-
-    lines = [
-        f"date:     {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"python:   {platform.python_version()}  ({platform.platform()})",
-        f"jax:      {jax.__version__}  jaxlib backend: {jax.default_backend()}",
-        f"devices:  {jax.devices()}",
-        f"cpus:     os.cpu_count()={os.cpu_count()}, "
-        f"sched_getaffinity={len(os.sched_getaffinity(0))}",
-        f"easyfit:  {ef.__version__}  ({os.path.dirname(ef.__file__)}; {_git_state(ef)})",
-    ]
-    try:
-        import flax
-        lines.append(f"flax:     {flax.__version__}  optax: {optax.__version__}")
-    except Exception:  # pragma: no cover
-        pass
-    if keras_available():
-        from importlib.metadata import version
-        lines.append(f"keras:    {version('keras')} (backend jax, in subprocesses)")
-    else:
-        lines.append("keras:    not installed (pip install -e '.[benchmark]'): no Keras rows")
-    return "\n".join(lines)
+    return describe_machine(keras_available())
 
 
 def detail_table(results: list[Result]) -> str:
@@ -756,10 +535,7 @@ def run_regime(cfg: Config, args, argv_common: list[str]) -> tuple[list[Result],
         worker = KerasWorker(cfg, args.seconds, argv_common)
         variants += [KerasVariant(cfg, worker, k) for k in cfg.ks]
     try:
-        for i in range(args.repeats):
-            for variant in random.Random(i).sample(variants, len(variants)):
-                variant.trial(attempts=args.attempts)
-            print(f"  trial round {i + 1}/{args.repeats} done", flush=True)
+        run_rounds(variants, args.repeats, args.attempts)
     finally:
         if worker is not None:
             worker.close()
@@ -768,8 +544,7 @@ def run_regime(cfg: Config, args, argv_common: list[str]) -> tuple[list[Result],
     for variant in variants:
         results.append(variant.result())
         r = results[-1]
-        r.paired_vs_limit = paired_ratio(
-            [variant.epochs / t for t in variant.rounds], [limit.epochs / t for t in limit.rounds])
+        r.paired_vs_limit = paired_ratio(variant.rates(), limit.rates())
         print(f"  {r.variant:<44} {r.steps_per_s:>9.0f} steps/s  ({variant.epochs} epochs "
               f"a trial; {r.quiet_trials}/{r.trials} trials quiet; others in best "
               f"{r.others:.0%}) {r.note}", flush=True)
@@ -805,14 +580,7 @@ def run_regime(cfg: Config, args, argv_common: list[str]) -> tuple[list[Result],
                 fresh_rounds[name].append(fresh[name][-1])
     rows = []
     for name, result, _, k in main:
-        runs = fresh[name]
-        best = None
-        if runs:
-            quiet = [f for f in runs if f.others <= QUIET]
-            quick = min(quiet or runs, key=lambda f: f.first_s)
-            best = FreshRun(quick.first_s, quick.others, max(f.rss_mib for f in runs),
-                            max(f.before_mib for f in runs),
-                            sorted({k for f in runs for k in f.auto_k}))
+        best = best_fresh(fresh[name])
         label = result.variant
         if name == "tuned":
             label = f"easyfit tuned (steps_per_execution={k})"
@@ -858,8 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--k", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global WAIT_IDLE
-    WAIT_IDLE = not args.no_wait_idle
+    set_wait_idle(not args.no_wait_idle)
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.seconds = args.seconds or (0.3 if args.quick else 1.0)
     args.rss_epochs = args.rss_epochs or (2 if args.quick else 3)

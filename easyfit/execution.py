@@ -1,20 +1,28 @@
 """``steps_per_execution="auto"``: how many train steps to fuse into one dispatch.
 
-A dispatch (one call of the jitted step, a loop over ``k`` stacked batches) costs the
-host a roughly fixed amount of work. For a large model that is nothing next to the step;
-for a small one it is most of the time. ``"auto"`` aims for about ``TARGET_SECONDS`` of work
-per dispatch, and starts in one of two ways:
+A dispatch (one call of the jitted step, a loop over ``k`` stacked batches) has a fixed
+cost: the host's work to launch it (~0.1-1 ms), and on a CPU also the step's scratch memory,
+which XLA:CPU allocates afresh for each call (:func:`call_cost`: a large scratch is mapped
+from the OS and faulted in page by page every call, ~0.3 ms per MiB). For a large model the
+host's work is nothing next to the step, but its scratch grows with it; for a small one the
+host's work is most of the time. ``"auto"`` aims for about ``TARGET_SECONDS`` of work per
+dispatch, or longer where the scratch costs more, so that a call's fixed cost stays under
+``CALL_SHARE`` of it (at most ``MAX_CALL_SECONDS``), and starts in one of three ways
+(:func:`first_size`):
 
-- **Fused from the start** (:func:`first_size`), when the flops of the step say it
-  is cheap and nothing in it is known to run slower in a loop body. The train step compiles
-  once, from the training state's shapes before the state is made. The first steps are
-  timed, and only a dispatch far over the target makes ``k`` smaller (a second compile).
+- **Fused from the start**, when the flops of the step say it is cheap and nothing in it is
+  known to run slower in a loop body. The train step compiles once, from the training
+  state's shapes before the state is made. The first steps are timed, and only a dispatch
+  far over the target makes ``k`` smaller (a second compile).
+- **One step per dispatch**, decided at once, where a loop body runs slower than the step
+  alone (convolutions on XLA:CPU, ~10x) or the caps allow no more.
 - **Measured from single steps** otherwise: one step per dispatch, a few steady-state steps
   timed, then the fused size they suggest timed too; the faster per step is kept. Batches
   already read are regrouped on the fly, so nothing is read twice. The train step compiles
   at most twice (one step, and the fused size).
 
-Later fits reuse what was compiled.
+The starting size is compiled ahead, from shapes, so its scratch size is known before the
+first step runs. Later fits reuse what was compiled.
 
 Example:
     >>> choose_steps(step_seconds=0.0005, batch_bytes=8192, steps_per_epoch=1000)
@@ -25,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import jax
 import jax.extend
@@ -34,40 +42,81 @@ from easyfit.data.batch import Batch, stack
 from easyfit.data.on_device import IndexedChunk, batches_of
 
 TARGET_SECONDS = 0.1           # host work per dispatch is ~0.1-1 ms: this keeps it < ~1%
-MAX_STEPS = 1024               # keeps logs and callbacks reasonably fresh
+CALL_SHARE = 0.02              # a dispatch's known fixed cost (call_cost) at most this share
+MAX_CALL_SECONDS = 10.0        # keeps logs and callbacks reasonably fresh, ...
+MAX_STEPS = 1024               # ... as does this
 MAX_CHUNK_BYTES = 4 * 2**20    # input bytes of one chunk (a few are in flight at once)
 PROBE_STEPS = 16               # steady-state steps timed per size, at least
 SHRINK_FACTOR = 4              # a fused start shrinks only if a dispatch is this far over target
 # An optimistic speed per platform, in flop/s: a step of f flops takes at least f / this.
 PEAK_FLOPS = {"cpu": 1e12, "gpu": 1e15, "tpu": 1e15}
+# glibc serves allocations above its largest dynamic mmap threshold (32 MiB) by mapping fresh
+# pages from the OS each time; their first touch faults. Measured here (2-core VM): a
+# transformer step's 362 MiB scratch took ~93k page faults and ~110 ms per call.
+FRESH_SCRATCH_BYTES = 32 * 2**20
+FRESH_SECONDS_PER_BYTE = 0.3e-3 / 2**20
 
 
-def choose_steps(step_seconds: float, batch_bytes: int, steps_per_epoch: int | None) -> int:
+def call_cost(scratch_bytes: int, platform: str) -> float:
+    """Seconds a dispatch costs, beyond the host's work, that fusing steps amortises: on a CPU,
+    mapping the step's scratch (``compiled.memory_analysis().temp_size_in_bytes``) afresh,
+    which XLA:CPU allocates for each call (a loop over ``k`` steps reuses it). Accelerators
+    keep their scratch in a pooled allocator: 0.
+
+    Example:
+        >>> round(call_cost(362 * 2**20, "cpu"), 3)
+        0.109
+    """
+    if platform != "cpu" or scratch_bytes < FRESH_SCRATCH_BYTES:
+        return 0.0
+    return scratch_bytes * FRESH_SECONDS_PER_BYTE
+
+
+def choose_steps(step_seconds: float, batch_bytes: int, steps_per_epoch: int | None,
+                 fixed_cost: float = 0.0) -> int:
     """Steps per dispatch for a measured time per step (dispatch included).
 
-    A power of two, so that nearby timings give the same answer; at most ``MAX_STEPS``, the
-    steps of an epoch, and what ``MAX_CHUNK_BYTES`` of input allows.
+    A dispatch should last ``TARGET_SECONDS``, or long enough for ``fixed_cost`` (seconds
+    each dispatch costs: :func:`call_cost`) to be at most ``CALL_SHARE`` of it, but not over
+    ``MAX_CALL_SECONDS``. A power of two, so that nearby timings give the same answer; at
+    most ``MAX_STEPS``, the steps of an epoch, and what ``MAX_CHUNK_BYTES`` of input allows.
     """
-    if step_seconds >= TARGET_SECONDS:
+    target = min(MAX_CALL_SECONDS, max(TARGET_SECONDS, fixed_cost / CALL_SHARE))
+    if step_seconds >= target:
         return 1
-    k = 2 ** math.ceil(math.log2(TARGET_SECONDS / max(step_seconds, 1e-9)))
+    k = 2 ** math.ceil(math.log2(target / max(step_seconds, 1e-9)))
     k = min(k, MAX_STEPS, _floor_pow2(MAX_CHUNK_BYTES // max(batch_bytes, 1)))
     if steps_per_epoch:
         k = min(k, steps_per_epoch)
     return max(1, k)
 
 
+class Start(NamedTuple):
+    """Where "auto" starts (:func:`first_size`).
+
+    Attributes:
+        k: steps per dispatch to start at.
+        lowered: the train step lowered for chunks of ``k`` batches (compile it ahead).
+        settled: ``k`` is final (no timing needed): fused starts and measurements are not.
+    """
+
+    k: int
+    lowered: Any
+    settled: bool = False
+
+
 def first_size(trace: Callable[[int], Any], batch_bytes: int, steps_per_epoch: int | None,
-               platform: str) -> tuple[int, Any]:
-    """Where "auto" starts: a fused size and its lowered train step, or ``(1, None)`` to
-    measure from single steps.
+               platform: str) -> Start:
+    """Where "auto" starts: a fused size, one step per dispatch for good, or one step per
+    dispatch to measure from.
 
     It traces (does not compile) the step at the largest size the caps allow and counts the
-    flops of one step in its jaxpr (:func:`step_flops`). At ``PEAK_FLOPS`` the step takes
-    at least ``flops / peak`` seconds; that floor caps the size as a measured time would.
-    It measures instead when no flops are found, when even the floor makes one step a
-    dispatch, or when a loop body may run slower than the same step alone: XLA:CPU runs
-    convolutions inside a loop ~10x slower.
+    flops of one step in its jaxpr (:func:`step_flops`). At ``PEAK_FLOPS`` the step takes at least
+    ``flops / peak`` seconds; that floor caps the size as a measured time would. It keeps one
+    step per dispatch without measuring when the caps allow no more, or when a loop body
+    runs slower than the same step alone: XLA:CPU runs convolutions inside a loop ~10x
+    slower (11x measured on a residual CNN). It measures when no flops are found, or when
+    even the floor makes one step a dispatch.
 
     Args:
         trace: ``k -> `` the train step traced for chunks of ``k`` batches
@@ -78,15 +127,16 @@ def first_size(trace: Callable[[int], Any], batch_bytes: int, steps_per_epoch: i
     """
     k = choose_steps(0.0, batch_bytes, steps_per_epoch)
     if k == 1:
-        return 1, None
+        return Start(1, trace(1).lower(), settled=True)
     traced = trace(k)
     flops, convolves = step_flops(traced.jaxpr.jaxpr)
-    if not flops or platform not in PEAK_FLOPS or (platform == "cpu" and convolves):
-        return 1, None
-    fitted = choose_steps(flops / PEAK_FLOPS[platform], batch_bytes, steps_per_epoch)
+    if platform == "cpu" and convolves:
+        return Start(1, trace(1).lower(), settled=True)
+    fitted = choose_steps(flops / PEAK_FLOPS[platform], batch_bytes, steps_per_epoch) \
+        if flops and platform in PEAK_FLOPS else 1
     if fitted == 1:
-        return 1, None
-    return fitted, (traced if fitted == k else trace(fitted)).lower()
+        return Start(1, trace(1).lower())
+    return Start(fitted, (traced if fitted == k else trace(fitted)).lower())
 
 
 # Primitives that move or relabel data without arithmetic: no flops.
@@ -163,10 +213,12 @@ class StepTimer:
     unrolled (XLA:CPU with convolutions, for one). So the candidate size is timed too, and
     ``k`` falls back to 1 when it does not beat one step per dispatch. After
     :meth:`start_fused`, it times that size only, to make it smaller if a dispatch is far
-    over ``TARGET_SECONDS``.
+    over its target (see :func:`choose_steps`). After :meth:`settle`, it times nothing.
 
     Args:
         steps_per_epoch: known steps per epoch (caps ``k``), or ``None``.
+        fixed_cost: seconds each dispatch costs beyond its steps (:func:`call_cost`),
+            weighed when choosing ``k``.
 
     Attributes:
         k: steps per dispatch to use now: ``None`` while measuring single steps, then the
@@ -176,8 +228,8 @@ class StepTimer:
             before then keeps one step per dispatch).
     """
 
-    def __init__(self, steps_per_epoch: int | None):
-        self.steps_per_epoch = steps_per_epoch
+    def __init__(self, steps_per_epoch: int | None, fixed_cost: float = 0.0):
+        self.steps_per_epoch, self.fixed_cost = steps_per_epoch, fixed_cost
         self.k: int | None = None
         self.settled = False
         self._single: float | None = None  # seconds per step at one step per dispatch
@@ -187,6 +239,10 @@ class StepTimer:
         self._compiled: set[int] = set()  # sizes whose first (compiling) dispatch has run
         self._warmup = 0  # fused dispatches still to run untimed (the first one is cold)
         self.fused_start = False  # started fused (first_size): no single steps to compare
+
+    def settle(self, k: int) -> None:
+        """Decides ``k`` without timing anything."""
+        self.k, self.settled = k, True
 
     def start_fused(self, k: int) -> None:
         """Starts at ``k`` steps per dispatch, already compiled (see :func:`first_size`)."""
@@ -259,12 +315,11 @@ class StepTimer:
         jax.block_until_ready(state)
         seconds = (time.perf_counter() - self._start) / self._timed
         self._start = None
+        k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch, self.fixed_cost)
         if self.fused_start:  # only a dispatch far over the target is made smaller
-            k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
             self.k, self.settled = (k if k * SHRINK_FACTOR <= self.k else self.k), True
         elif self._single is None:
             self._single = seconds
-            k = choose_steps(seconds, self._batch_bytes, self.steps_per_epoch)
             if steps_left is not None:
                 k = min(k, _timed_within(steps_left))
             self.k, self.settled = k, k == 1

@@ -25,7 +25,8 @@ from easyfit.data.batch import Batch
 from easyfit.data.on_device import as_fed, batches_of, device_rows, table_shapes
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
-from easyfit.execution import StepTimer, compile_ahead, first_size, regroup, trace_chunk
+from easyfit.execution import (StepTimer, call_cost, compile_ahead, first_size, regroup,
+                               trace_chunk)
 from easyfit.host_memory import CompileWatch
 from easyfit.state import TrainState
 
@@ -152,27 +153,30 @@ def start_auto(model: "Model", train: DataAdapter, shapes: TrainState, batch: Ba
 
 def _new_timer(model: "Model", train: DataAdapter, state: TrainState,
                batch: Batch) -> StepTimer:
-    """"auto"'s timer, started fused when :func:`~easyfit.execution.first_size` allows it;
-    that size is compiled here. ``state`` may be the training state's arrays or only their
-    shapes; ``batch`` is one batch of ``train``, as the state was shaped by.
+    """"auto"'s timer, started where :func:`~easyfit.execution.first_size` says; that size
+    is compiled here, and its scratch size tells what a dispatch costs. ``state`` may be the
+    training state's arrays or only their shapes; ``batch`` is one batch of ``train``, as
+    the state was shaped by.
 
     Compiling in a background thread while this one makes the state would save ~0.02 s of a
     small model's first epoch on two cores, and add 30-40 MiB to the peak memory: two
     compilers' scratch at once.
     """
-    timer = StepTimer(train.steps)
     sharding = model._distribution.chunk_sharding()
     steps = model._steps
     batch = as_fed(batch, table_shapes(train, model._distribution, model._one_step_per_call()))
-    k, lowered = first_size(
+    platform = jax.default_backend()
+    start = first_size(
         lambda k: trace_chunk(steps.train, state, batch, k, sharding),
-        sum(leaf.nbytes for leaf in jax.tree.leaves(batches_of(batch))), train.steps,
-        jax.default_backend())
-    if lowered is None:
-        return timer
-    lowered.compile()
-    model._auto_sizes.add(k)
-    timer.start_fused(k)
+        sum(leaf.nbytes for leaf in jax.tree.leaves(batches_of(batch))), train.steps, platform)
+    analysis = start.lowered.compile().memory_analysis()
+    scratch = getattr(analysis, "temp_size_in_bytes", 0) or 0  # None where not reported
+    model._auto_sizes.add(start.k)
+    timer = StepTimer(train.steps, call_cost(scratch, platform))
+    if start.k > 1:
+        timer.start_fused(start.k)
+    elif start.settled:
+        timer.settle(1)
     return timer
 
 

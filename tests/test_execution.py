@@ -13,8 +13,9 @@ from flax import nnx
 import easyfit as ef
 from conftest import BNMLP, MLP, CompileCounter, make_data, params_of, train_programs
 from easyfit.data.adapters import ArrayAdapter
-from easyfit.execution import (MAX_CHUNK_BYTES, MAX_STEPS, PEAK_FLOPS, TARGET_SECONDS,
-                               choose_steps, first_size, regroup, step_flops)
+from easyfit.execution import (CALL_SHARE, MAX_CALL_SECONDS, MAX_CHUNK_BYTES, MAX_STEPS,
+                               PEAK_FLOPS, TARGET_SECONDS, call_cost, choose_steps, first_size,
+                               regroup, step_flops)
 
 
 def test_a_slow_step_runs_alone():
@@ -28,6 +29,21 @@ def test_fast_steps_are_fused_in_powers_of_two_up_to_the_caps():
     assert choose_steps(1e-7, 1000, steps_per_epoch=20) == 20       # no more than an epoch
     assert choose_steps(1e-7, MAX_CHUNK_BYTES // 4, None) == 4      # chunk input capped
     assert choose_steps(1e-7, MAX_CHUNK_BYTES // 5, None) == 4      # ... in a power of two
+
+
+def test_a_costly_call_is_amortised_over_more_steps():
+    # 0.2 s of fixed cost per call at 2%: calls of 10 s (the cap), 0.4 s a step -> 32
+    assert choose_steps(0.4, 1000, None, fixed_cost=0.2) == 32
+    assert choose_steps(0.4, 1000, None, fixed_cost=1.0) == 32     # capped at MAX_CALL_SECONDS
+    assert choose_steps(0.4, 1000, 20, fixed_cost=0.2) == 20       # no more than an epoch
+    assert choose_steps(0.001, 1000, None, fixed_cost=0.0005) == choose_steps(0.001, 1000, None)
+    assert MAX_CALL_SECONDS * CALL_SHARE > 0.1                      # the cap leaves room
+
+
+def test_only_a_large_cpu_scratch_costs_a_call_something():
+    assert call_cost(8 * 2**20, "cpu") == 0.0          # glibc reuses blocks this small
+    assert 0.05 < call_cost(362 * 2**20, "cpu") < 0.2  # mapped afresh: ~93k page faults
+    assert call_cost(362 * 2**20, "gpu") == 0.0        # a pooled allocator
 
 
 def test_regroup_stacks_single_batches_once_the_size_is_known():
@@ -248,12 +264,12 @@ def _trace(flops, convolution=False):
 
 
 def test_a_cheap_step_starts_fused_at_the_size_its_flops_allow():
-    k, lowered = first_size(_trace(1e6), 1000, None, "cpu")    # 1 us at the assumed peak
-    assert k == MAX_STEPS and lowered.k == k                   # the caps decide
+    k, lowered, settled = first_size(_trace(1e6), 1000, None, "cpu")  # 1 us at the peak
+    assert k == MAX_STEPS and lowered.k == k and not settled         # the caps decide
     step = TARGET_SECONDS / 8 * PEAK_FLOPS["cpu"]              # an eighth of the target
-    k, lowered = first_size(_trace(step), 1000, None, "cpu")
+    k, lowered, _ = first_size(_trace(step), 1000, None, "cpu")
     assert k == 8 and lowered.k == 8                           # traced again at that size
-    k, lowered = first_size(_trace(1e6), 1000, 20, "cpu")
+    k, lowered, _ = first_size(_trace(1e6), 1000, 20, "cpu")
     assert k == 20 and lowered.k == 20                         # no more than an epoch
 
 
@@ -261,14 +277,23 @@ def test_a_cheap_step_starts_fused_at_the_size_its_flops_allow():
     (_trace(None), "cpu"),                                     # no flops found
     (_trace(1e6), "metal"),                                    # a platform without a peak
     (_trace(PEAK_FLOPS["cpu"]), "cpu"),                        # 1 s a step even at the peak
-    (_trace(1e6, convolution=True), "cpu"),                    # slower in a loop on CPU
 ])
 def test_auto_measures_single_steps_when_the_cost_cannot_tell(trace, platform):
-    assert first_size(trace, 1000, None, platform) == (1, None)
+    k, lowered, settled = first_size(trace, 1000, None, platform)
+    assert (k, lowered.k, settled) == (1, 1, False)            # compiled ahead, then timed
+
+
+@pytest.mark.parametrize("trace, batch_bytes", [
+    (_trace(1e6, convolution=True), 1000),                     # ~10x slower in a loop on CPU
+    (_trace(1e6), MAX_CHUNK_BYTES),                            # the caps allow one batch
+])
+def test_auto_keeps_one_step_per_call_where_fusing_cannot_pay(trace, batch_bytes):
+    k, lowered, settled = first_size(trace, batch_bytes, None, "cpu")
+    assert (k, lowered.k, settled) == (1, 1, True)
 
 
 def test_convolutions_start_fused_off_the_cpu():
-    k, _ = first_size(_trace(1e6, convolution=True), 1000, None, "gpu")
+    k, _, _ = first_size(_trace(1e6, convolution=True), 1000, None, "gpu")
     assert k == MAX_STEPS
 
 
@@ -288,18 +313,19 @@ def test_step_flops_count_as_xla_does():
     assert not convolves
 
 
-@pytest.mark.parametrize("seconds_per_step, expected", [
-    (0.0001, 64),   # under the target: stays
-    (0.004, 64),    # 2.6x over: stays (a second compile costs more than it saves)
-    (0.01, 16),     # 6.4x over: shrinks to what the time asks for
+@pytest.mark.parametrize("seconds_per_step, expected, fixed_cost", [
+    (0.0001, 64, 0.0),   # under the target: stays
+    (0.004, 64, 0.0),    # 2.6x over: stays (a second compile costs more than it saves)
+    (0.01, 16, 0.0),     # 6.4x over: shrinks to what the time asks for
+    (0.01, 64, 0.05),    # a call's fixed cost asks for 2.5 s a call: stays
 ])
 def test_a_fused_start_shrinks_only_when_far_over_the_target(monkeypatch, seconds_per_step,
-                                                             expected):
+                                                             expected, fixed_cost):
     from easyfit import execution
 
     clock = _FakeClock()
     monkeypatch.setattr(execution.time, "perf_counter", clock)
-    timer = execution.StepTimer(steps_per_epoch=None)
+    timer = execution.StepTimer(steps_per_epoch=None, fixed_cost=fixed_cost)
     timer.start_fused(64)
     assert not timer.regroups and timer.untimed_k == 64
     fused, state = _chunk(64), np.zeros(())
@@ -311,7 +337,7 @@ def test_a_fused_start_shrinks_only_when_far_over_the_target(monkeypatch, second
     assert timer.k == expected
 
 
-def test_convolutions_on_cpu_measure_single_steps_first():
+def test_convolutions_on_cpu_run_one_step_per_call():
     class Conv(nnx.Module):
         def __init__(self, rngs):
             self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
@@ -326,7 +352,8 @@ def test_convolutions_on_cpu_measure_single_steps_first():
     model = ef.Model(Conv(nnx.Rngs(0)))
     model.compile("sgd", "sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert model._auto_sizes == {1}        # one step per dispatch, too few steps to time more
+    assert model._auto_sizes == {1} and model._execution_steps() == 1   # decided, untimed
+    assert model._steps.train._cache_size() == 1        # compiled ahead, once
 
 
 @pytest.mark.parametrize("spe", [1, 4])
