@@ -172,7 +172,7 @@ def _new_timer(model: "Model", train: DataAdapter, state: TrainState,
     analysis = start.lowered.compile().memory_analysis()
     scratch = getattr(analysis, "temp_size_in_bytes", 0) or 0  # None where not reported
     model._auto_sizes.add(start.k)
-    timer = StepTimer(train.steps, call_cost(scratch, platform))
+    timer = StepTimer(train.steps, call_cost(scratch, platform), asynchronous=platform != "cpu")
     if start.k > 1:
         timer.start_fused(start.k)
     elif start.settled:

@@ -13,8 +13,8 @@ from flax import nnx
 import easyfit as ef
 from conftest import BNMLP, MLP, CompileCounter, make_data, params_of, train_programs
 from easyfit.data.adapters import ArrayAdapter
-from easyfit.execution import (CALL_SHARE, MAX_CALL_SECONDS, MAX_CHUNK_BYTES, MAX_STEPS,
-                               PEAK_FLOPS, TARGET_SECONDS, call_cost, choose_steps, first_size,
+from easyfit.execution import (ASYNC_STEP_SECONDS, CALL_SHARE, MAX_CALL_SECONDS,
+                               MAX_CHUNK_BYTES, MAX_STEPS, PEAK_FLOPS, TARGET_SECONDS, call_cost, choose_steps, first_size,
                                regroup, step_flops)
 
 
@@ -38,6 +38,13 @@ def test_a_costly_call_is_amortised_over_more_steps():
     assert choose_steps(0.4, 1000, 20, fixed_cost=0.2) == 20       # no more than an epoch
     assert choose_steps(0.001, 1000, None, fixed_cost=0.0005) == choose_steps(0.001, 1000, None)
     assert MAX_CALL_SECONDS * CALL_SHARE > 0.1                      # the cap leaves room
+
+
+def test_a_long_step_runs_alone_on_an_accelerator():
+    long, short = ASYNC_STEP_SECONDS, ASYNC_STEP_SECONDS / 4
+    assert choose_steps(long, 1000, None) > 1                        # a CPU still fuses it
+    assert choose_steps(long, 1000, None, asynchronous=True) == 1
+    assert choose_steps(short, 1000, None, asynchronous=True) == choose_steps(short, 1000, None)
 
 
 def test_only_a_large_cpu_scratch_costs_a_call_something():
@@ -290,6 +297,14 @@ def test_auto_measures_single_steps_when_the_cost_cannot_tell(trace, platform):
 def test_auto_keeps_one_step_per_call_where_fusing_cannot_pay(trace, batch_bytes):
     k, lowered, settled = first_size(trace, batch_bytes, None, "cpu")
     assert (k, lowered.k, settled) == (1, 1, True)
+
+
+def test_a_step_long_even_at_the_peak_runs_alone_on_an_accelerator_with_no_timing():
+    flops = 2 * ASYNC_STEP_SECONDS * PEAK_FLOPS["gpu"]
+    k, lowered, settled = first_size(_trace(flops), 1000, None, "gpu")
+    assert (k, settled) == (1, True) and lowered is not None
+    k, _, settled = first_size(_trace(flops / 100), 1000, None, "gpu")
+    assert k > 1 and not settled
 
 
 def test_convolutions_start_fused_off_the_cpu():

@@ -116,10 +116,11 @@ def test_unknown_precision_lists_the_names():
 
 def test_accumulating_k_batches_equals_one_batch_k_times_larger():
     x, y = make_data(96)
-    accumulated = _model(optimizer=ef.optimizers.sgd(0.3, momentum=0.9),
-                         gradient_accumulation_steps=4, steps_per_execution=1)
-    accumulated.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
-    expected = hand_fit(MLP(rngs=nnx.Rngs(0)), optax.sgd(0.3, momentum=0.9), x, y, 32, 3)
+    with jax.default_matmul_precision("highest"):  # GPUs multiply float32 in TF32 by default
+        accumulated = _model(optimizer=ef.optimizers.sgd(0.3, momentum=0.9),
+                             gradient_accumulation_steps=4, steps_per_execution=1)
+        accumulated.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+        expected = hand_fit(MLP(rngs=nnx.Rngs(0)), optax.sgd(0.3, momentum=0.9), x, y, 32, 3)
     assert_params_close(params_of(accumulated.module), expected, atol=1e-6)
 
 

@@ -43,14 +43,15 @@ from report import markdown
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
-# Device-facing test files (no tensorflow, grain, optuna or tensorboardX needed). Left
-# out: test_distribute.py (its meshes are 8 fake CPU devices; part d covers one real one)
-# and the tests that start processes with fake CPU devices ("eight_devices", "slow").
-TEST_FILES = ["tests/test_precision_accumulation_remat.py", "tests/test_memory.py",
-              "tests/test_execution.py", "tests/test_parity.py", "tests/test_padding.py",
-              "tests/test_api.py"]
+# Device-facing test files (no tensorflow, grain, optuna or tensorboardX needed): precision,
+# accumulation, remat and memory estimates, the parts that differ on a GPU. A test takes ~4 s
+# on the H200 (most of it compiling; 2026-12-04), so the rest of the suite (130 tests in six
+# files) does not fit one call. Left out: test_distribute.py (its meshes are 8 fake CPU
+# devices; part d covers one real one) and the tests that start processes with fake CPU
+# devices ("eight_devices", "slow").
+TEST_FILES = ["tests/test_precision_accumulation_remat.py", "tests/test_memory.py"]
 TEST_SELECT = ["-m", "not slow", "-k", "not eight_devices"]
-TESTS_BUDGET = 100  # seconds, at most: the tests run last, with what time is left
+TESTS_BUDGET = 150  # seconds, at most: the tests run last, with what time is left
 SMOKE_TESTS = ["tests/test_precision_accumulation_remat.py::test_unknown_precision_lists_the_names"]
 
 # (part name, worker job, budget in seconds on the GPU)
