@@ -5,9 +5,10 @@ Two models of ``examples/models.py``, trained with AdamW (lr 1e-3, no weight dec
 softmax cross-entropy on logits with integer labels:
 
   transformer  ``CharTransformer`` (vocab 256, width 128, 4 blocks, 4 heads, sequence 128,
-               dropout 0.1) at batch 32 on random bytes, next-byte labels (a loss per token);
-  resnet       ``ResNet()`` (stages of 16, 32, 64 channels, BatchNorm) at batch 128 on random
-               32x32x1 images, 10 classes.
+               dropout 0.1) at batch 32 on random bytes, next-byte labels (a loss per token),
+               32 steps per epoch;
+  resnet       ``ResNet()`` (stages of 16, 32, 64 channels, BatchNorm) at batch 64 on random
+               32x32x1 images, 10 classes, 16 steps per epoch.
 
 Variants, per model, in one run:
 
@@ -19,7 +20,8 @@ Variants, per model, in one run:
                     tx, wrt=nnx.Param)``, called per batch from Python on numpy batches taken
                     in a fresh random order each epoch;
   limit             the dispatch-free limit: an epoch in ONE jitted ``lax.scan`` over batches
-                    already on the device (no shuffling, no per-step dispatch);
+                    already on the device (no shuffling, no per-step dispatch); unrolled for
+                    the CNN, whose convolutions XLA:CPU runs ~20x slower in a rolled loop;
   Keras 3 default   the same network in Keras layers (``Embedding``, ``MultiHeadAttention(
                     use_causal_mask=True)``, ``LayerNormalization``, ``Dense``, ``Dropout``;
                     ``Conv2D``, ``BatchNormalization``, ``GlobalAveragePooling2D``), ``fit``
@@ -94,8 +96,9 @@ IMAGE, CLASSES = (32, 32, 1), 10
 
 
 def configs(args: argparse.Namespace) -> dict[str, Config]:
-    return {"transformer": Config("transformer", args.transformer_batch, args.steps, 8),
-            "resnet": Config("resnet", args.resnet_batch, args.steps, 8)}
+    return {"transformer": Config("transformer", args.transformer_batch,
+                                  args.transformer_steps, 8),
+            "resnet": Config("resnet", args.resnet_batch, args.resnet_steps, 8)}
 
 
 def make_data(cfg: Config, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +140,10 @@ def limit_variant(cfg: Config, x: np.ndarray, y: np.ndarray) -> Variant:
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), rest, opt_state), loss
 
-        carry, losses = jax.lax.scan(body, (params, rest, opt_state), (xs, ys))
+        # XLA:CPU runs the convolutions of a rolled loop ~20x slower (seen here): the CNN's
+        # epoch is unrolled, one program still.
+        carry, losses = jax.lax.scan(body, (params, rest, opt_state), (xs, ys),
+                                     unroll=cfg.name == "resnet")
         return *carry, losses.sum()
 
     epoch = jax.jit(epoch, donate_argnums=(0, 1, 2))
@@ -408,9 +414,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="interleaved rounds of one timed trial per variant (default 5)")
     parser.add_argument("--seconds", type=float, default=4.0,
                         help="target length of one trial, in whole epochs (default 4)")
-    parser.add_argument("--steps", type=int, default=16, help="batches per epoch (default 16)")
     parser.add_argument("--transformer-batch", type=int, default=32)
-    parser.add_argument("--resnet-batch", type=int, default=128)
+    parser.add_argument("--transformer-steps", type=int, default=32,
+                        help="batches per epoch (default 32: enough for 'auto' to time its "
+                             "first size within the first epoch)")
+    parser.add_argument("--resnet-batch", type=int, default=64)
+    parser.add_argument("--resnet-steps", type=int, default=16, help="batches per epoch "
+                        "(default 16; the limit compiles them unrolled)")
     parser.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",") if v], default=[],
                         help="fixed steps_per_execution values for easyfit diagnostic rows")
     parser.add_argument("--attempts", type=int, default=2,
@@ -432,8 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.models.split(",") if n]
     if unknown := set(names) - set(cfgs):
         parser.error(f"--models: unknown {sorted(unknown)}; choose from {sorted(cfgs)}")
-    argv_common = ["--steps", str(args.steps), "--transformer-batch",
-                   str(args.transformer_batch), "--resnet-batch", str(args.resnet_batch)] + \
+    argv_common = ["--transformer-batch", str(args.transformer_batch), "--transformer-steps",
+                   str(args.transformer_steps), "--resnet-batch", str(args.resnet_batch),
+                   "--resnet-steps", str(args.resnet_steps)] + \
         (["--no-wait-idle"] if args.no_wait_idle else [])
     if args.child:
         cfg = cfgs[names[0]]
