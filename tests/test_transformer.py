@@ -55,17 +55,17 @@ def test_windows_hold_the_next_byte_and_the_split_holds_out_the_tail(text):
 
 
 def test_the_example_trains_and_samples_end_to_end(capsys):
-    # ~70 steps of a 2-block width-32 model: the held-out loss must fall well under the
-    # untrained 5.55 nats/byte (it lands near 2.9 here; unigram byte statistics alone give
-    # about 3.3, so the bar asks for more than byte frequencies, with margin).
+    # ~100 steps of a 2-block width-32 model. Untrained: 5.55 nats/byte; knowing only the
+    # byte frequencies: 3.2 on this held-out text. Measured: 2.63. The bar, 3.0, asks for
+    # more than byte frequencies, with margin for other machines and Python versions.
     char_transformer.main(["--max-bytes", "60000", "--seq-len", "32", "--width", "32",
-                           "--depth", "2", "--heads", "2", "--epochs", "2",
-                           "--learning-rate", "1e-2", "--sample-bytes", "24",
-                           "--verbose", "0"])
+                           "--depth", "2", "--heads", "2", "--batch-size", "32",
+                           "--epochs", "2", "--dropout", "0", "--learning-rate", "1e-2",
+                           "--sample-bytes", "24", "--verbose", "0"])
     out = capsys.readouterr().out
     loss = float(out.split("validation loss: ")[1].split(" nats/byte")[0])
     bits = float(out.split("(")[-1].split(" bits/byte")[0])
-    assert loss < 3.3, out
+    assert loss < 3.0, out
     assert bits == pytest.approx(loss / math.log(2), abs=1e-3)
     sample = out.split("sample:\n")[1].split("\nvalidation loss")[0]
     assert sample.startswith("def ")
@@ -137,12 +137,12 @@ def test_fit_matches_a_hand_written_nnx_loop(text):
                                                   decay_steps=total, end_value=0.0)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=DECAY))
 
-    def new_module() -> CharTransformer:
-        return CharTransformer(vocab=256, seq_len=SEQ, dropout=0.0, **TINY, rngs=nnx.Rngs(0))
+    # Both start from the same init: one module built from nnx.Rngs(0), cloned (building it
+    # again from the same seed gives the same weights, but eager init is slow here).
+    initial = CharTransformer(vocab=256, seq_len=SEQ, dropout=0.0, **TINY, rngs=nnx.Rngs(0))
+    hand = _hand_loop(nnx.clone(initial), tx, x, y)
 
-    hand = _hand_loop(new_module(), tx, x, y)
-
-    model = ef.Model(new_module())
+    model = ef.Model(nnx.clone(initial))
     model.compile(optimizer=ef.optimizers.adamw(
                       learning_rate=ef.schedules.warmup_cosine(peak=PEAK, warmup=0.25),
                       weight_decay=DECAY, clipnorm=1.0),
@@ -156,5 +156,5 @@ def test_fit_matches_a_hand_written_nnx_loop(text):
     np.testing.assert_allclose(model.predict(x[:BATCH], verbose=0), hand(x[:BATCH]),
                                rtol=1e-5, atol=1e-5)
     # the weights moved well beyond the tolerance, so the comparison means something
-    initial = _without_key_bias(_params(new_module()))
-    assert max(np.abs(trained[k] - initial[k]).max() for k in initial) > 1e-3
+    start = _without_key_bias(_params(initial))
+    assert max(np.abs(trained[k] - start[k]).max() for k in start) > 1e-3
