@@ -6,10 +6,11 @@ The text is the standard library's ``.py`` files (sorted paths under
 downloaded. The bytes are cut into windows of ``seq_len + 1`` (inputs: the first ``seq_len``,
 targets: the last ``seq_len``); the last 10% of the text is held out for validation.
 ``CharTransformer`` (from ``examples/models.py``) trains through ``ef.Model(...).fit`` with
-AdamW, a warmup-cosine schedule and gradient clipping. It prints the validation loss in nats
-and bits per byte, then a greedy sample after the prompt ``"def "``. A few minutes on 2 CPU
-cores with the defaults; flags make it tiny (tests) or large (a GPU):
-``--max-bytes 100000 --width 32 --depth 2 --seq-len 32``.
+AdamW, a warmup-cosine schedule and gradient clipping. It prints a greedy sample after the
+prompt ``"def "``, then the validation loss in nats and bits per byte (last line; about 1.42
+nats/byte, 2.05 bits/byte, after one pass over 1.8 MB: ~180 CPU-seconds, two to three
+minutes on 2 idle cores). Flags make it tiny (tests) or large (a GPU):
+``--max-bytes 100000 --width 32 --depth 2 --seq-len 32``. Guide: docs/guides/transformer.md.
 """
 
 from __future__ import annotations
