@@ -17,7 +17,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -259,3 +260,36 @@ def get(metric: str | Metric | Callable, from_logits: bool = True) -> Metric:
     raise TypeError(f"A metric must be a name, an ef.metrics.Metric or a callable; got "
                     f"{type(metric).__name__}.")
 
+
+def named_apart(metrics: Sequence[Metric], weighted_metrics: Sequence[Metric]
+                ) -> tuple[list[Metric], list[Metric]]:
+    """Log names as Keras 3 gives them when metrics share one: a repeated name gets ``_1``,
+    ``_2``, ...; a weighted metric named like an earlier one gets ``weighted_`` first
+    (``metrics=["accuracy"], weighted_metrics=["accuracy"]`` logs ``accuracy`` and
+    ``weighted_accuracy``). Renamed metrics are copies: the objects passed keep their names.
+
+    Example:
+        >>> plain, weighted = named_apart([get("accuracy")], [get("accuracy")])
+        >>> [m.name for m in plain + weighted]
+        ['accuracy', 'weighted_accuracy']
+    """
+    counts = {"loss": 1}
+
+    def unique(name: str) -> str:
+        if name not in counts:
+            counts[name] = 1
+            return name
+        counts[name] += 1
+        return f"{name}_{counts[name] - 1}"
+
+    def renamed(metric: Metric, name: str) -> Metric:
+        if name == metric.name:
+            return metric
+        metric = copy.copy(metric)
+        metric.name = name
+        return metric
+
+    plain = [renamed(m, unique(m.name)) for m in metrics]
+    weighted = [renamed(m, unique(f"weighted_{m.name}" if m.name in counts else m.name))
+                for m in weighted_metrics]
+    return plain, weighted

@@ -239,11 +239,9 @@ class Model:
         self._optimizer._binding = self
         self._loss = losses_lib.get(loss)
         from_logits = getattr(self._loss, "from_logits", True)
-        self._metrics = [metrics_lib.get(m, from_logits) for m in metrics or []]
-        self._weighted_metrics = [metrics_lib.get(m, from_logits) for m in weighted_metrics or []]
-        names = ["loss"] + [m.name for m in self._metrics + self._weighted_metrics]
-        if len(set(names)) != len(names):
-            raise ValueError(f"Two metrics share a name in {names}; give them distinct `name=`s.")
+        self._metrics, self._weighted_metrics = metrics_lib.named_apart(
+            [metrics_lib.get(m, from_logits) for m in metrics or []],
+            [metrics_lib.get(m, from_logits) for m in weighted_metrics or []])
         self._steps_per_execution, self._auto_k = steps_per_execution, None
         self._auto_sizes, self._auto_timer = set(), None
         self._seed, self._augment = seed, augment

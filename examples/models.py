@@ -13,8 +13,9 @@ from flax import nnx
 
 
 class CausalSelfAttention(nnx.Module):
-    """Multi-head causal self-attention through ``jax.nn.dot_product_attention`` (which
-    picks a fused kernel on GPUs)."""
+    """Multi-head causal self-attention through ``jax.nn.dot_product_attention``: its XLA
+    path on every device (the ``(T, T)`` scores are materialised; pass
+    ``implementation="cudnn"`` there for a fused kernel on GPUs)."""
 
     def __init__(self, width: int, heads: int, dropout: float, *, rngs: nnx.Rngs):
         if width % heads:

@@ -78,12 +78,23 @@ def test_a_padded_final_batch_of_sequences_leaves_the_loss_unchanged(masked):
 
 def test_token_accuracy_and_its_masked_weighted_form():
     x, y, mask = _data()
-    model = _model(metrics=["accuracy"], weighted_metrics=[
-        ef.metrics.SparseCategoricalAccuracy(name="token_accuracy")])
+    model = _model(metrics=["accuracy"], weighted_metrics=["accuracy"])
     hits = (forward(model.module, x).argmax(-1) == y).astype(np.float32)
     logs = model.evaluate(x, y, sample_weight=mask, batch_size=16, return_dict=True, verbose=0)
+    assert list(logs) == ["loss", "accuracy", "weighted_accuracy"]       # Keras's names
     assert logs["accuracy"] == pytest.approx(hits.mean(), abs=1e-6)       # every token
-    assert logs["token_accuracy"] == pytest.approx((hits * mask).sum() / mask.sum(), abs=1e-6)
+    assert logs["weighted_accuracy"] == pytest.approx((hits * mask).sum() / mask.sum(),
+                                                      abs=1e-6)
+
+
+def test_metrics_that_share_a_name_are_named_apart_as_keras_names_them():
+    mine = ef.metrics.get("mae")
+    plain, weighted = ef.metrics.named_apart(
+        [ef.metrics.get("accuracy"), ef.metrics.get("accuracy"), mine],
+        [ef.metrics.get("accuracy"), ef.metrics.get("accuracy"), ef.metrics.get("mse")])
+    assert [m.name for m in plain + weighted] == [
+        "accuracy", "accuracy_1", "mae", "weighted_accuracy", "weighted_accuracy_1", "mse"]
+    assert plain[2] is mine                                               # not renamed: as given
 
 
 @pytest.mark.parametrize("steps_per_execution", [1, 4])
