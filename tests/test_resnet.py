@@ -45,6 +45,9 @@ def test_load_data_resizes_and_holds_out_the_last_rows():
     x_train, y_train, x_test, y_test = resnet_digits.load_data(32)
     assert x_train.shape == (1397, 32, 32, 1) and x_test.shape == (400, 32, 32, 1)
     assert x_train.dtype == np.float32 and 0.0 <= x_train.min() and x_train.max() <= 1.0
+    border = np.ones((32, 32), bool)
+    border[4:-4, 4:-4] = False                          # a 24x24 digit in a black frame
+    assert not x_train[:, border].any() and x_train[:, ~border].any(axis=1).all()
     assert y_train.shape == (1397,) and set(np.unique(y_test)) == set(range(10))
     again = resnet_digits.load_data(32)
     np.testing.assert_array_equal(again[3], y_test)   # the split is seeded
