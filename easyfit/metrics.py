@@ -270,8 +270,8 @@ def named_apart(metrics: Sequence[Metric], weighted_metrics: Sequence[Metric]
 
     Example:
         >>> plain, weighted = named_apart([get("accuracy")], [get("accuracy")])
-        >>> [m.name for m in plain + weighted]
-        ['accuracy', 'weighted_accuracy']
+        >>> tuple(m.name for m in plain + weighted)
+        ('accuracy', 'weighted_accuracy')
     """
     counts = {"loss": 1}
 
