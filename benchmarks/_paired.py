@@ -302,6 +302,25 @@ def best_fresh(runs: list[FreshRun]) -> FreshRun | None:
 # ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
+def easyfit_model(module: Any, k: int | str, lr: float) -> Any:
+    """``ef.Model(module)`` compiled as the benchmarks time it: AdamW (lr, no weight decay),
+    sparse cross-entropy on logits, ``steps_per_execution=k``."""
+    import easyfit as ef
+
+    model = ef.Model(module)
+    model.compile(optimizer=ef.optimizers.adamw(lr, weight_decay=0.0),
+                  loss="sparse_categorical_crossentropy", steps_per_execution=k)
+    return model
+
+
+def easyfit_fit(model: Any, batch_size: int, x: Any, y: Any, epochs: int) -> None:
+    """``fit`` with default arguments but the batch size and the epochs (and no output)."""
+    import jax
+
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
+    jax.block_until_ready(model._state)
+
+
 def git_state(module: Any) -> str:
     """The commit the imported package comes from, and whether its files differ from it."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))

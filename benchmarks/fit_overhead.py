@@ -75,9 +75,9 @@ from dataclasses import dataclass
 import numpy as np
 # benchmarks/ is on sys.path when run as a script
 from _paired import (QUIET, FreshRun, Result, Variant, Worker, WorkerVariant, best_fresh,
-                     child_env, fresh_run as run_fresh, machine_info as describe_machine,
-                     paired_ratio, peak_rss_mib, reply, run_rounds, serve_trials,
-                     set_wait_idle, settle, timed)
+                     child_env, easyfit_fit, easyfit_model, fresh_run as run_fresh,
+                     machine_info as describe_machine, paired_ratio, peak_rss_mib, reply,
+                     run_rounds, serve_trials, set_wait_idle, settle, timed)
 
 ROLE_ENV = "FIT_OVERHEAD_ROLE"
 KERAS_CHILD = os.environ.get(ROLE_ENV) == "keras"
@@ -210,28 +210,13 @@ def hand_variant(cfg: Config, x: np.ndarray, y: np.ndarray) -> Variant:
 
 
 # easyfit -----------------------------------------------------------------------------------
-def _easyfit_model(cfg: Config, k: int | str):
-    import easyfit as ef
-
-    model = ef.Model(make_module(cfg))
-    model.compile(optimizer=ef.optimizers.adamw(LR, weight_decay=0.0),
-                  loss="sparse_categorical_crossentropy", steps_per_execution=k)
-    return model
-
-
-def _easyfit_fit(model, cfg: Config, x, y, epochs: int) -> None:
-    """``fit`` with default arguments but the batch size and the epochs (and no output)."""
-    model.fit(x, y, batch_size=cfg.batch, epochs=epochs, verbose=0)
-    jax.block_until_ready(model._state)
-
-
 def easyfit_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int | str) -> Variant:
-    model = _easyfit_model(cfg, k)
+    model = easyfit_model(make_module(cfg), k, LR)
     fits = [0]
     warm = [None]  # compiled train programs after the warm-up
 
     def run(n):
-        _easyfit_fit(model, cfg, x, y, n)
+        easyfit_fit(model, cfg.batch, x, y, n)
         fits[0] += 1
         if warm[0] is None:
             warm[0] = model._steps.train._cache_size()
@@ -262,7 +247,7 @@ def easyfit_step_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int)
     """
     from easyfit.data.adapters import ArrayAdapter
 
-    model = _easyfit_model(cfg, k)
+    model = easyfit_model(make_module(cfg), k, LR)
     model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, shuffle=False,
               verbose=0)  # builds the state and the step
     adapter = ArrayAdapter(x, y, batch_size=cfg.batch)
@@ -293,7 +278,7 @@ def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int
     from easyfit.data.on_device import device_rows as make_rows
     from easyfit.data.prefetch import prefetch
 
-    model = _easyfit_model(cfg, k)
+    model = easyfit_model(make_module(cfg), k, LR)
     model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, verbose=0)
     adapter = ArrayAdapter(x, y, batch_size=cfg.batch, shuffle=True)
     device_rows = make_rows(adapter, model._distribution, model._one_step_per_call())
@@ -388,8 +373,8 @@ def fresh_main(cfg: Config, variant: str, k: int | str, epochs: int) -> int:
         model = keras_model(cfg, int(k))
         train = lambda n: _keras_fit(model, cfg, x, y, n)
     elif variant == "easyfit":
-        model = _easyfit_model(cfg, k)
-        train = lambda n: _easyfit_fit(model, cfg, x, y, n)
+        model = easyfit_model(make_module(cfg), k, LR)
+        train = lambda n: easyfit_fit(model, cfg.batch, x, y, n)
     elif variant in ("hand", "limit"):
         train = (hand_variant if variant == "hand" else limit_variant)(cfg, x, y).run
     else:

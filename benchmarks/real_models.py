@@ -58,8 +58,9 @@ from dataclasses import dataclass
 import numpy as np
 # benchmarks/ is on sys.path when run as a script
 from _paired import (QUIET, FreshRun, Result, Variant, Worker, WorkerVariant, best_fresh,
-                     child_env, fresh_run, machine_info, paired_ratio, peak_rss_mib, reply,
-                     run_rounds, serve_trials, set_wait_idle, settle, timed)
+                     child_env, easyfit_fit, easyfit_model, fresh_run, machine_info,
+                     paired_ratio, peak_rss_mib, reply, run_rounds, serve_trials,
+                     set_wait_idle, settle, timed)
 
 ROLE_ENV = "REAL_MODELS_ROLE"
 KERAS_CHILD = os.environ.get(ROLE_ENV) == "keras"
@@ -184,28 +185,13 @@ def hand_variant(cfg: Config, x: np.ndarray, y: np.ndarray) -> Variant:
 
 
 # easyfit ------------------------------------------------------------------------------------
-def easyfit_model(cfg: Config, k: int | str):
-    import easyfit as ef
-
-    model = ef.Model(make_module(cfg))
-    model.compile(optimizer=ef.optimizers.adamw(LR, weight_decay=0.0),
-                  loss="sparse_categorical_crossentropy", steps_per_execution=k)
-    return model
-
-
-def easyfit_fit(model, cfg: Config, x, y, epochs: int) -> None:
-    """``fit`` with default arguments but the batch size and the epochs (and no output)."""
-    model.fit(x, y, batch_size=cfg.batch, epochs=epochs, verbose=0)
-    jax.block_until_ready(model._state)
-
-
 def easyfit_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int | str) -> Variant:
-    model = easyfit_model(cfg, k)
+    model = easyfit_model(make_module(cfg), k, LR)
     info = (lambda: f"auto chose k={model._execution_steps()}") \
         if k == "auto" else (lambda: "diagnostic")
     name = "easyfit default (steps_per_execution='auto')" if k == "auto" else \
         f"  easyfit steps_per_execution={k}"
-    return Variant(cfg, name, lambda n: easyfit_fit(model, cfg, x, y, n), info=info,
+    return Variant(cfg, name, lambda n: easyfit_fit(model, cfg.batch, x, y, n), info=info,
                    key="default" if k == "auto" else f"ef{k}")
 
 
@@ -283,8 +269,8 @@ def fresh_main(cfg: Config, variant: str, epochs: int) -> int:
         model = keras_model(cfg)
         train = lambda n: keras_fit(model, cfg, x, y, n)
     elif variant == "default":
-        model = easyfit_model(cfg, "auto")
-        train = lambda n: easyfit_fit(model, cfg, x, y, n)
+        model = easyfit_model(make_module(cfg), "auto", LR)
+        train = lambda n: easyfit_fit(model, cfg.batch, x, y, n)
     else:
         train = (hand_variant if variant == "hand" else limit_variant)(cfg, x, y).run
     before = peak_rss_mib()  # imports, data and model: what the process holds before fit

@@ -18,6 +18,17 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *["| " + " | ".join(row) + " |" for row in rows], ""]
 
 
+def _ran(parts: dict, names: tuple[str, ...]) -> tuple[list[dict], list[str]]:
+    """The named parts that ran, and the failure lines of those that failed."""
+    done, failures = [], []
+    for name in names:
+        if name in parts and parts[name].get("ok"):
+            done.append(parts[name])
+        elif name in parts:
+            failures += _failed(name, parts[name])
+    return done, failures
+
+
 def _failed(name: str, part: dict) -> list[str]:
     return [f"**{name} failed** after {part.get('seconds')} s:", "", "```",
             str(part.get("error", "no error text"))[-1500:], "```", ""]
@@ -38,14 +49,9 @@ def markdown(results: dict) -> str:
                                         for name, p in parts.items()) + ".", ""]
 
     lines += ["### Speed: easyfit `fit` against the same hand-written jitted step", ""]
-    rows, failures = [], []
-    for name in ("speed_transformer", "speed_cnn"):
-        if name not in parts:
-            continue
-        p = parts[name]
-        if not p.get("ok"):
-            failures += _failed(name, p)
-            continue
+    done, failures = _ran(parts, ("speed_transformer", "speed_cnn"))
+    rows = []
+    for p in done:
         unit = "tokens" if p["model"] == "transformer" else "images"
         c = p["config"]
         shape = (f"{c['depth']}x{c['width']}, T={c['seq_len']}, V={c['vocab']}"
@@ -63,14 +69,9 @@ def markdown(results: dict) -> str:
                      "FLOPs counted by"], rows) + failures
 
     lines += ["### Memory: `estimate_memory` against the measured peak", ""]
-    rows, failures = [], []
-    for name in ("memory_transformer", "memory_cnn"):
-        if name not in parts:
-            continue
-        p = parts[name]
-        if not p.get("ok"):
-            failures += _failed(name, p)
-            continue
+    done, failures = _ran(parts, ("memory_transformer", "memory_cnn"))
+    rows = []
+    for p in done:
         rows.append([p["model"], str(p["batch"]), str(p["steps_per_execution"]),
                      _f(p["estimate_total_bytes"], ".2f", GIB),
                      _f(p["estimate_step_peak_bytes"], ".2f", GIB),
