@@ -74,9 +74,11 @@ def test_bad_steps_per_execution():
         _model(steps_per_execution=0)
 
 
-def test_duplicate_metric_names():
-    with pytest.raises(ValueError, match=r"name"):
-        _model(metrics=["accuracy", "accuracy"])
+def test_duplicate_metric_names_are_named_apart_as_keras_does_not_refused():
+    x = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
+    model = _model(metrics=["accuracy", "accuracy"], weighted_metrics=["accuracy"])
+    logs = model.evaluate(x, np.zeros(8, np.int32), return_dict=True, verbose=0)
+    assert list(logs) == ["loss", "accuracy", "accuracy_1", "weighted_accuracy"]
 
 
 def test_model_of_something_that_is_not_a_module():
