@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from easyfit.execution import step_flops
+from easyfit.precision import FLOAT32_LAYERS  # the norms compile(precision=...) keeps float32
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -30,7 +31,6 @@ from models import CharTransformer, ResNet  # noqa: E402  (examples/ is on sys.p
 PEAK_BF16 = 989e12      # H200 (= H100 SXM) dense bf16, datasheet
 PEAK_BF16_SEEN = 790e12  # an 8192^3 bf16 matmul through PyTorch on the lent H200
 LEARNING_RATE = 3e-4
-NORM_LAYERS = (nnx.LayerNorm, nnx.BatchNorm)  # kept float32, as compile(precision=...) does
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ def optimizer() -> optax.GradientTransformation:
 def set_compute_dtype(module: nnx.Module, dtype: Any) -> None:
     """What a Flax user writes for bf16: the layers' ``dtype`` set, norms left float32."""
     for _, layer in nnx.iter_modules(module):
-        if hasattr(layer, "dtype") and not isinstance(layer, NORM_LAYERS):
+        if hasattr(layer, "dtype") and not isinstance(layer, FLOAT32_LAYERS):
             layer.dtype = dtype
 
 
