@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from easyfit.state import path_names
+from easyfit.modules.graph import path_names
 
 
 def _orbax() -> Any:

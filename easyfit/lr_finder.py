@@ -24,8 +24,8 @@ import optax
 
 from easyfit.data.adapters import adapt
 from easyfit.precision import dynamic_loss_scaling
-from easyfit.state import copy_tree, split
-from easyfit.step import Steps
+from easyfit.modules.graph import copy_tree, split
+from easyfit.training.step import Steps
 
 if TYPE_CHECKING:
     from easyfit.model import Model

@@ -40,8 +40,8 @@ from flax import nnx
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays
 from easyfit.data.batch import Batch
 from easyfit.data.on_device import as_fed, batches_of, table_shapes
-from easyfit.execution import trace_chunk
-from easyfit.state import GRAPH
+from easyfit.training.steps_per_dispatch import trace_chunk
+from easyfit.modules.graph import GRAPH
 from easyfit.summary import _human
 
 if TYPE_CHECKING:

@@ -38,10 +38,11 @@ from easyfit.checkpoint import Checkpoints, abstract
 from easyfit.distribute import DataParallel, Distribution, is_chief
 from easyfit.distribute.strategies import flatten, put
 from easyfit.host_memory import CompileWatch
-from easyfit.loop import evaluate_loop, fit_loop, predict_loop, start_auto
-from easyfit.state import (GRAPH, ModuleGraphs, TrainState, as_nnx, copy_tree,
-                           init_optimizer_state, is_factory, reseed, split)
-from easyfit.step import Steps
+from easyfit.training.loop import evaluate_loop, fit_loop, predict_loop, start_auto
+from easyfit.modules.graph import GRAPH, ModuleGraphs, copy_tree, reseed, split
+from easyfit.modules.linen import as_nnx, is_factory
+from easyfit.training.train_state import TrainState, init_optimizer_state
+from easyfit.training.step import Steps
 from easyfit.summary import summarize
 
 
@@ -133,7 +134,7 @@ class Model:
     def module(self) -> Any:
         """The wrapped module with the current weights (written back from training on access).
 
-        A Linen module is returned as an ``easyfit.state.LinenModule``: its ``.linen``
+        A Linen module is returned as an ``easyfit.modules.linen.LinenModule``: its ``.linen``
         attribute is the ``nnx.bridge.ToNNX`` bridge whose variables hold the weights.
         """
         if self._module is None:

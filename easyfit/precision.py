@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from easyfit.state import GRAPH
+from easyfit.modules.graph import GRAPH
 
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from easyfit.state import GRAPH
+from easyfit.modules.graph import GRAPH
 
 
 def policy(remat: bool | str) -> Any:

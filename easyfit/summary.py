@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from easyfit.state import GRAPH, LinenModule
+from easyfit.modules.graph import GRAPH
+from easyfit.modules.linen import LinenModule
 
 
 def _human(num_bytes: float) -> str:

@@ -13,7 +13,7 @@ from flax import nnx
 import easyfit as ef
 from conftest import BNMLP, MLP, CompileCounter, make_data, params_of, train_programs
 from easyfit.data.adapters import ArrayAdapter
-from easyfit.execution import (ASYNC_STEP_SECONDS, CALL_SHARE, MAX_CALL_SECONDS,
+from easyfit.training.steps_per_dispatch import (ASYNC_STEP_SECONDS, CALL_SHARE, MAX_CALL_SECONDS,
                                MAX_CHUNK_BYTES, MAX_STEPS, PEAK_FLOPS, TARGET_SECONDS, call_cost, choose_steps, first_size,
                                regroup, step_flops)
 
@@ -205,7 +205,7 @@ def _chunk(k: int):
 
 @pytest.mark.parametrize("fused_seconds, keep", [(0.0001, True), (0.002, False)])
 def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds, keep):
-    from easyfit import execution
+    from easyfit.training import steps_per_dispatch as execution
 
     clock = _FakeClock()
     monkeypatch.setattr(execution.time, "perf_counter", clock)
@@ -229,7 +229,7 @@ def test_the_fused_size_is_kept_only_if_it_is_faster(monkeypatch, fused_seconds,
 
 
 def test_the_candidate_leaves_room_to_be_timed_before_the_fit_ends(monkeypatch):
-    from easyfit import execution
+    from easyfit.training import steps_per_dispatch as execution
 
     clock = _FakeClock()
     monkeypatch.setattr(execution.time, "perf_counter", clock)
@@ -336,7 +336,7 @@ def test_step_flops_count_as_xla_does():
 ])
 def test_a_fused_start_shrinks_only_when_far_over_the_target(monkeypatch, seconds_per_step,
                                                              expected, fixed_cost):
-    from easyfit import execution
+    from easyfit.training import steps_per_dispatch as execution
 
     clock = _FakeClock()
     monkeypatch.setattr(execution.time, "perf_counter", clock)

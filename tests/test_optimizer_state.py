@@ -11,7 +11,7 @@ import pytest
 
 import easyfit as ef
 from conftest import CompileCounter
-from easyfit.state import init_optimizer_state
+from easyfit.training.train_state import init_optimizer_state
 
 PARAMS = {"w": jnp.ones((3, 4)), "b": jnp.ones(4, jnp.bfloat16)}
 ONE = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from easyfit.execution import step_flops
+from easyfit.training.steps_per_dispatch import step_flops
 from easyfit.precision import FLOAT32_LAYERS  # the norms compile(precision=...) keeps float32
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -153,7 +153,7 @@ def transformer_flops_per_token(kwargs: dict) -> float:
 def xla_flops(jitted: Callable, *args: Any) -> float | None:
     """FLOPs of one call from XLA's cost analysis of the lowered program (no compile), or,
     where the backend gives none (the H200 run of 2026-12-04 did not), counted from the
-    jaxpr as that analysis counts them (``easyfit.execution.step_flops``)."""
+    jaxpr as that analysis counts them (``easyfit.training.steps_per_dispatch.step_flops``)."""
     try:
         cost = jitted.lower(*args).cost_analysis()
         if isinstance(cost, (list, tuple)):

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from easyfit.state import GRAPH, path_names
+from easyfit.modules.graph import GRAPH, path_names
 
 DATA = "data"
 

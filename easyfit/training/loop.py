@@ -5,7 +5,7 @@ is prepared while it runs, and metric sums stay on the device until a log point 
 reading batch logs, the progress bar's refresh, the end of the epoch). The exceptions: it
 stays at most ``MAX_RUNNING`` dispatches ahead (each holds its chunk in memory), and
 ``steps_per_execution="auto"`` waits a few times while it times the first steps
-(:mod:`easyfit.execution`).
+(:mod:`easyfit.training.steps_per_dispatch`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from easyfit.data.batch import Batch
 from easyfit.data.on_device import as_fed, batches_of, device_rows, table_shapes
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
-from easyfit.execution import (StepTimer, call_cost, compile_ahead, first_size, regroup,
+from easyfit.training.steps_per_dispatch import (StepTimer, call_cost, compile_ahead, first_size, regroup,
                                trace_chunk)
 from easyfit.host_memory import CompileWatch
-from easyfit.state import TrainState
+from easyfit.training.train_state import TrainState
 
 if TYPE_CHECKING:
     from easyfit.model import Model
@@ -153,7 +153,7 @@ def start_auto(model: "Model", train: DataAdapter, shapes: TrainState, batch: Ba
 
 def _new_timer(model: "Model", train: DataAdapter, state: TrainState,
                batch: Batch) -> StepTimer:
-    """"auto"'s timer, started where :func:`~easyfit.execution.first_size` says; that size
+    """"auto"'s timer, started where :func:`~easyfit.training.steps_per_dispatch.first_size` says; that size
     is compiled here, and its scratch size tells what a dispatch costs. ``state`` may be the
     training state's arrays or only their shapes; ``batch`` is one batch of ``train``, as
     the state was shaped by.

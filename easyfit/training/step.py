@@ -1,7 +1,7 @@
 """The jitted train, eval and predict steps: pure functions over fixed-shape chunks.
 
 A chunk is ``k`` stacked batches (``k = steps_per_execution``); the train step loops over
-them and carries :class:`~easyfit.state.TrainState`, which is donated (it returns the new
+them and carries :class:`~easyfit.training.train_state.TrainState`, which is donated (it returns the new
 state and the logs after it). Padding rows carry zero weight, so they are out of
 the loss, the gradients and the metrics; a fully padded filler batch (the short last chunk
 of an epoch) is skipped, so it changes nothing. A chunk of an array dataset held on the
@@ -25,7 +25,8 @@ from easyfit.data.on_device import IndexedChunk, gather_rows
 from easyfit.metrics import Metric
 from easyfit.optimizers import Optimizer
 from easyfit.precision import cast_floating, loss_scale
-from easyfit.state import GRAPH, ModuleGraphs, TrainState
+from easyfit.modules.graph import GRAPH, ModuleGraphs
+from easyfit.training.train_state import TrainState
 
 
 _AUGMENT_STREAM = 0x5EED  # keeps augmentation randomness apart from the dropout streams

@@ -1,0 +1,1 @@
+"""The user's Flax module as training sees it: NNX graphs and state, the Linen bridge."""
