@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from easyfit import losses as losses_lib
-from easyfit import lr_finder
+from easyfit.tune import lr_finder
 from easyfit import memory as memory_lib
 from easyfit import precision as precision_lib
 from easyfit import remat as remat_lib

@@ -10,7 +10,7 @@ from flax import nnx
 
 import easyfit as ef
 from conftest import MLP, make_data
-from easyfit.lr_finder import suggest
+from easyfit.tune.lr_finder import suggest
 
 GOOD_LR = 1e-2  # AdamW on the digits MLP: 0.92 test accuracy after 5 epochs (1e-3: 0.85)
 

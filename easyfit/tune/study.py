@@ -1,0 +1,170 @@
+"""``Study``: the result of :func:`easyfit.tune.search`, optuna's study plus the best model,
+and its ranked table of trials."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from easyfit.tune._optuna import import_optuna
+
+__all__ = ["Study"]
+
+_WEIGHTS_ATTR = "easyfit_weights"    # trial user attribute: where its weights were saved
+
+
+class Study:
+    """The result of :func:`search`: optuna's study plus the best model.
+
+    Attributes:
+        optuna: the ``optuna.study.Study`` (its storage holds every trial).
+
+    Example:
+        >>> study = ef.tune.search(build, x, y, validation_split=0.2, trials=10)  # doctest: +SKIP
+        >>> study.best_params                                        # doctest: +SKIP
+        {'width': 128, 'lr': 0.003}
+        >>> text = study.summary()                                   # doctest: +SKIP
+    """
+
+    def __init__(self, study: Any, build: Callable[[Any], Any], objective: str,
+                 fit_args: dict[str, Any]):
+        self.optuna = study
+        self.objective = objective
+        self._build, self._fit_args = build, fit_args
+        self._best_number: int | None = None   # trial whose model is in memory
+        self._best_model: Any = None
+
+    # -- optuna's view ----------------------------------------------------------------------
+    @property
+    def trials(self) -> list[Any]:
+        """All trials (``optuna.trial.FrozenTrial``), earlier processes' included."""
+        return self.optuna.trials
+
+    @property
+    def best_trial(self) -> Any:
+        """The best complete trial (``optuna.trial.FrozenTrial``)."""
+        return self.optuna.best_trial
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        """The best trial's hyperparameters, ``{name: value}``."""
+        return self.optuna.best_params
+
+    @property
+    def best_value(self) -> float:
+        """The best trial's objective (its value at the last epoch it trained)."""
+        return self.optuna.best_value
+
+    @property
+    def direction(self) -> str:
+        """``"minimize"`` or ``"maximize"``."""
+        return self.optuna.direction.name.lower()
+
+    # -- the best model -----------------------------------------------------------------------
+    @property
+    def best_model(self) -> Any:
+        """The best trial's :class:`~easyfit.Model`, with the weights it ended that trial with.
+
+        Kept in memory when the best trial ran in this process. Otherwise (a resumed study,
+        another worker) it is rebuilt by ``build(optuna.trial.FixedTrial(best_params))`` and
+        loaded from the weights saved under ``checkpoint_dir``; if they were not saved,
+        this raises ``RuntimeError``: call :meth:`retrain_best` instead.
+        """
+        best = self.best_trial
+        if self._best_number == best.number:
+            return self._best_model
+        path = best.user_attrs.get(_WEIGHTS_ATTR)
+        if not path or not os.path.isdir(path):
+            raise RuntimeError(
+                f"The best trial ({best.number}) ran in another process and its weights were "
+                f"not saved (pass checkpoint_dir= to search, or use an SQLite storage). Call "
+                f"study.retrain_best() to train a model with its parameters again.")
+        model = self._build_with(best.params)
+        model.load_weights(path)
+        self._best_number, self._best_model = best.number, model
+        return model
+
+    def _build_with(self, params: dict[str, Any]) -> Any:
+        return _checked(self._build(import_optuna().trial.FixedTrial(params)))
+
+    def retrain_best(self, epochs: int | None = None, **fit_kwargs: Any) -> Any:
+        """Builds a model with the best parameters and trains it as the search did.
+
+        Args:
+            epochs: defaults to the search's ``epochs``.
+            **fit_kwargs: ``fit`` arguments that replace the search's (e.g. new data
+                ``x=``, ``y=``, or ``validation_data=None``).
+
+        Returns:
+            The trained :class:`~easyfit.Model`.
+
+        Example:
+            >>> model = study.retrain_best(epochs=20)                # doctest: +SKIP
+        """
+        args = {**self._fit_args, **fit_kwargs}
+        if epochs is not None:
+            args["epochs"] = epochs
+        callbacks = args.pop("callbacks", None)
+        if callable(callbacks):
+            callbacks = callbacks(import_optuna().trial.FixedTrial(self.best_params))
+        model = self._build_with(self.best_params)
+        model.fit(callbacks=list(callbacks or []), **args)
+        return model
+
+    # -- the table ---------------------------------------------------------------------------
+    def summary(self, print_fn: Callable[[str], Any] | None = print) -> str:
+        """A ranked table of the trials: complete ones best first, then pruned, then failed.
+
+        Args:
+            print_fn: called with the table (``None``: only return it).
+
+        Returns:
+            The table, one line per trial: rank, trial number, state, value (for a pruned
+            trial, its last reported value), epochs trained, params.
+
+        Example:
+            >>> study.summary()                                      # doctest: +SKIP
+            rank  trial  state     val_accuracy  epochs  params
+               1      4  complete        0.9723       5  width=128, lr=0.00312
+        """
+        state = import_optuna().trial.TrialState
+        sign = -1.0 if self.direction == "maximize" else 1.0
+        complete = sorted((t for t in self.trials if t.state == state.COMPLETE),
+                          key=lambda t: (sign * t.value, t.number))
+        pruned = [t for t in self.trials if t.state == state.PRUNED]
+        other = [t for t in self.trials if t.state not in (state.COMPLETE, state.PRUNED)]
+        rows = [("rank", "trial", "state", self.objective, "epochs", "params")]
+        for rank, trial in enumerate(complete + pruned + other, start=1):
+            value = "-" if trial.value is None else f"{trial.value:.6g}"
+            epochs = "-" if trial.last_step is None else str(trial.last_step + 1)
+            note = trial.user_attrs.get("easyfit_reason", "")
+            rows.append((str(rank) if trial.state == state.COMPLETE else "-", str(trial.number),
+                         trial.state.name.lower() + (f" ({note})" if note else ""), value,
+                         epochs, _format_params(trial.params)))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        lines = ["  ".join([cell.rjust(w) if i != 2 else cell.ljust(w)
+                            for i, (cell, w) in enumerate(zip(row[:5], widths))] + [row[5]])
+                 for row in rows]
+        text = "\n".join(line.rstrip() for line in lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def __repr__(self) -> str:
+        return (f"Study({self.optuna.study_name!r}, objective={self.objective!r}, "
+                f"direction={self.direction!r}, trials={len(self.trials)})")
+
+
+def _format_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+                     for name, value in params.items())
+
+
+def _checked(model: Any) -> Any:
+    from easyfit.model import Model
+
+    if not isinstance(model, Model):
+        raise TypeError(f"build(trial) must return an ef.Model; got {type(model).__name__}.")
+    if not model.compiled:
+        raise ValueError("build(trial) must return a compiled ef.Model (call model.compile).")
+    return model
