@@ -1,14 +1,17 @@
 """``Study``: the result of :func:`easyfit.tune.search`, optuna's study plus the best model,
-and its ranked table of trials."""
+and its ranked table of trials; ``TrialRunner``, the optuna objective that fills it."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from typing import Any, Callable
 
 from easyfit.tune._optuna import import_optuna
+from easyfit.tune.pruning import PruningCallback
 
-__all__ = ["Study"]
+__all__ = ["Study", "TrialRunner"]
 
 _WEIGHTS_ATTR = "easyfit_weights"    # trial user attribute: where its weights were saved
 
@@ -30,7 +33,7 @@ class Study:
                  fit_args: dict[str, Any]):
         self.optuna = study
         self.objective = objective
-        self._build, self._fit_args = build, fit_args
+        self._build_fn, self._fit_args = build, fit_args
         self._best_number: int | None = None   # trial whose model is in memory
         self._best_model: Any = None
 
@@ -85,7 +88,7 @@ class Study:
         return model
 
     def _build_with(self, params: dict[str, Any]) -> Any:
-        return _checked(self._build(import_optuna().trial.FixedTrial(params)))
+        return _checked(self._build_fn(import_optuna().trial.FixedTrial(params)))
 
     def retrain_best(self, epochs: int | None = None, **fit_kwargs: Any) -> Any:
         """Builds a model with the best parameters and trains it as the search did.
@@ -168,3 +171,66 @@ def _checked(model: Any) -> Any:
     if not model.compiled:
         raise ValueError("build(trial) must return a compiled ef.Model (call model.compile).")
     return model
+
+
+class TrialRunner:
+    """The optuna objective that fills a :class:`Study`: builds, fits, reports, keeps the best
+    model."""
+
+    def __init__(self, study: Study, fit_args: dict[str, Any], checkpoint_dir: Any,
+                 trials: int, verbose: int):
+        self.study, self.fit_args, self.trials, self.verbose = study, fit_args, trials, verbose
+        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.count = 0
+
+    def __call__(self, trial: Any) -> float:
+        self.count += 1
+        start = time.perf_counter()
+        model = _checked(self.study._build_fn(trial))
+        objective = self.study.objective
+        pruning = PruningCallback(trial, objective)
+        args = dict(self.fit_args)
+        callbacks = args.pop("callbacks")
+        if callable(callbacks):
+            callbacks = callbacks(trial)
+        history = model.fit(callbacks=[*(callbacks or []), pruning], **args)
+        seconds = time.perf_counter() - start
+        if pruning.pruned_at is not None:
+            if pruning.reason != "pruned":
+                trial.set_user_attr("easyfit_reason", pruning.reason)
+            self._say(trial, f"{pruning.reason} at epoch {pruning.pruned_at + 1}", seconds)
+            pruning.raise_if_pruned()
+        values = history.history.get(objective)
+        if not values:
+            raise KeyError(f"The objective {objective!r} was never in the epoch logs "
+                           f"{sorted(history.history)}.")
+        value = float(values[-1])
+        self._keep_if_best(trial, model, value)
+        self._say(trial, f"{objective}={value:.6g}", seconds)
+        return value
+
+    def _keep_if_best(self, trial: Any, model: Any, value: float) -> None:
+        study = self.study.optuna
+        try:
+            previous = study.best_trial
+        except ValueError:  # no complete trial yet
+            previous = None
+        if previous is not None:
+            better = (value > previous.value if self.study.direction == "maximize"
+                      else value < previous.value)
+            if not better:
+                return
+        self.study._best_number, self.study._best_model = trial.number, model
+        if self.checkpoint_dir is not None:
+            path = os.path.join(os.path.abspath(self.checkpoint_dir), f"trial_{trial.number}")
+            model.save_weights(path)
+            trial.set_user_attr(_WEIGHTS_ATTR, path)
+            old = None if previous is None else previous.user_attrs.get(_WEIGHTS_ATTR)
+            if old and old != path:  # superseded: never the best again
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _say(self, trial: Any, outcome: str, seconds: float) -> None:
+        if self.verbose:
+            params = _format_params(trial.params)
+            print(f"Trial {trial.number} ({self.count}/{self.trials}): {params}: {outcome} "
+                  f"({seconds:.1f} s)", flush=True)

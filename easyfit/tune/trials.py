@@ -1,18 +1,15 @@
-"""``search``: runs optuna trials that build, fit and score models, pruning bad ones early
-and keeping the best (the optuna objective is :class:`_TrialRunner`)."""
+"""``search``: sets up an optuna study (direction, sampler, pruner, storage, where the best
+weights go) and runs its trials."""
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import time
 from typing import Any, Callable, Sequence
 
 from easyfit.callbacks.base import Callback
 from easyfit.tune._optuna import import_optuna
-from easyfit.tune.pruning import PruningCallback
-from easyfit.tune.study import _WEIGHTS_ATTR, Study, _checked, _format_params
+from easyfit.tune.study import Study, TrialRunner
 
 __all__ = ["search"]
 
@@ -142,7 +139,7 @@ def search(build: Callable[[Any], Any], x: Any, y: Any = None, *,
                         batch_size=batch_size, callbacks=callbacks,
                         verbose=2 if verbose >= 2 else 0, **fit_kwargs)
         result = Study(study, build, objective, fit_args)
-        run = _TrialRunner(result, fit_args, checkpoint_dir, trials, verbose)
+        run = TrialRunner(result, fit_args, checkpoint_dir, trials, verbose)
         study.optimize(run, n_trials=trials)
     finally:
         optuna.logging.set_verbosity(old_verbosity)
@@ -150,65 +147,3 @@ def search(build: Callable[[Any], Any], x: Any, y: Any = None, *,
         print()
         result.summary()
     return result
-
-
-class _TrialRunner:
-    """The optuna objective: builds, fits, reports, keeps the best model."""
-
-    def __init__(self, study: Study, fit_args: dict[str, Any], checkpoint_dir: Any,
-                 trials: int, verbose: int):
-        self.study, self.fit_args, self.trials, self.verbose = study, fit_args, trials, verbose
-        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
-        self.count = 0
-
-    def __call__(self, trial: Any) -> float:
-        self.count += 1
-        start = time.perf_counter()
-        model = _checked(self.study._build(trial))
-        objective = self.study.objective
-        pruning = PruningCallback(trial, objective)
-        args = dict(self.fit_args)
-        callbacks = args.pop("callbacks")
-        if callable(callbacks):
-            callbacks = callbacks(trial)
-        history = model.fit(callbacks=[*(callbacks or []), pruning], **args)
-        seconds = time.perf_counter() - start
-        if pruning.pruned_at is not None:
-            if pruning.reason != "pruned":
-                trial.set_user_attr("easyfit_reason", pruning.reason)
-            self._say(trial, f"{pruning.reason} at epoch {pruning.pruned_at + 1}", seconds)
-            pruning.raise_if_pruned()
-        values = history.history.get(objective)
-        if not values:
-            raise KeyError(f"The objective {objective!r} was never in the epoch logs "
-                           f"{sorted(history.history)}.")
-        value = float(values[-1])
-        self._keep_if_best(trial, model, value)
-        self._say(trial, f"{objective}={value:.6g}", seconds)
-        return value
-
-    def _keep_if_best(self, trial: Any, model: Any, value: float) -> None:
-        study = self.study.optuna
-        try:
-            previous = study.best_trial
-        except ValueError:  # no complete trial yet
-            previous = None
-        if previous is not None:
-            better = (value > previous.value if self.study.direction == "maximize"
-                      else value < previous.value)
-            if not better:
-                return
-        self.study._best_number, self.study._best_model = trial.number, model
-        if self.checkpoint_dir is not None:
-            path = os.path.join(os.path.abspath(self.checkpoint_dir), f"trial_{trial.number}")
-            model.save_weights(path)
-            trial.set_user_attr(_WEIGHTS_ATTR, path)
-            old = None if previous is None else previous.user_attrs.get(_WEIGHTS_ATTR)
-            if old and old != path:  # superseded: never the best again
-                shutil.rmtree(old, ignore_errors=True)
-
-    def _say(self, trial: Any, outcome: str, seconds: float) -> None:
-        if self.verbose:
-            params = _format_params(trial.params)
-            print(f"Trial {trial.number} ({self.count}/{self.trials}): {params}: {outcome} "
-                  f"({seconds:.1f} s)", flush=True)
