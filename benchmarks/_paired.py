@@ -318,7 +318,7 @@ def easyfit_fit(model: Any, batch_size: int, x: Any, y: Any, epochs: int) -> Non
     import jax
 
     model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
-    jax.block_until_ready(model._state)
+    jax.block_until_ready(model.trainer.state)
 
 
 def git_state(module: Any) -> str:

@@ -219,10 +219,10 @@ def easyfit_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int | str) -> 
         easyfit_fit(model, cfg.batch, x, y, n)
         fits[0] += 1
         if warm[0] is None:
-            warm[0] = model._steps.train._cache_size()
+            warm[0] = model.trainer.steps.train.cache_size()
 
     def check() -> str:
-        cache = model._steps.train._cache_size()
+        cache = model.trainer.steps.train.cache_size()
         allowed = 2 if k == "auto" else 1  # auto: one step, and the fused size
         if cache == warm[0] and cache <= allowed:
             return ""
@@ -230,7 +230,7 @@ def easyfit_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int | str) -> 
                 f"warm-up: {warm[0]}; expected at most {allowed})")
 
     def info() -> str:
-        return f"auto chose k={model._execution_steps()}" if k == "auto" else ""
+        return f"auto chose k={model.trainer.dispatch.steps()}" if k == "auto" else ""
 
     name = "easyfit default (steps_per_execution='auto')" if k == "auto" else \
         f"easyfit steps_per_execution={k}"
@@ -251,11 +251,11 @@ def easyfit_step_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int)
     model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, shuffle=False,
               verbose=0)  # builds the state and the step
     adapter = ArrayAdapter(x, y, batch_size=cfg.batch)
-    chunks = [model._distribution.place_chunk(c) for c, _ in adapter.chunks(0, k)]
+    chunks = [model.distribution.place_chunk(c) for c, _ in adapter.chunks(0, k)]
     # A private copy of the state: the model's own may share buffers with its module.
     state = [jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a,
-                          model._state)]
-    train = model._steps.train
+                          model.trainer.state)]
+    train = model.trainer.steps.train
 
     def run(n):
         st = state[0]
@@ -281,8 +281,8 @@ def easyfit_input_only_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int
     model = easyfit_model(make_module(cfg), k, LR)
     model.fit(x[:cfg.batch], y[:cfg.batch], batch_size=cfg.batch, epochs=1, verbose=0)
     adapter = ArrayAdapter(x, y, batch_size=cfg.batch, shuffle=True)
-    device_rows = make_rows(adapter, model._distribution, model._one_step_per_call())
-    place = device_rows or model._distribution.place_chunk
+    device_rows = make_rows(adapter, model.distribution, model.trainer.dispatch.one_step_per_call())
+    place = device_rows or model.distribution.place_chunk
     args = {} if device_rows is None else {"as_index": True}
     how = "host gather" if device_rows is None else "row numbers (gathered in the step)"
 
@@ -385,7 +385,7 @@ def fresh_main(cfg: Config, variant: str, k: int | str, epochs: int) -> int:
     if epochs > 1:
         train(epochs - 1)
     if variant == "easyfit" and k == "auto":
-        auto_k = [model._execution_steps()]
+        auto_k = [model.trainer.dispatch.steps()]
     reply({"first_s": first, "others": others, "rss_mib": peak_rss_mib(),
             "before_mib": before, "auto_k": auto_k})
     return 0
@@ -510,7 +510,7 @@ def run_regime(cfg: Config, args, argv_common: list[str]) -> tuple[list[Result],
     for variant in variants:
         variant.prepare(args.seconds, cfg.epochs)
     if not args.no_diagnostic:
-        k = default.model._execution_steps() or 1
+        k = default.model.trainer.dispatch.steps() or 1
         for make in (easyfit_step_only_variant, easyfit_input_only_variant):
             variants.append(make(cfg, x, y, k))
             variants[-1].prepare(args.seconds, cfg.epochs)

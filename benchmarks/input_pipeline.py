@@ -62,7 +62,7 @@ from flax import nnx  # noqa: E402
 import easyfit as ef  # noqa: E402
 import easyfit.loop  # noqa: E402
 from easyfit.data import prefetch as prefetch_lib  # noqa: E402
-from easyfit.data.adapters import adapt  # noqa: E402
+from easyfit.data.adapt import adapt  # noqa: E402
 from easyfit.data.tf_dataset import import_tensorflow  # noqa: E402
 
 tf = import_tensorflow()
@@ -189,7 +189,7 @@ class WaitEveryStep(ef.callbacks.Callback):
     """Blocks until each train step has finished: no step overlaps the next batch's input."""
 
     def on_train_batch_end(self, batch, logs=None):
-        jax.block_until_ready(self.model._state.step)
+        jax.block_until_ready(self.model.trainer.state.step)
 
 
 class OthersLoad:
@@ -236,7 +236,7 @@ def bench_case(kind: str, host_s: float, args, x, y, model: ef.Model) -> Row:
                 pass
 
     def host_ef():
-        place = model._distribution.place_chunk
+        place = model.distribution.place_chunk
         for _ in range(epochs):
             data = adapt(ds, batch_size=None, epochs=1)
             for _ in prefetch_lib.prefetch(data.chunks(0, 1), lambda it: (place(it[0]), it[1])):
@@ -276,7 +276,7 @@ def bench_case(kind: str, host_s: float, args, x, y, model: ef.Model) -> Row:
         row.add("serial", timed(serial) / epochs)
     # "auto" compiles one train program per size it tried (one step, and the fused size);
     # the fits whose callback waits on every step run one step per dispatch
-    assert model._steps.train._cache_size() <= len(model._auto_sizes | {1}), \
+    assert model.trainer.steps.train.cache_size() <= len(model.trainer.dispatch.compiled_sizes | {1}), \
         "the train step recompiled"
     return row
 

@@ -187,7 +187,7 @@ def hand_variant(cfg: Config, x: np.ndarray, y: np.ndarray) -> Variant:
 # easyfit ------------------------------------------------------------------------------------
 def easyfit_variant(cfg: Config, x: np.ndarray, y: np.ndarray, k: int | str) -> Variant:
     model = easyfit_model(make_module(cfg), k, LR)
-    info = (lambda: f"auto chose k={model._execution_steps()}") \
+    info = (lambda: f"auto chose k={model.trainer.dispatch.steps()}") \
         if k == "auto" else (lambda: "diagnostic")
     name = "easyfit default (steps_per_execution='auto')" if k == "auto" else \
         f"  easyfit steps_per_execution={k}"
@@ -278,7 +278,7 @@ def fresh_main(cfg: Config, variant: str, epochs: int) -> int:
     first, others = timed(lambda: train(1))
     if epochs > 1:
         train(epochs - 1)
-    auto_k = [model._execution_steps()] if variant == "default" else []
+    auto_k = [model.trainer.dispatch.steps()] if variant == "default" else []
     reply({"first_s": first, "others": others, "rss_mib": peak_rss_mib(),
            "before_mib": before, "auto_k": auto_k})
     return 0

@@ -25,8 +25,8 @@ jax.devices()[:n]``) and every strategy (``DataParallel``, ``FSDP``) this prints
                 exact arithmetic (softmax ignores a per-query constant), so AdamW turns
                 rounding noise there into full-size (+-lr) steps that differ between layouts.
   check         the train step compiled once across all fit calls
-                (``model._steps.train._cache_size() == 1``), and every state leaf after fit
-                carries the sharding easyfit chose for it (``model._shardings``).
+                (``model.trainer.steps.train.cache_size() == 1``), and every state leaf after fit
+                carries the sharding easyfit chose for it (``model.trainer.shardings``).
 
 On fake CPU devices only the memory and the agreement columns mean anything; on a GPU
 machine the steps/s column is the scaling figure.
@@ -199,8 +199,8 @@ def compiled_memory(model: "ef.Model", x: np.ndarray, y: np.ndarray, cfg: Config
 
     adapter = ArrayAdapter(x, y, batch_size=cfg.batch)
     chunk, _ = next(adapter.chunks(0, cfg.steps_per_execution))
-    chunk = model._distribution.place_chunk(chunk)
-    stats = model._steps.train.lower(model._state, chunk).compile().memory_analysis()
+    chunk = model.distribution.place_chunk(chunk)
+    stats = model.trainer.steps.train.lower(model.trainer.state, chunk).compile().memory_analysis()
     if stats is None:
         raise RuntimeError("memory_analysis() returned None on this backend")
     return {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
@@ -212,9 +212,9 @@ def compiled_memory(model: "ef.Model", x: np.ndarray, y: np.ndarray, cfg: Config
 def sharding_problems(model: "ef.Model") -> list[str]:
     """Leaves of the state whose sharding is not the one easyfit chose for them."""
     problems = []
-    state = model._state
+    state = model.trainer.state
     for part in ("params", "opt_state", "rest", "step", "totals"):
-        values, expected = getattr(state, part), getattr(model._shardings, part)
+        values, expected = getattr(state, part), getattr(model.trainer.shardings, part)
         leaves = jax.tree_util.tree_flatten_with_path(values)[0]
         if isinstance(expected, jax.sharding.Sharding):
             wanted = [expected] * len(leaves)
@@ -245,30 +245,30 @@ def run(strategy: str, n: int, cfg: Config, x: np.ndarray, y: np.ndarray,
 
     start = time.perf_counter()
     fit(1)  # compiles
-    jax.block_until_ready(model._state)
+    jax.block_until_ready(model.trainer.state)
     compile_s = time.perf_counter() - start
 
     start = time.perf_counter()
     history = fit(cfg.epochs)
-    jax.block_until_ready(model._state)
+    jax.block_until_ready(model.trainer.state)
     seconds = time.perf_counter() - start
 
     problems = []
-    cache = model._steps.train._cache_size()
+    cache = model.trainer.steps.train.cache_size()
     if cache != 1:
         problems.append(f"train step compiled {cache}x over 2 fit calls (expected 1)")
     problems += sharding_problems(model)
-    params, opt = model._state.params, model._state.opt_state
+    params, opt = model.trainer.state.params, model.trainer.state.opt_state
     param_bytes, opt_bytes = per_device_bytes(params), per_device_bytes(opt)
     memory, memory_error = {}, ""
     try:
         memory = compiled_memory(model, x, y, cfg)
     except Exception as error:  # report, keep going
         memory_error = f"{type(error).__name__}: {error}"
-    if model._steps.train._cache_size() != cache:
+    if model.trainer.steps.train.cache_size() != cache:
         # lowering for the live state must hit the same signature as fit's calls
         problems.append(f"lowering for memory_analysis made a new cache entry "
-                        f"({model._steps.train._cache_size()} != {cache})")
+                        f"({model.trainer.steps.train.cache_size()} != {cache})")
     return Result(strategy, n, cfg.steps * cfg.epochs / seconds, compile_s,
                   per_device_bytes((params, opt)), param_bytes, opt_bytes, memory, memory_error,
                   float(history.history["loss"][-1]), trained_weights(model), problems)
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  - {p}")
     else:
         print("checks:   every train step compiled once across its fit calls; every state leaf "
-              "has the sharding easyfit chose (model._shardings)")
+              "has the sharding easyfit chose (model.trainer.shardings)")
     print("params+opt = bytes of parameters + optimizer state on the fullest device (live arrays); "
           "arg/out/alias/temp = compiled train step memory_analysis(), per device; "
           "need = arg + out - alias + temp; Δw = trained weights vs DP on 1 device "

@@ -1,7 +1,9 @@
 """``Model``: Keras's compile / fit / evaluate / predict over a Flax module.
 
-The facade is thin: it resolves arguments, builds the data adapters, the jitted steps and
-the training state, and hands them to the loops in :mod:`easyfit.loop`.
+The facade only: it resolves and checks arguments, holds what users read (``history``,
+``stop_training``, ``optimizer``, ``module``) and hands the work to the
+:class:`~easyfit.training.trainer.Trainer` (``model.trainer``), which owns the live
+training, and to the loops in :mod:`easyfit.training.loop`.
 
 Example:
     >>> import easyfit as ef, numpy as np
@@ -18,51 +20,32 @@ Example:
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from easyfit import losses as losses_lib
-from easyfit.tune import lr_finder
 from easyfit import memory as memory_lib
 from easyfit import precision as precision_lib
-from easyfit import remat as remat_lib
-from easyfit import metrics as metrics_lib
-from easyfit import optimizers as optimizers_lib
 from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
-from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays, adapt
 from easyfit.checkpoint import Checkpoints, abstract
+from easyfit.data.adapt import adapt, is_arrays
+from easyfit.data.adapters import ArrayAdapter, DataAdapter
 from easyfit.distribute import DataParallel, Distribution, is_chief
-from easyfit.distribute.strategies import flatten, put
-from easyfit.host_memory import CompileWatch
-from easyfit.training.loop import evaluate_loop, fit_loop, predict_loop, start_auto
-from easyfit.modules.graph import GRAPH, ModuleGraphs, copy_tree, reseed, split
-from easyfit.modules.linen import as_nnx, is_factory
-from easyfit.training.train_state import TrainState, init_optimizer_state
-from easyfit.training.step import Steps
+from easyfit.distribute.strategies import flatten
+from easyfit.memory.host import CompileWatch
+from easyfit.modules.graph import GRAPH, split
+from easyfit.modules.linen import is_factory
 from easyfit.summary import summarize
+from easyfit.training.live_optimizer import LiveOptimizer
+from easyfit.training.loop import evaluate_loop, fit_loop, predict_loop
+from easyfit.training.options import resolve_options
+from easyfit.training.trainer import Trainer
+from easyfit.tune import lr_finder
 
-
-def _numbered(callbacks: Sequence[Callback]) -> list[tuple[int, Callback]]:
-    """``(n, callback)``: n counts earlier callbacks of the same class (0 for the first)."""
-    seen: dict[str, int] = {}
-    out = []
-    for callback in callbacks:
-        name = type(callback).__name__
-        out.append((seen.get(name, 0), callback))
-        seen[name] = seen.get(name, 0) + 1
-    return out
-
-
-def _placed_shapes(tree: Any, sharding: Any) -> Any:
-    """``tree``'s shapes and dtypes, placed with ``sharding`` (one, or a tree of them)."""
-    if isinstance(sharding, jax.sharding.Sharding):
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                            tree)
-    return jax.tree.map(lambda one, subtree: _placed_shapes(subtree, one), sharding, tree)
+__all__ = ["Model"]
 
 
 def _verbosity(verbose: int | str) -> int:
@@ -89,6 +72,10 @@ class Model:
     Attributes:
         stop_training: set to ``True`` (e.g. from a callback) to end ``fit`` after the step.
         history: the :class:`~easyfit.callbacks.History` of the last ``fit``.
+        compiled: whether ``compile`` has been called (as Keras's ``model.compiled``).
+        trainer: the :class:`~easyfit.training.trainer.Trainer` that owns the live training
+            (the training state, the compiled steps, checkpoint contents); for callbacks
+            and tools that need more than Keras's surface.
 
     Example:
         >>> model = Model(MyModule(rngs=nnx.Rngs(0)))            # doctest: +SKIP
@@ -100,36 +87,15 @@ class Model:
         if distribution is not None and not isinstance(distribution, Distribution):
             raise TypeError(f"distribution must be an ef.distribute strategy (DataParallel, "
                             f"FSDP, ModelParallel); got {type(distribution).__name__}.")
-        self._distribution = distribution or DataParallel()
+        distribution = distribution or DataParallel()
         if is_factory(module):
-            module = self._distribution.create(module)
-        self._user_module = module
-        self._module = as_nnx(module, sample_input)
-        self._shardings: TrainState | None = None  # of every part of the training state
-        self._compiled = False
+            module = distribution.create(module)
+        self.trainer = Trainer(module, distribution)
+        self.trainer.ensure_module(sample_input=sample_input)
+        self.compiled = False
         self.stop_training = False
         self.history: History | None = None
-        self._state: TrainState | None = None
-        self._steps: Steps | None = None
-        self._module_stale = False   # the state holds newer weights than the module
-        self._module_shared = True   # the module may share buffers with the state, or be edited
-        self._optimizer: optimizers_lib.Optimizer | None = None
-        self._loss, self._metrics, self._weighted_metrics = None, [], []
-        self._steps_per_execution: int | str = "auto"
-        self._auto_k: int | None = None  # what "auto" measured for this compile
-        self._auto_sizes: set[int] = set()  # chunk sizes "auto" compiled the train step for
-        self._auto_timer = None  # "auto"'s measurement while it lasts
-        self._every_batch = False  # the running fit has callbacks that must see every batch
-        self._seed, self._has_lr = 0, False
-        self._augment = None
-        self._compute_dtype, self._precision, self._float32_layers = None, "float32", ()
-        self._accumulation, self._remat = 1, False
-        self._position = (0, 0)        # (epoch, batch in epoch) reached by fit
-        self._step_count = 0           # optimizer steps taken, counted on the host
-        self._pending_resume = None    # (position, callback states) from a restored backup
-        self._callbacks: CallbackList | None = None
 
-    # -- the user's module, always current when read ---------------------------------------
     @property
     def module(self) -> Any:
         """The wrapped module with the current weights (written back from training on access).
@@ -137,14 +103,12 @@ class Model:
         A Linen module is returned as an ``easyfit.modules.linen.LinenModule``: its ``.linen``
         attribute is the ``nnx.bridge.ToNNX`` bridge whose variables hold the weights.
         """
-        if self._module is None:
-            raise RuntimeError("This Linen module has not been initialised yet: pass "
-                               "`sample_input=` to ef.Model, or call fit/evaluate/predict first.")
-        if self._module_stale:
-            nnx.update(self._module, self._state.params, self._state.rest)
-            self._module_stale = False
-        self._module_shared = True
-        return self._module
+        return self.trainer.module
+
+    @property
+    def distribution(self) -> Distribution:
+        """Where arrays live (the ``ef.distribute`` strategy)."""
+        return self.trainer.distribution
 
     def get_weights(self) -> list[np.ndarray]:
         """All weights (parameters and other state such as batch statistics, not RNG state),
@@ -172,12 +136,11 @@ class Model:
         return nnx.state(self.module, nnx.Not(nnx.RngState), graph=GRAPH)
 
     @property
-    def optimizer(self) -> optimizers_lib.Optimizer:
+    def optimizer(self) -> LiveOptimizer:
         """The compiled optimizer; ``model.optimizer.learning_rate`` reads / sets the live LR."""
         self._require_compiled("read the optimizer")
-        return self._optimizer
+        return LiveOptimizer(self.trainer.options.optimizer, self.trainer)
 
-    # -- compile ----------------------------------------------------------------------------
     def compile(self, optimizer: Any = "adamw", loss: Any = None,
                 metrics: Sequence[Any] | None = None,
                 weighted_metrics: Sequence[Any] | None = None,
@@ -221,266 +184,16 @@ class Model:
         Example:
             >>> model.compile(optimizer=ef.optimizers.adamw(3e-4), loss="mse")  # doctest: +SKIP
         """
-        if loss is None:
-            raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy' "
-                             "or a callable (y_true, y_pred) -> per-example loss.")
-        if steps_per_execution != "auto" and (not isinstance(steps_per_execution, int)
-                                              or steps_per_execution < 1):
-            raise ValueError(f"steps_per_execution must be 'auto' or a positive int, got "
-                             f"{steps_per_execution!r}.")
-        if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
-            raise ValueError(f"gradient_accumulation_steps must be a positive int, got "
-                             f"{gradient_accumulation_steps!r}.")
-        self._compute_dtype = precision_lib.compute_dtype(precision)
-        remat_lib.policy(remat) if remat else None  # refuses an unknown policy now
-        self._precision, self._float32_layers = precision, tuple(float32_layers)
-        self._accumulation, self._remat = gradient_accumulation_steps, remat
-        self._optimizer = optimizers_lib.get(optimizer)
-        self._optimizer.reset()  # built for this compile by the next fit
-        self._optimizer._binding = self
-        self._loss = losses_lib.get(loss)
-        from_logits = getattr(self._loss, "from_logits", True)
-        self._metrics, self._weighted_metrics = metrics_lib.named_apart(
-            [metrics_lib.get(m, from_logits) for m in metrics or []],
-            [metrics_lib.get(m, from_logits) for m in weighted_metrics or []])
-        self._steps_per_execution, self._auto_k = steps_per_execution, None
-        self._auto_sizes, self._auto_timer = set(), None
-        self._seed, self._augment = seed, augment
-        self._state, self._steps = None, None
-        self._compiled = True
-
-    def _execution_steps(self) -> int | None:
-        """Steps per dispatch: the compiled number, what "auto" chose, or ``None`` while
-        "auto" has not measured yet. "auto" runs one step per dispatch in a ``fit`` whose
-        callbacks must see every batch, whatever it chose in other fits."""
-        if self._steps_per_execution == "auto":
-            return 1 if self._every_batch else self._auto_k
-        return self._steps_per_execution
-
-    def _one_step_per_call(self) -> bool:
-        """One step per call for the whole running ``fit``, set by the user (the number 1,
-        or "auto" with a callback that must see every batch), not measured by "auto"."""
-        return self._steps_per_execution == 1 or (
-            self._steps_per_execution == "auto" and self._every_batch)
+        self.trainer.configure(resolve_options(
+            optimizer, loss, metrics, weighted_metrics, steps_per_execution, seed, augment,
+            precision, float32_layers, gradient_accumulation_steps, remat))
+        self.compiled = True
 
     def _require_compiled(self, action: str) -> None:
-        if not self._compiled:
+        if not self.compiled:
             raise RuntimeError(f"You must call `model.compile(optimizer=..., loss=...)` before "
                                f"you {action}.")
 
-    # -- building the state and the steps ---------------------------------------------------
-    def _ensure_module(self, data: DataAdapter) -> None:
-        if self._module is None:
-            self._module = as_nnx(self._user_module, data.sample_x(), self._seed)
-
-    def _ensure_steps(self) -> Steps:
-        if self._steps is None:
-            self._steps = Steps(ModuleGraphs(self._module, self._edit_view), self._loss,
-                                self._metrics, self._weighted_metrics, self._optimizer,
-                                self._augment, self._seed, self._compute_dtype)
-        return self._steps
-
-    def _edit_view(self, view: nnx.Module, train: bool) -> None:
-        """What the steps run: layers in the compute precision, rematerialised in training."""
-        if self._compute_dtype is not None:
-            precision_lib.set_compute_dtype(view, self._compute_dtype, self._float32_layers)
-        if train and self._remat:
-            remat_lib.rematerialise(view, self._remat)
-
-    def _build(self, data: DataAdapter, total_steps: int | None,
-               on_shapes: Callable[[TrainState, Any], None] | None = None) -> None:
-        """Makes the module, the steps and (once per compile) the training state; a new
-        state's shapes (and the sample batch that shaped it) go to ``on_shapes`` before its
-        arrays are made."""
-        self._ensure_module(data)
-        self._distribution.check_batch_size(data.batch_size)
-        steps = self._ensure_steps()
-        transform = self._optimizer.build(total_steps, self._accumulation,
-                                          loss_scaling=self._precision == "float16")
-        if self._state is None:
-            params, rest = split(self._module)
-            rest = reseed(rest, self._seed)
-            nnx.update(self._module, rest)
-            self._state, self._shardings = self._new_state(transform, steps, params, rest,
-                                                           data.sample_batch(), on_shapes)
-            self._totals_zero = True
-            self._module_shared = True
-            self._step_count = 0
-            self._has_lr = self._optimizer.current_lr(self._state.opt_state) is not None
-
-    def _new_state(self, transform: Any, steps: Steps, params: Any, rest: Any, batch: Any,
-                   on_shapes: Callable[[TrainState, Any], None] | None = None,
-                   ) -> tuple[TrainState, TrainState]:
-        """A training state from ``params`` and ``rest``, placed as training places it, and
-        its shardings; ``steps.train`` is pinned to them (so it compiles once). Its shapes
-        go to ``on_shapes(shapes, batch)`` first: the train step can start compiling while
-        it is made."""
-        dist = self._distribution
-        opt_shapes = jax.eval_shape(transform.init, params)
-        params_sharding, opt_sharding = dist.state_shardings(params, opt_shapes)
-        totals = steps.zero_totals(params, rest, batch)
-        step = np.zeros((), np.int32)
-        one = dist.replicated_sharding()
-        shardings = TrainState(params=params_sharding, rest=one, opt_state=opt_sharding,
-                               step=one, totals=one)
-        steps.shard_train(shardings, dist.chunk_sharding())
-        if on_shapes is not None:
-            on_shapes(TrainState(
-                params=_placed_shapes(params, params_sharding),
-                rest=_placed_shapes(rest, one), opt_state=_placed_shapes(opt_shapes, opt_sharding),
-                step=_placed_shapes(step, one), totals=_placed_shapes(totals, one)), batch)
-        params = dist.place(params, params_sharding)
-        opt_state = init_optimizer_state(transform.init, params, opt_sharding)
-        state = TrainState(params=params, rest=dist.replicate(rest), opt_state=opt_state,
-                           step=dist.replicate(step),
-                           totals=dist.replicate(totals))
-        return state, shardings
-
-    def _train_on_chunk(self, chunk: Any, batches: int) -> dict[str, jax.Array]:
-        """Dispatches the train step; returns its logs (ready when it has run)."""
-        if self._module_shared:  # the module may hold the state's buffers or user edits
-            params, rest = split(self._module)
-            self._state = self._distribution.place(
-                self._state.replace(params=copy_tree(params), rest=copy_tree(rest)),
-                self._shardings)
-            self._module_shared = False
-        treedef, leaves = self._flat_state()
-        leaves, logs = self._steps.train.call_flat(treedef, leaves, chunk)
-        self._state = None  # the old state's arrays were donated
-        self._flat, self._state_logs = (treedef, leaves), logs
-        self._module_stale = True
-        self._step_count += batches
-        return logs
-
-    def _train_logs(self) -> dict[str, jax.Array]:
-        """The logs of the current state, on the device: the last train step's, unless the
-        state changed since (a restore, a new learning rate)."""
-        if self._state_logs is None:
-            self._state_logs = self._steps.logs(self._state.totals, self._state.opt_state)
-        return self._state_logs
-
-    def _reset_totals(self) -> None:
-        if self._totals_zero:  # already zero (a new state): nothing to run
-            return
-        # on the device: one small dispatch, no host-to-device copy between epochs
-        self._state = self._state.replace(totals=self._steps.zero(self._state.totals))
-        self._totals_zero = True
-
-    @property
-    def _state(self) -> TrainState | None:
-        """The training state. Setting it forgets what was known of the one before: its
-        leaves, its logs, that its metric sums were zero. Between train steps it is kept as
-        leaves (see ``FlatStateJit``), and built from them when read."""
-        if self._live_state is None and self._flat is not None:
-            self._live_state = jax.tree.unflatten(*self._flat)
-        return self._live_state
-
-    @_state.setter
-    def _state(self, state: TrainState | None) -> None:
-        self._live_state, self._flat, self._state_logs = state, None, None
-        self._totals_zero = False
-
-    def _flat_state(self) -> tuple[Any, list]:
-        """``(treedef, leaves)`` of the training state."""
-        if self._flat is None:
-            leaves, treedef = jax.tree.flatten(self._live_state)
-            self._flat = (treedef, leaves)
-        return self._flat
-
-    def _eval_state(self) -> tuple[Any, Any]:
-        if self._state is not None and not self._module_shared:
-            return self._state.params, self._state.rest
-        params, rest = split(self.module)
-        return (self._distribution.place(params, self._params_sharding(params)),
-                self._distribution.replicate(rest))
-
-    def _params_sharding(self, params: Any) -> Any:
-        if self._shardings is not None:
-            return self._shardings.params
-        return self._distribution.param_shardings(params)
-
-    # -- checkpoints: what is saved and restored -------------------------------------------
-    def _host_step(self) -> int:
-        return self._step_count
-
-    def _weights_now(self) -> dict[str, Any]:
-        params, rest = self._eval_state()
-        return {"params": params, "rest": rest}
-
-    def _checkpoint_payload(self, train: bool) -> tuple[Any, Any]:
-        """``(weights, train state)`` as they are now (train state ``None`` if not asked)."""
-        state = self._state
-        extra = {"opt_state": state.opt_state, "step": state.step, "totals": state.totals}
-        return self._weights_now(), (extra if train else None)
-
-    def _checkpoint_targets(self, train: bool) -> tuple[Any, Any]:
-        """Abstract targets (shapes, dtypes, shardings) for restoring a checkpoint."""
-        weights, extra = self._checkpoint_payload(train)
-        return abstract(weights), (None if extra is None else abstract(extra))
-
-    def _load_checkpoint(self, weights: Any, train: Any) -> None:
-        """Makes a restored checkpoint the live training state."""
-        self._state = self._state.replace(params=weights["params"], rest=weights["rest"],
-                                          **({} if train is None else train))
-        self._module_shared, self._module_stale = False, True
-        if train is not None:
-            self._step_count = int(train["step"])
-
-    def _resume_at(self, position: tuple[int, int], callback_states: list) -> None:
-        self._pending_resume = (tuple(position), callback_states)
-
-    def _take_resume_position(self, callbacks: CallbackList) -> tuple[int, int] | None:
-        """Applies a restored backup's callback states; returns where to continue."""
-        if self._pending_resume is None:
-            return None
-        position, states = self._pending_resume
-        self._pending_resume = None
-        saved = {(entry["class"], entry["nth"]): entry["state"] for entry in states if entry}
-        for nth, callback in _numbered(callbacks.callbacks):
-            if (type(callback).__name__, nth) in saved:
-                callback.set_state(saved[(type(callback).__name__, nth)])
-        self._position = position
-        return position
-
-    def _callback_states(self) -> list[dict[str, Any] | None]:
-        """Each stateful callback's state, keyed by class name and occurrence."""
-        return [None if (state := c.get_state()) is None else
-                {"class": type(c).__name__, "nth": nth, "state": state}
-                for nth, c in _numbered(self._callbacks.callbacks)]
-
-    def save_weights(self, path: str) -> None:
-        """Writes the weights (parameters, batch statistics, RNG state) to a checkpoint
-        directory; :meth:`load_weights` on a model built by the same code restores them."""
-        store = Checkpoints(path, keep_latest=1, async_save=False)
-        store.delete(self._step_count)  # saving again at the same step overwrites, as Keras
-        store.save(self._step_count, self._weights_now(), {"epoch": self._position[0]})
-        store.close()
-
-    def load_weights(self, path: str, step: int | None = None) -> None:
-        """Loads weights from a checkpoint directory (of :meth:`save_weights`,
-        ``ModelCheckpoint`` or ``BackupAndRestore``): ``step``, else the best by the
-        monitored value, else the latest. Refuses a checkpoint of a different model."""
-        if self._module is None:
-            raise RuntimeError("Initialise this Linen model first (sample_input= or a call).")
-        store = Checkpoints(path, keep_latest=1, async_save=False)
-        chosen = step if step is not None else store.best_step()
-        if chosen is None:
-            raise FileNotFoundError(f"No checkpoint in {path}.")
-        target = abstract(self._weights_now())
-        _, weights, _, _ = store.restore(target, step=chosen)
-        store.close()
-        nnx.update(self.module, weights["params"], weights["rest"])
-
-    # -- the optimizer reads and writes the live state through these ------------------------
-    def _get_opt_state(self) -> Any:
-        return None if self._state is None else self._state.opt_state
-
-    def _set_opt_state(self, opt_state: Any) -> None:
-        placed = jax.tree.map(lambda new, old: put(new, old.sharding),
-                              opt_state, self._state.opt_state)
-        self._state = self._state.replace(opt_state=placed)
-
-    # -- fit / evaluate / predict -----------------------------------------------------------
     def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
             verbose: int | str = "auto", callbacks: Sequence[Callback] | None = None,
             validation_split: float = 0.0, validation_data: Any = None, shuffle: bool = True,
@@ -520,11 +233,12 @@ class Model:
         self._require_compiled("train the model (fit)")
         if x is None:
             raise ValueError("fit needs training data: fit(x, y) with arrays, or fit(dataset).")
-        if validation_split and validation_data is None and not _is_arrays(x):
+        if validation_split and validation_data is None and not is_arrays(x):
             raise ValueError("validation_split works only with array inputs; pass "
                              "validation_data= for datasets, generators and iterables.")
+        trainer, plan = self.trainer, self.trainer.dispatch
         train = adapt(x, y, batch_size=batch_size, sample_weight=sample_weight,
-                      class_weight=class_weight, shuffle=shuffle, seed=self._seed,
+                      class_weight=class_weight, shuffle=shuffle, seed=trainer.options.seed,
                       steps=steps_per_epoch, epochs=epochs - initial_epoch, keys=(x_key, y_key))
         validation = None
         if validation_split and validation_data is None:
@@ -546,26 +260,30 @@ class Model:
                                      params={"epochs": epochs, "steps": train.steps,
                                              "verbose": verbose})
         # As Keras: a callback with batch hooks of its own sees every batch.
-        self._every_batch = callback_list.needs_every_batch()
+        plan.every_batch = callback_list.needs_every_batch()
+
+        def start_auto(shapes: Any, batch: Any) -> None:  # "auto" compiles as the state is made
+            if plan.undecided() and plan.timer is None:
+                plan.start_timer(trainer.steps.train, trainer.distribution, train, shapes, batch)
+
         try:
             compiles = CompileWatch()
-            self._build(train, total_steps,
-                        on_shapes=lambda shapes, batch: start_auto(self, train, shapes, batch))
+            trainer.build(train, total_steps, on_shapes=start_auto)
             compiles.release_if_compiled()
             memory_lib.check_capacity(self, train.batch_size, train)  # warns if it cannot fit
             self.stop_training = False
             self.history = history
-            self._callbacks = callback_list
+            trainer.callbacks = callback_list
             fit_loop(self, train, validation, epochs=epochs, initial_epoch=initial_epoch,
                      validation_freq=validation_freq, callbacks=callback_list)
         finally:
-            self._every_batch = False
+            plan.every_batch = False
         self.module  # noqa: B018 -- write the trained weights back to the user's module
         return history
 
     def _validation_adapter(self, data: Any, batch_size: int, steps: int | None,
                             keys: Any) -> DataAdapter:
-        if isinstance(data, tuple) and 2 <= len(data) <= 3 and _is_arrays(data[0]):
+        if isinstance(data, tuple) and 2 <= len(data) <= 3 and is_arrays(data[0]):
             return ArrayAdapter(data[0], data[1], data[2] if len(data) == 3 else None,
                                 batch_size=batch_size, steps=steps)
         return adapt(data, batch_size=batch_size, steps=steps, keys=keys)
@@ -588,10 +306,8 @@ class Model:
         self._require_compiled("evaluate the model")
         data = adapt(x, y, batch_size=batch_size, sample_weight=sample_weight, steps=steps,
                      keys=(x_key, y_key))
-        self._ensure_module(data)
-        self._distribution.check_batch_size(data.batch_size)
-        self._ensure_steps()
-        logs = evaluate_loop(self, data, CallbackList(callbacks or [], model=self))
+        self._prepare(data)
+        logs = evaluate_loop(self.trainer, data, CallbackList(callbacks or [], model=self))
         if return_dict:
             return logs
         values = list(logs.values())
@@ -607,10 +323,12 @@ class Model:
             (360, 10)
         """
         data = adapt(x, batch_size=batch_size, steps=steps, with_y=False, keys=(x_key, None))
-        self._ensure_module(data)
-        self._distribution.check_batch_size(data.batch_size)
-        self._ensure_steps()
-        return predict_loop(self, data, CallbackList(callbacks or [], model=self))
+        self._prepare(data)
+        return predict_loop(self.trainer, data, CallbackList(callbacks or [], model=self))
+
+    def _prepare(self, data: DataAdapter) -> None:
+        self.trainer.ensure_module(data)
+        self.trainer.distribution.check_batch_size(data.batch_size)
 
     # -- choosing the learning rate ------------------------------------------------------------
     def find_lr(self, x: Any, y: Any = None, min_lr: float = 1e-7, max_lr: float = 1.0,
@@ -658,10 +376,10 @@ class Model:
         on several devices also the mesh and each sharded parameter's partition spec; with
         ``batch_size``, the per-device memory estimate of training at that batch size
         (:meth:`estimate_memory`; the model must have seen data)."""
-        module, dist = self.module, self._distribution
+        module, dist = self.module, self.trainer.distribution
         placement = None
         if dist.mesh.size > 1:  # each parameter's partition spec, and the mesh
-            shardings = self._params_sharding(split(module)[0])
+            shardings = self.trainer.params_sharding(split(module)[0])
             placement = {"/".join(names): str(sharding.spec)
                          for names, sharding in flatten(shardings)[0]}
         text = summarize(module, placement,
@@ -672,3 +390,28 @@ class Model:
         if print_fn is not None:
             print_fn(text)
         return text
+
+    # -- weights on disk -----------------------------------------------------------------------
+    def save_weights(self, path: str) -> None:
+        """Writes the weights (parameters, batch statistics, RNG state) to a checkpoint
+        directory; :meth:`load_weights` on a model built by the same code restores them."""
+        store = Checkpoints(path, keep_latest=1, async_save=False)
+        step = self.trainer.step_count
+        store.delete(step)  # saving again at the same step overwrites, as Keras
+        store.save(step, self.trainer.weights(), {"epoch": self.trainer.position[0]})
+        store.close()
+
+    def load_weights(self, path: str, step: int | None = None) -> None:
+        """Loads weights from a checkpoint directory (of :meth:`save_weights`,
+        ``ModelCheckpoint`` or ``BackupAndRestore``): ``step``, else the best by the
+        monitored value, else the latest. Refuses a checkpoint of a different model."""
+        if not self.trainer.has_module:
+            raise RuntimeError("Initialise this Linen model first (sample_input= or a call).")
+        store = Checkpoints(path, keep_latest=1, async_save=False)
+        chosen = step if step is not None else store.best_step()
+        if chosen is None:
+            raise FileNotFoundError(f"No checkpoint in {path}.")
+        target = abstract(self.trainer.weights())
+        _, weights, _, _ = store.restore(target, step=chosen)
+        store.close()
+        nnx.update(self.module, weights["params"], weights["rest"])

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,17 +75,14 @@ def _is_lr_node(node: Any) -> bool:
     return isinstance(node, (LearningRateState, *_INJECTED))
 
 
-class _Binding(Protocol):
-    def _get_opt_state(self) -> Any: ...
-    def _set_opt_state(self, opt_state: Any) -> None: ...
-
-
 class Optimizer:
     """An optax transformation plus what easyfit needs to know about its learning rate.
 
     Build one with :func:`sgd`, :func:`adam`, :func:`adamw`, ... or wrap any optax
-    transformation with :meth:`from_optax`. After ``model.compile`` it is ``model.optimizer``
-    and its ``learning_rate`` reads and writes the live training state, as in Keras.
+    transformation with :meth:`from_optax`. It builds the optax transformation and knows
+    where the learning rate sits in its state; after ``model.compile``,
+    ``model.optimizer.learning_rate`` reads and writes the rate in the live training state,
+    as in Keras.
 
     Example:
         >>> opt = sgd(learning_rate=0.1, momentum=0.9)
@@ -108,7 +105,6 @@ class Optimizer:
         self._base = transform  # a user's optax transformation, used as built
         self._transform: optax.GradientTransformation | None = None
         self._lr_fn: optax.Schedule | None = None
-        self._binding: _Binding | None = None
 
     @classmethod
     def from_optax(cls, transform: optax.GradientTransformation) -> "Optimizer":
@@ -209,15 +205,32 @@ class Optimizer:
             "`optax.inject_hyperparams(optax.adamw)(learning_rate=...)`, or use "
             "`ef.optimizers.adamw(...)` (or another ef.optimizers function).")
 
+    def learning_rate_in(self, opt_state: Any) -> float:
+        """The learning rate of the next update in ``opt_state``, as a float."""
+        lr = self.current_lr(opt_state)
+        if lr is None:
+            raise self._no_lr_error()
+        return float(lr)
+
+    def sweep_transform(self, schedule: optax.Schedule) -> tuple[optax.GradientTransformation,
+                                                                 bool]:
+        """``(transform, lr_in_state)``: this optimizer with ``schedule`` as its learning rate
+        (for the learning-rate finder).
+
+        An easyfit optimizer is rebuilt with the schedule (``lr_in_state`` is ``True``: the
+        whole sweep runs on the device); an optax optimizer built with ``inject_hyperparams``
+        keeps its own transformation, and each rate is set with :meth:`with_lr` between steps.
+        """
+        if self._rule is not None:
+            return self._with_schedule(schedule), True
+        if self.current_lr(self._base.init({"w": jnp.zeros(())})) is None:
+            raise self._no_lr_error()
+        return self._base, False
+
     @property
     def learning_rate(self) -> float:
-        """The current learning rate, as a float (reads the live state after ``fit`` starts)."""
-        opt_state = self._binding._get_opt_state() if self._binding else None
-        if opt_state is not None:
-            lr = self.current_lr(opt_state)
-            if lr is None:
-                raise self._no_lr_error()
-            return float(lr)
+        """The learning rate before training: the constant, or a schedule's first value.
+        (``model.optimizer.learning_rate`` reads the live rate once ``fit`` has started.)"""
         if self._constant:
             return self._initial_lr
         if self._schedule is not None:  # before fit: the rate at step 0 (of a long run)
@@ -227,10 +240,7 @@ class Optimizer:
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
-        opt_state = self._binding._get_opt_state() if self._binding else None
-        if opt_state is not None:
-            self._binding._set_opt_state(self.with_lr(opt_state, float(value)))
-        elif self._constant and not self.built:
+        if self._constant and not self.built:
             self._initial_lr = float(value)
         else:
             raise ValueError("Set a scheduled learning rate after training has started "

@@ -252,4 +252,4 @@ def train_programs(model) -> int:
     measures, then times the fused size it suggests: up to two programs. A padded last batch
     or a short last chunk never adds one.
     """
-    return max(1, len(model._auto_sizes)) if model._steps_per_execution == "auto" else 1
+    return max(1, len(model.trainer.dispatch.compiled_sizes)) if model.trainer.dispatch.requested == "auto" else 1

@@ -102,12 +102,12 @@ def main(out: str, checkpoints: str) -> None:
         before = len(COMPILES)
         m.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
         results["runs"][name] = {
-            "loss": history.history["loss"], "params": specs(m._state.params),
-            "opt_state": specs(m._state.opt_state), "compiles_second_fit": len(COMPILES) - before,
+            "loss": history.history["loss"], "params": specs(m.trainer.state.params),
+            "opt_state": specs(m.trainer.state.opt_state), "compiles_second_fit": len(COMPILES) - before,
             "compiles_first_fit": compiled_first,
             # as conftest.train_programs (not imported: this runs in a bare subprocess)
-            "train_programs": max(1, len(m._auto_sizes)),  # "auto" may run two sizes
-            "mesh": dict(m._distribution.mesh.shape), "summary": m.summary(print_fn=None)}
+            "train_programs": max(1, len(m.trainer.dispatch.compiled_sizes)),  # "auto" may run two sizes
+            "mesh": dict(m.distribution.mesh.shape), "summary": m.summary(print_fn=None)}
         trained[name] = m
     # The same data fed from the host: the arrays are held on the devices above (the step
     # gathers each batch's rows from them), and the two must train alike.
@@ -141,7 +141,7 @@ def main(out: str, checkpoints: str) -> None:
             on_one.get_weights(), trained["fsdp"].get_weights())),
         "1to8_equal_weights": all(np.array_equal(a, b) for a, b in zip(
             on_eight.get_weights(), trained["one_device"].get_weights())),
-        "1to8_params": specs(on_eight._eval_state()[0]),
+        "1to8_params": specs(on_eight.trainer.eval_state()[0]),
     }
     with open(out, "w") as handle:
         json.dump(results, handle)

@@ -44,7 +44,7 @@ class Killer(ef.callbacks.Callback):
         self.kill_at = kill_at
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.model._host_step() >= self.kill_at:
+        if self.model.trainer.step_count >= self.kill_at:
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -79,7 +79,7 @@ def main(out: str, backup: str, kill_at: int, save_freq: int) -> None:
     arrays = {f"w{i}": np.asarray(a) for i, a in enumerate(model.get_weights())}
     arrays.update({f"pre{i}": np.asarray(a) for i, a in enumerate(before.weights)})
     np.savez(out, history=json.dumps({"history": history.history, "epoch": history.epoch}),
-             steps=model._host_step(), **arrays)
+             steps=model.trainer.step_count, **arrays)
 
 
 if __name__ == "__main__":

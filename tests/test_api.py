@@ -124,7 +124,7 @@ def test_steps_per_epoch_with_arrays():
     x, y = make_data(100)
     model = _model()
     model.fit(x, y, batch_size=10, steps_per_epoch=2, epochs=3, verbose=0)
-    assert int(model._state.step) == 6
+    assert int(model.trainer.state.step) == 6
 
 
 def test_steps_per_epoch_with_validation_split():
@@ -132,7 +132,7 @@ def test_steps_per_epoch_with_validation_split():
     model = _model()
     model.fit(x, y, batch_size=10, steps_per_epoch=2, epochs=1, validation_split=0.2,
               verbose=0)
-    assert int(model._state.step) == 2
+    assert int(model.trainer.state.step) == 2
 
 
 def test_evaluate_with_steps():
@@ -155,7 +155,7 @@ def test_initial_epoch_runs_the_remaining_epochs():
     model = _model()
     history = model.fit(x, y, batch_size=20, epochs=5, initial_epoch=3, verbose=0)
     assert history.epoch == [3, 4]
-    assert int(model._state.step) == 4
+    assert int(model.trainer.state.step) == 4
 
 
 def test_verbose_2_prints_one_line_per_epoch(capsys):
@@ -321,11 +321,11 @@ def test_list_of_batches_with_a_smaller_last_batch():
     history = from_list.fit(batches, epochs=2, verbose=0)
     from_arrays.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
     assert len(history.history["loss"]) == 2
-    assert int(from_list._state.step) == 6
+    assert int(from_list.trainer.state.step) == 6
     assert_params_close(params_of(from_list.module), params_of(from_arrays.module), atol=1e-6)
     assert from_list.evaluate(batches, verbose=0) == pytest.approx(
         from_arrays.evaluate(x, y, batch_size=32, verbose=0), rel=1e-6)
-    assert from_list._steps.train._cache_size() == train_programs(from_list)
+    assert from_list.trainer.steps.train.cache_size() == train_programs(from_list)
 
 
 def test_list_of_batches_with_sample_weights():
@@ -341,7 +341,7 @@ def _generator_fit(make_iterator):
     model = _model()
     history = model.fit(make_iterator(x, y), epochs=3, steps_per_epoch=4, verbose=0)
     assert len(history.history["loss"]) == 3
-    assert int(model._state.step) == 12
+    assert int(model.trainer.state.step) == 12
     # the iterator continues across epochs: it equals 3 in-order epochs over the arrays
     reference = _model()
     reference.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)

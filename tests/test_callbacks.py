@@ -264,7 +264,7 @@ def test_terminate_on_nan_stops_after_the_nan_step(capsys, steps_per_execution):
     history = model.fit(x, y, batch_size=20, epochs=5, verbose=0,
                         callbacks=[ef.callbacks.TerminateOnNaN()])
     # it reads the loss once per dispatch: after the first one
-    assert model._host_step() == int(model._state.step) == steps_per_execution
+    assert model.trainer.step_count == int(model.trainer.state.step) == steps_per_execution
     assert history.epoch == [0]
     assert math.isnan(history.history["loss"][0])
     assert "invalid loss" in capsys.readouterr().out
@@ -286,7 +286,7 @@ def test_terminate_on_nan_with_a_huge_learning_rate():
     history = model.fit(x, y_reg, batch_size=20, epochs=50, verbose=0,
                         callbacks=[ef.callbacks.TerminateOnNaN()])
     assert len(history.epoch) < 50
-    assert model._host_step() < 150
+    assert model.trainer.step_count < 150
     assert not math.isfinite(history.history["loss"][-1])
 
 
@@ -296,13 +296,13 @@ def test_stop_training_in_on_train_batch_end_ends_fit_after_that_step(k, expecte
 
     class StopAtThird(ef.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if self.model._host_step() >= 3:
+            if self.model.trainer.step_count >= 3:
                 self.model.stop_training = True
 
     model = model_of(steps_per_execution=k)
     history = model.fit(x, y, batch_size=20, epochs=3, verbose=0, callbacks=[StopAtThird()])
-    assert model._host_step() == expected_steps
-    assert int(model._state.step) == expected_steps
+    assert model.trainer.step_count == expected_steps
+    assert int(model.trainer.state.step) == expected_steps
     assert history.epoch == [0]   # the stopped epoch still ends (logs, on_epoch_end), as Keras
 
 
@@ -318,7 +318,7 @@ def test_callback_reading_model_module_sees_current_weights():
         def on_train_batch_end(self, batch, logs=None):
             module = self.model.module
             from_module = [np.array(a) for a in jax.tree.leaves(nnx.state(module, nnx.Param))]
-            live = [np.array(a) for a in jax.tree.leaves(self.model._state.params)]
+            live = [np.array(a) for a in jax.tree.leaves(self.model.trainer.state.params)]
             assert_weights_equal(from_module, self.model.get_weights())
             assert_weights_equal(from_module, live)
             snaps.append(from_module)
@@ -435,7 +435,7 @@ def test_exception_while_a_checkpoint_is_written_leaves_it_committed_or_absent(t
 
     class Bomb(ef.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if self.model._host_step() == 7:
+            if self.model.trainer.step_count == 7:
                 raise Boom("mid-write")
 
     checkpoint = ef.callbacks.ModelCheckpoint(ckpt, monitor="loss", save_freq=1,
@@ -623,7 +623,7 @@ def test_learning_rate_scheduler_changes_the_rate_used_without_recompiling():
     expected = [0.2, 0.1, 0.05, 0.025]
     np.testing.assert_allclose(probe.rates, expected, rtol=1e-4)
     np.testing.assert_allclose(history.history["lr"], expected, rtol=1e-6)
-    assert model._steps.train._cache_size() == train_programs(model)
+    assert model.trainer.steps.train.cache_size() == train_programs(model)
 
 
 def test_learning_rate_scheduler_receives_the_current_rate():
@@ -657,7 +657,7 @@ def test_reduce_lr_on_plateau_changes_the_rate_used_without_recompiling():
     lr = history.history["lr"]
     assert lr[0] == pytest.approx(0.2) and lr[1] == pytest.approx(0.2)
     assert lr[3] == pytest.approx(0.1) and lr[5] == pytest.approx(0.05)
-    assert model._steps.train._cache_size() == train_programs(model)
+    assert model.trainer.steps.train.cache_size() == train_programs(model)
 
 
 def test_reduce_lr_on_plateau_respects_min_lr_and_cooldown():
@@ -765,7 +765,7 @@ def test_tensorboard_update_freq_writes_batch_scalars(tmp_path):
 
     class Losses(ef.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            batch_losses[self.model._host_step()] = logs["loss"]
+            batch_losses[self.model.trainer.step_count] = logs["loss"]
 
     model = model_of()
     model.fit(x, y, batch_size=20, epochs=2, verbose=0,

@@ -386,7 +386,7 @@ def _backup_then_other_model(tmp_path):
     with pytest.raises(CheckpointError) as info:
         other.fit(x, y, batch_size=20, epochs=2, verbose=0,
                   callbacks=[ef.callbacks.BackupAndRestore(backup)])
-    assert other._host_step() == 0
+    assert other.trainer.step_count == 0
     assert steps_in(backup) == [2]                  # the backup is kept
     return str(info.value)
 
@@ -415,7 +415,7 @@ def test_checkpoint_directory_under_a_file_fails_before_training(tmp_path, make)
     with pytest.raises(CheckpointError) as info:
         model.fit(x, y, batch_size=20, epochs=2, verbose=0, callbacks=[make(blocker / "ckpt")])
     assert str(blocker / "ckpt") in str(info.value)
-    assert model._host_step() == 0
+    assert model.trainer.step_count == 0
     assert blocker.read_text() == "not a directory"
 
 

@@ -125,7 +125,7 @@ class TraceSpy(ef.callbacks.Callback):
         self.profiler, self.seen = profiler, []
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.seen.append((self.model._host_step(), self.profiler.tracing))
+        self.seen.append((self.model.trainer.step_count, self.profiler.tracing))
 
 
 def _traced_steps(spy: TraceSpy) -> list[int]:
@@ -172,7 +172,7 @@ def test_profiler_range_never_reached_writes_nothing(tmp_path):
 def test_profiler_stops_when_fit_fails(tmp_path):
     class Boom(ef.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
-            if self.model._host_step() == 3:
+            if self.model.trainer.step_count == 3:
                 raise RuntimeError("boom")
 
     x, y = make_data(80)

@@ -123,9 +123,9 @@ def test_partial_batches_compile_once_and_exact_loss():
                                atol=1e-6)
     assert predictions.shape == (1000, 4)
 
-    assert model._steps.train._cache_size() == train_programs(model)
-    assert model._steps.eval._cache_size() <= train_programs(model)  # see the tf.data twin
-    assert model._steps.predict._cache_size() == 1
+    assert model.trainer.steps.train.cache_size() == train_programs(model)
+    assert model.trainer.steps.eval._cache_size() <= train_programs(model)  # see the tf.data twin
+    assert model.trainer.steps.predict._cache_size() == 1
 
 
 def test_predict_1001_rows_in_order():

@@ -104,11 +104,11 @@ def test_partial_batches_compile_once_and_exact_loss():
     predictions = model.predict(train, verbose=0)  # (x, y) elements: y is ignored
     assert predictions.shape == (1000, 4)
 
-    assert model._steps.train._cache_size() == train_programs(model)
+    assert model.trainer.steps.train.cache_size() == train_programs(model)
     # eval runs chunks of the train step's size (while "auto" measures single steps, one step,
     # then its choice), so validation in the first epoch may make a second eval program
-    assert model._steps.eval._cache_size() <= train_programs(model)
-    assert model._steps.predict._cache_size() == 1
+    assert model.trainer.steps.eval._cache_size() <= train_programs(model)
+    assert model.trainer.steps.predict._cache_size() == 1
 
 
 def test_predict_returns_every_row_in_order():
@@ -119,7 +119,7 @@ def test_predict_returns_every_row_in_order():
     from_numpy = model.predict(x, batch_size=64, verbose=0)
     assert from_dataset.shape == (1001, 4)
     np.testing.assert_allclose(from_dataset, from_numpy, atol=1e-6)
-    assert model._steps.predict._cache_size() == 1
+    assert model.trainer.steps.predict._cache_size() == 1
 
 
 # ---------------------------------------------------------------------------------------

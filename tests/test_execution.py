@@ -76,16 +76,16 @@ def _fit(x, y, callbacks=(), epochs=2, steps_per_execution="auto"):
 def test_auto_fuses_the_steps_of_a_small_model_and_trains_like_one_step():
     x, y = make_data(400)
     auto, single = _fit(x, y), _fit(x, y, steps_per_execution=1)
-    assert auto._execution_steps() > 1           # a tiny MLP step is far below 20 ms
-    assert int(auto._state.step) == int(single._state.step) == 80
+    assert auto.trainer.dispatch.steps() > 1           # a tiny MLP step is far below 20 ms
+    assert int(auto.trainer.state.step) == int(single.trainer.state.step) == 80
     for a, b in zip(params_of(auto.module), params_of(single.module)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     # the step's cost analysis says it is cheap: it starts fused, and compiles once
-    assert auto._auto_timer is None and auto._auto_sizes == {auto._execution_steps()}
-    assert auto._steps.train._cache_size() == train_programs(auto) == 1
+    assert auto.trainer.dispatch.timer is None and auto.trainer.dispatch.compiled_sizes == {auto.trainer.dispatch.steps()}
+    assert auto.trainer.steps.train.cache_size() == train_programs(auto) == 1
     # a fit too short to time its one dispatch keeps the size it started at
     short = _fit(x, y, epochs=1)
-    assert short._execution_steps() == 40 and short._auto_sizes == {40}
+    assert short.trainer.dispatch.steps() == 40 and short.trainer.dispatch.compiled_sizes == {40}
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -96,8 +96,8 @@ def test_the_fused_start_compiles_from_shapes_what_the_state_then_runs(optimizer
     model = ef.Model(BNMLP(rngs=nnx.Rngs(0)))
     model.compile(optimizer, "sparse_categorical_crossentropy", ["accuracy"])
     model.fit(x, y, batch_size=10, epochs=2, verbose=0)
-    assert model._auto_sizes == {model._execution_steps()} and model._execution_steps() > 1
-    assert model._steps.train._cache_size() == 1
+    assert model.trainer.dispatch.compiled_sizes == {model.trainer.dispatch.steps()} and model.trainer.dispatch.steps() > 1
+    assert model.trainer.steps.train.cache_size() == 1
     with CompileCounter() as counter:
         model.fit(x, y, batch_size=10, epochs=1, verbose=0)
     assert counter.count == 0
@@ -117,12 +117,12 @@ def test_a_callback_with_batch_hooks_sees_every_batch():
 def test_batch_hooks_see_every_batch_after_auto_chose_to_fuse():
     x, y = make_data(200)
     model = _fit(x, y)                                       # no callbacks: "auto" fuses
-    k = model._execution_steps()
+    k = model.trainer.dispatch.steps()
     assert k > 1
     seen = []
     model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[_batch_recorder(seen)])
     assert seen == list(range(20))
-    assert model._execution_steps() == k                     # the next fit fuses again
+    assert model.trainer.dispatch.steps() == k                     # the next fit fuses again
 
 
 def test_a_fit_with_batch_hooks_does_not_stop_later_fits_from_fusing():
@@ -131,7 +131,7 @@ def test_a_fit_with_batch_hooks_does_not_stop_later_fits_from_fusing():
     model = _fit(x, y, callbacks=[_batch_recorder(seen)], epochs=1)
     assert seen == list(range(20))
     model.fit(x, y, batch_size=10, epochs=2, verbose=0)
-    assert model._execution_steps() > 1
+    assert model.trainer.dispatch.steps() > 1
 
 
 def test_a_callback_fine_with_dispatches_keeps_auto():
@@ -148,7 +148,7 @@ def test_a_callback_fine_with_dispatches_keeps_auto():
     x, y = make_data(400)
     callback = PerDispatch()
     model = _fit(x, y, callbacks=[callback], epochs=2)
-    k = model._execution_steps()
+    k = model.trainer.dispatch.steps()
     assert k > 1
     assert callback.batches[-1] == 39 and len(callback.batches) < 80   # per dispatch
 
@@ -181,7 +181,7 @@ def test_the_next_epoch_starts_early_only_for_observers_and_changes_nothing(
         expected = _fit(x, y, epochs=epoch + 1, steps_per_execution=steps_per_execution)
         for a, b in zip(reader.weights[epoch], expected.get_weights()):
             np.testing.assert_array_equal(a, b)
-    assert int(observed._state.step) == int(checked._state.step) == 80
+    assert int(observed.trainer.state.step) == int(checked.trainer.state.step) == 80
 
 
 def test_bad_steps_per_execution_names_auto():
@@ -367,8 +367,8 @@ def test_convolutions_on_cpu_run_one_step_per_call():
     model = ef.Model(Conv(nnx.Rngs(0)))
     model.compile("sgd", "sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert model._auto_sizes == {1} and model._execution_steps() == 1   # decided, untimed
-    assert model._steps.train._cache_size() == 1        # compiled ahead, once
+    assert model.trainer.dispatch.compiled_sizes == {1} and model.trainer.dispatch.steps() == 1   # decided, untimed
+    assert model.trainer.steps.train.cache_size() == 1        # compiled ahead, once
 
 
 @pytest.mark.parametrize("spe", [1, 4])

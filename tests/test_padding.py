@@ -45,7 +45,7 @@ def test_padded_batch_gradient_equals_gradient_of_real_rows():
     expected = [p - lr * g for p, g in zip(params_of(start), grads)]
     model = _model(lr=lr)
     model.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
-    assert int(model._state.step) == 1
+    assert int(model.trainer.state.step) == 1
     assert_params_close(params_of(model.module), expected, atol=1e-6)
 
 
@@ -97,11 +97,11 @@ def test_train_step_compiles_once(spe, monkeypatch):
     x, y = make_data(1000)
     model = _model(lr=0.01, steps_per_execution=spe)
     model.fit(x, y, batch_size=96, epochs=2, verbose=0)
-    assert model._steps.train._cache_size() == train_programs(model)
+    assert model.trainer.steps.train.cache_size() == train_programs(model)
     # 6 batches, the last padded; the arrays held on the device are rounded up to 4 binary
     # digits (1000 -> 1024 rows): 961 rows share the program (1000 rows: 11 batches)
     model.fit(x[:961], y[:961], batch_size=96, epochs=1, verbose=0)
-    assert model._steps.train._cache_size() == train_programs(model)
+    assert model.trainer.steps.train.cache_size() == train_programs(model)
 
 
 def test_eval_and_predict_compile_once_per_batch_size():
@@ -112,9 +112,9 @@ def test_eval_and_predict_compile_once_per_batch_size():
     for n in (300, 100, 37, 5):  # different numbers of rows and of padding
         model.evaluate(x[:n], y[:n], batch_size=32, verbose=0)
         assert model.predict(x[:n], batch_size=32, verbose=0).shape == (n, 4)
-    assert model._steps.eval._cache_size() == 1
-    assert model._steps.predict._cache_size() == 1
-    assert model._steps.train._cache_size() == train_programs(model)
+    assert model.trainer.steps.eval._cache_size() == 1
+    assert model.trainer.steps.predict._cache_size() == 1
+    assert model.trainer.steps.train.cache_size() == train_programs(model)
 
 
 def test_no_backend_compile_after_the_first_fit(monkeypatch):
@@ -129,7 +129,7 @@ def test_no_backend_compile_after_the_first_fit(monkeypatch):
         model.evaluate(x[:77], y[:77], batch_size=32, verbose=0)   # padded: same programs
         model.predict(x[:77], batch_size=32, verbose=0)
     assert counter.count == 0
-    steps = model._steps
+    steps = model.trainer.steps
     programs = [f._cache_size() for f in (steps.train, steps.eval, steps.predict)]
     with CompileCounter() as counter:  # another dataset size (300 and 290 rows are held on
         model.fit(x[:290], y[:290], batch_size=32, epochs=2, verbose=0,  # the device as 320)

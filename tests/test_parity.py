@@ -60,7 +60,7 @@ def test_adamw_warmup_cosine_matches_optax(n, batch_size):
         learning_rate=ef.schedules.warmup_cosine(peak=peak, warmup=warmup), weight_decay=1e-4)
     model = _fit(module, optimizer, x, y, batch_size)
     assert_params_close(params_of(model.module), reference, atol=1e-6)
-    assert int(model._state.step) == total
+    assert int(model.trainer.state.step) == total
 
 
 def test_trained_weights_land_in_the_users_module():
@@ -84,8 +84,8 @@ def test_steps_per_execution_matches_one_step_per_dispatch(k):
         model = _fit(MLP(rngs=nnx.Rngs(4)), ef.optimizers.sgd(0.1, momentum=0.9), x, y, 24,
                      steps_per_execution=spe)
         results.append((params_of(model.module), model.history.history["loss"],
-                        int(model._state.step)))
-        assert model._steps.train._cache_size() == 1
+                        int(model.trainer.state.step)))
+        assert model.trainer.steps.train.cache_size() == 1
     (p1, loss1, steps1), (pk, lossk, stepsk) = results
     assert steps1 == stepsk == EPOCHS * 9
     assert_params_close(pk, p1, atol=1e-6)

@@ -64,8 +64,8 @@ def test_low_precision_trains_like_float32_and_keeps_float32_state(digits, preci
         model.fit(x_train, y_train, batch_size=64, epochs=10, verbose=0)
         accuracy[name] = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
         # master weights and optimizer state stay float32
-        assert _float_dtypes(model._state.params) == {"float32"}
-        assert _float_dtypes(model._state.opt_state) == {"float32"}
+        assert _float_dtypes(model.trainer.state.params) == {"float32"}
+        assert _float_dtypes(model.trainer.state.opt_state) == {"float32"}
         assert model.predict(x_test[:3]).dtype == np.float32
     assert accuracy[precision] >= accuracy["float32"] - 0.03 and accuracy[precision] > 0.9
 
@@ -74,7 +74,7 @@ def test_bfloat16_layers_compute_in_bfloat16_and_norms_in_float32():
     model = _model(Residual(d=16, blocks=1, rngs=nnx.Rngs(0)), precision="bfloat16")
     x, y = np.ones((4, 16), np.float32), np.zeros(4, np.int32)
     model.fit(x, y, batch_size=4, verbose=0)
-    train_view = nnx.merge(model._steps.graphs.train, model._state.params, model._state.rest)
+    train_view = nnx.merge(model.trainer.steps.graphs.train, model.trainer.state.params, model.trainer.state.rest)
     assert train_view.blocks[0].up.dtype == jnp.bfloat16
     assert train_view.norm.dtype is None           # a normalisation layer keeps float32
     assert model.module.blocks[0].up.dtype is None  # the user's module is not changed
@@ -100,7 +100,7 @@ def test_float16_fit_keeps_a_loss_scale_in_the_optimizer_state():
     model = _model(precision="float16")
     model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     scale = [node for node in jax.tree.leaves(
-        model._state.opt_state, is_leaf=lambda n: isinstance(n, LossScaleState))
+        model.trainer.state.opt_state, is_leaf=lambda n: isinstance(n, LossScaleState))
         if isinstance(node, LossScaleState)]
     assert len(scale) == 1 and np.isfinite(float(scale[0].scale))
     assert np.isfinite(model.history.history["loss"]).all()
@@ -172,7 +172,7 @@ def _train_step_hlo(model: ef.Model, x, y) -> str:
     from easyfit.data.adapters import ArrayAdapter
 
     chunk = next(ArrayAdapter(x, y, batch_size=len(x)).chunks(0, 1))[0]
-    return model._steps.train.lower(model._state, model._distribution.place_chunk(chunk)).as_text()
+    return model.trainer.steps.train.lower(model.trainer.state, model.distribution.place_chunk(chunk)).as_text()
 
 
 def test_bfloat16_matmuls_run_in_bfloat16():

@@ -131,8 +131,8 @@ class InterruptAt(ef.callbacks.Callback):
         self.step, self.epoch = step, epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.step is not None and self.model._host_step() >= self.step:
-            raise Interrupted(f"stopped at step {self.model._host_step()}")
+        if self.step is not None and self.model.trainer.step_count >= self.step:
+            raise Interrupted(f"stopped at step {self.model.trainer.step_count}")
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.epoch is not None and epoch == self.epoch:
@@ -157,8 +157,8 @@ def _fit(backup, *extra, epochs=3, spe=2, callbacks_before=(), scheduled=True, *
 def _assert_same_run(model, history, reference, ref_history):
     assert history.epoch == ref_history.epoch
     assert history.history == ref_history.history
-    assert model._host_step() == reference._host_step()
-    assert model._steps.train._cache_size() == train_programs(model)      # the restored state compiles nothing new
+    assert model.trainer.step_count == reference.trainer.step_count
+    assert model.trainer.steps.train.cache_size() == train_programs(model)      # the restored state compiles nothing new
     for a, b in zip(model.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -237,7 +237,7 @@ def test_backup_kept_with_delete_checkpoint_false_and_a_finished_run_is_not_redo
     # rerunning restores the finished state: no epoch left to run, History as before
     again, history2 = _fit(tmp_path / "backup", epochs=2, scheduled=False,
                            delete_checkpoint=False)
-    assert again._host_step() == 10
+    assert again.trainer.step_count == 10
     assert history2.history == history.history
     for a, b in zip(again.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)

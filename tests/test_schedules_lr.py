@@ -136,7 +136,7 @@ def test_setting_the_learning_rate_between_fits_changes_the_update_without_recom
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert_params_close(params_of(model.module), expected, atol=1e-6)
     assert model.optimizer.learning_rate == pytest.approx(0.25)
-    assert model._steps.train._cache_size() == train_programs(model)
+    assert model.trainer.steps.train.cache_size() == train_programs(model)
 
 
 def test_setting_the_learning_rate_before_fit():
@@ -184,4 +184,4 @@ def test_optax_inject_hyperparams_rate_is_logged_and_settable():
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert_params_close(params_of(model.module),
                         [p - 0.02 * g for p, g in zip(before, grads)], atol=1e-6)
-    assert model._steps.train._cache_size() == train_programs(model)
+    assert model.trainer.steps.train.cache_size() == train_programs(model)

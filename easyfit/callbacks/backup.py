@@ -7,6 +7,7 @@ import shutil
 
 from easyfit.callbacks.base import Callback
 from easyfit.checkpoint import Checkpoints
+from easyfit.training.trainer import Resume
 
 
 class BackupAndRestore(Callback):
@@ -48,29 +49,31 @@ class BackupAndRestore(Callback):
     def on_train_begin(self, logs=None):
         # One backup: orbax commits atomically, so a kill mid-write leaves the previous one.
         self._store = Checkpoints(self.backup_dir, keep_latest=1)
-        restored = self._store.restore(*self.model._checkpoint_targets(train=True))
+        trainer = self.model.trainer
+        restored = self._store.restore(*trainer.checkpoint_targets(train=True))
         if restored is not None:
             step, weights, train, meta = restored
-            self.model._load_checkpoint(weights, train)
-            self.model._resume_at((meta["epoch"], meta["batch"]), meta["callbacks"])
+            trainer.load_checkpoint(weights, train)
+            trainer.pending_resume = Resume((meta["epoch"], meta["batch"]), meta["callbacks"])
             self._last_saved_step = step
 
     def on_train_batch_end(self, batch, logs=None):
         if self.save_freq == "epoch":
             return
-        step = self.model._host_step()
+        step = self.model.trainer.step_count
         if step - self._last_saved_step >= self.save_freq:
             self._save(step)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_freq == "epoch":
-            self._save(self.model._host_step())
+            self._save(self.model.trainer.step_count)
 
     def _save(self, step: int) -> None:
-        weights, train = self.model._checkpoint_payload(train=True)
-        epoch, batch = self.model._position
+        trainer = self.model.trainer
+        weights, train = trainer.checkpoint_payload(train=True)
+        epoch, batch = trainer.position
         self._store.save(step, weights, {"epoch": epoch, "batch": batch,
-                                         "callbacks": self.model._callback_states()}, train)
+                                         "callbacks": trainer.callbacks.states()}, train)
         self._last_saved_step = step
 
     def on_train_end(self, logs=None):

@@ -164,6 +164,31 @@ class CallbackList:
                 error.add_note(f"(raised in callback {type(callback).__name__}.{hook})")
                 raise
 
+    def _numbered(self) -> list[tuple[int, Callback]]:
+        """``(n, callback)``: n counts earlier callbacks of the same class (0 for the first)."""
+        seen: dict[str, int] = {}
+        out = []
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            out.append((seen.get(name, 0), callback))
+            seen[name] = seen.get(name, 0) + 1
+        return out
+
+    def states(self) -> list[dict[str, Any] | None]:
+        """Each stateful callback's state (``get_state``), keyed by class name and occurrence,
+        as a backup saves them."""
+        return [None if (state := c.get_state()) is None else
+                {"class": type(c).__name__, "nth": nth, "state": state}
+                for nth, c in self._numbered()]
+
+    def restore_states(self, states: list[dict[str, Any] | None]) -> None:
+        """Gives each callback its state from :meth:`states` of an earlier run (matched by
+        class name and occurrence; callbacks not found there keep theirs)."""
+        saved = {(entry["class"], entry["nth"]): entry["state"] for entry in states if entry}
+        for nth, callback in self._numbered():
+            if (type(callback).__name__, nth) in saved:
+                callback.set_state(saved[(type(callback).__name__, nth)])
+
     def close(self) -> None:
         """Lets callbacks that hold files or pending checkpoint writes finish them."""
         for callback in self.callbacks:

@@ -59,13 +59,13 @@ class ModelCheckpoint(Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.save_freq == "epoch":
             return
-        step = self.model._host_step()
+        step = self.model.trainer.step_count
         if step - self._last_saved_step >= self.save_freq:
             self._save(step, dict(logs or {}))
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_freq == "epoch":
-            self._save(self.model._host_step(), dict(logs or {}), epoch)
+            self._save(self.model.trainer.step_count, dict(logs or {}), epoch)
 
     def _save(self, step: int, logs: dict, epoch: int | None = None) -> None:
         value = logs.get(self._monitor.monitor)
@@ -74,8 +74,8 @@ class ModelCheckpoint(Callback):
             return
         if improved:
             self.best = value
-        weights, train = self.model._checkpoint_payload(train=not self.save_weights_only)
-        epoch_reached, batch = self.model._position
+        weights, train = self.model.trainer.checkpoint_payload(train=not self.save_weights_only)
+        epoch_reached, batch = self.model.trainer.position
         self._store.save(step, weights, {"epoch": epoch_reached, "batch": batch, "logs": logs},
                          train, metric=value)
         self._last_saved_step = step

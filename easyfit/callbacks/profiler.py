@@ -70,8 +70,8 @@ class Profiler(Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self._tracing:
             self._stop_if_done()
-        elif not self._done and self.model._host_step() >= self.start:
-            self._start_trace(self.model._host_step())
+        elif not self._done and self.model.trainer.step_count >= self.start:
+            self._start_trace(self.model.trainer.step_count)
 
     def on_test_begin(self, logs=None):  # validation inside fit, once the steps are traced
         self._stop_if_done()
@@ -101,7 +101,7 @@ class Profiler(Callback):
         self._tracing, self._started_at = True, step
 
     def _stop_if_done(self) -> None:
-        step = self.model._host_step()
+        step = self.model.trainer.step_count
         if self._tracing and step >= self.stop and step > self._started_at:
             self._stop_trace()
 
@@ -109,7 +109,7 @@ class Profiler(Callback):
         self._tracing = False
         try:
             if wait:  # the traced steps may still be running on the device
-                jax.block_until_ready(self.model._state)
+                jax.block_until_ready(self.model.trainer.state)
         finally:
             jax.profiler.stop_trace()
 

@@ -51,7 +51,7 @@ class TensorBoard(Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.update_freq == "epoch":
             return
-        step = self.model._host_step()
+        step = self.model.trainer.step_count
         if step - self._last_step >= self.update_freq:
             self._last_step = step
             for key, value in dict(logs or {}).items():

@@ -22,16 +22,15 @@ import numpy as np
 from easyfit.callbacks.base import CallbackList, LazyLogs
 from easyfit.data.adapters import DataAdapter
 from easyfit.data.batch import Batch
-from easyfit.data.on_device import as_fed, batches_of, device_rows, table_shapes
+from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch
-from easyfit.training.steps_per_dispatch import (StepTimer, call_cost, compile_ahead, first_size, regroup,
-                               trace_chunk)
-from easyfit.host_memory import CompileWatch
-from easyfit.training.train_state import TrainState
+from easyfit.training.steps_per_dispatch import StepTimer, regroup
+from easyfit.memory.host import CompileWatch
 
 if TYPE_CHECKING:
     from easyfit.model import Model
+    from easyfit.training.trainer import Trainer
 
 
 def _floats(tree: dict[str, Any], names: list[str]) -> dict[str, float]:
@@ -40,10 +39,10 @@ def _floats(tree: dict[str, Any], names: list[str]) -> dict[str, float]:
     return {key: float(host[key]) for key in names}
 
 
-def _on_device(model: "Model", data: DataAdapter, epoch: int, k: int,
+def _on_device(trainer: "Trainer", data: DataAdapter, epoch: int, k: int,
                start: int = 0, **chunk_args: Any) -> Iterator[tuple[Batch, list[int]]]:
     """Chunks placed on the mesh by a background thread, ahead of the step that needs them."""
-    place = model._distribution.place_chunk
+    place = trainer.distribution.place_chunk
     return prefetch(data.chunks(epoch, k, start, **chunk_args),
                     lambda item: (place(item[0]), item[1]))
 
@@ -54,7 +53,7 @@ MAX_RUNNING = 3
 _EPOCH_END = object()
 
 
-def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
+def _epoch_feeds(trainer: "Trainer", train: DataAdapter, epochs: range, start: int,
                  timer: StepTimer | None) -> Iterator[Iterator[tuple[Any, list[int]]]]:
     """One iterator of placed training chunks per epoch of ``epochs`` (the first from batch
     ``start``).
@@ -69,10 +68,10 @@ def _epoch_feeds(model: "Model", train: DataAdapter, epochs: range, start: int,
     boundary (each epoch starts over, so reading ahead has no side effect; a generator's
     next batches could be lost on a stop).
     """
-    k = model._execution_steps()
-    rows = device_rows(train, model._distribution, model._one_step_per_call())
+    k = trainer.dispatch.steps()
+    rows = device_rows(train, trainer.distribution, trainer.dispatch.one_step_per_call())
     args = {} if rows is None else {"as_index": True}
-    place = rows or model._distribution.place_chunk
+    place = rows or trainer.distribution.place_chunk
 
     def host(epoch: int) -> Iterator[tuple[Batch, list[int]]]:
         first = start if epoch == epochs.start else 0
@@ -106,88 +105,19 @@ class _Dispatcher:
     """Dispatches train steps, at most ``MAX_RUNNING`` ahead of the device, and hands back
     each compile's scratch memory."""
 
-    def __init__(self, model: "Model"):
-        self.model = model
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
         self.running: collections.deque = collections.deque()  # outputs of steps, oldest first
         self.compiles = CompileWatch()
 
     def __call__(self, chunk: Batch, batches: int) -> None:
-        self.running.append(self.model._train_on_chunk(chunk, batches))
+        self.running.append(self.trainer.train_on_chunk(chunk, batches))
         if len(self.running) > MAX_RUNNING:  # the device is behind: wait for it
             jax.block_until_ready(self.running.popleft())
         self.compiles.release_if_compiled()
 
 
-def _measure(model: "Model", timer: StepTimer, chunk: Batch, steps: int,
-             steps_left: int | None) -> None:
-    """"auto": times the dispatch just made; compiles a candidate size, once chosen, ahead of
-    its first dispatch (the input thread compiles the on-device gather, if any, meanwhile)."""
-    timer.after_chunk(model._state, chunk, steps, steps_left)
-    if timer.k and timer.k not in model._auto_sizes:
-        compile_ahead(model._steps.train, model._state, chunk, timer.k)
-        model._auto_sizes.add(timer.k)
-        timer.compiled(timer.k, model._state)
-
-
-def _auto_undecided(model: "Model") -> bool:
-    """Whether "auto" has yet to choose how many steps to fuse (a ``fit`` whose callbacks
-    must see every batch runs one step per dispatch: ``Model._execution_steps``).
-
-    With several processes it keeps one step per dispatch: where "auto" regroups batches
-    depends on each process's timing, and they must all run the same programs (pass a
-    number to fuse there).
-    """
-    if model._steps_per_execution == "auto" and model._auto_k is None and \
-            jax.process_count() > 1:
-        model._auto_k = 1
-    return not model._execution_steps()
-
-
-def start_auto(model: "Model", train: DataAdapter, shapes: TrainState, batch: Batch) -> None:
-    """Starts "auto" from a new training state's ``shapes`` (and a sample ``batch`` of
-    ``train``), before its arrays are made: the compile's scratch memory is freed before the
-    state takes its own."""
-    if _auto_undecided(model) and model._auto_timer is None:
-        model._auto_timer = _new_timer(model, train, shapes, batch)
-
-
-def _new_timer(model: "Model", train: DataAdapter, state: TrainState,
-               batch: Batch) -> StepTimer:
-    """"auto"'s timer, started where :func:`~easyfit.training.steps_per_dispatch.first_size` says; that size
-    is compiled here, and its scratch size tells what a dispatch costs. ``state`` may be the
-    training state's arrays or only their shapes; ``batch`` is one batch of ``train``, as
-    the state was shaped by.
-
-    Compiling in a background thread while this one makes the state would save ~0.02 s of a
-    small model's first epoch on two cores, and add 30-40 MiB to the peak memory: two
-    compilers' scratch at once.
-    """
-    sharding = model._distribution.chunk_sharding()
-    steps = model._steps
-    batch = as_fed(batch, table_shapes(train, model._distribution, model._one_step_per_call()))
-    platform = jax.default_backend()
-    start = first_size(
-        lambda k: trace_chunk(steps.train, state, batch, k, sharding),
-        sum(leaf.nbytes for leaf in jax.tree.leaves(batches_of(batch))), train.steps, platform)
-    analysis = start.lowered.compile().memory_analysis()
-    scratch = getattr(analysis, "temp_size_in_bytes", 0) or 0  # None where not reported
-    model._auto_sizes.add(start.k)
-    timer = StepTimer(train.steps, call_cost(scratch, platform), asynchronous=platform != "cpu")
-    if start.k > 1:
-        timer.start_fused(start.k)
-    elif start.settled:
-        timer.settle(1)
-    return timer
-
-
-def _chunk_steps(model: "Model") -> int:
-    """Batches per chunk for evaluation and prediction: the train step's (while "auto" is
-    still timing, the size it runs), so that they compile once per batch size."""
-    timer = model._auto_timer
-    return model._execution_steps() or (timer.untimed_k if timer is not None else 1)
-
-
-def _start_next_epoch(model: "Model", feeds: Iterator, dispatch: _Dispatcher) -> tuple[Any, Any]:
+def _start_next_epoch(trainer: "Trainer", feeds: Iterator, dispatch: _Dispatcher) -> tuple[Any, Any]:
     """Dispatches the next epoch's first chunk now, before this epoch's logs are read: when
     the callbacks only read logs, nothing that runs in between can change that step, and the
     device need not wait while the host reads the logs and runs the callbacks.
@@ -197,7 +127,7 @@ def _start_next_epoch(model: "Model", feeds: Iterator, dispatch: _Dispatcher) ->
     upcoming = next(feeds)
     first = next(upcoming, None)
     if first is not None:
-        model._reset_totals()
+        trainer.reset_totals()
         dispatch(first[0], len(first[1]))
     return upcoming, first
 
@@ -216,22 +146,22 @@ def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None,
 def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
                 epochs: int, initial_epoch: int, validation_freq: int | list[int],
                 callbacks: CallbackList) -> dict[str, float]:
-    steps = model._steps
-    names = steps.log_names(with_lr=model._has_lr)
-    read_logs = lambda: _floats(model._train_logs(), names)
+    trainer = model.trainer
+    plan = trainer.dispatch
+    names = trainer.steps.log_names(with_lr=trainer.has_lr)
+    read_logs = lambda: _floats(trainer.train_logs(), names)
     batch_hooks = callbacks.wants("on_train_batch_end")
-    auto = _auto_undecided(model)
+    auto = plan.undecided()
     logs: dict[str, float] = {}
     callbacks.on_train_begin()
     # A restored backup (BackupAndRestore) says where to continue: epoch and batch in epoch.
-    start_epoch, start_batch = model._take_resume_position(callbacks) or (initial_epoch, 0)
+    start_epoch, start_batch = _resume_position(trainer, callbacks) or (initial_epoch, 0)
     timer = None  # "auto", not yet decided: measure (across epochs if short)
     if auto:
-        if model._auto_timer is None:
-            model._auto_timer = _new_timer(model, train, model._state, train.sample_batch())
-        timer = model._auto_timer
-    dispatch = _Dispatcher(model)
-    feeds = _epoch_feeds(model, train, range(start_epoch, epochs), start_batch, timer)
+        timer = plan.timer or plan.start_timer(trainer.steps.train, trainer.distribution, train,
+                                               trainer.state, train.sample_batch())
+    dispatch = _Dispatcher(trainer)
+    feeds = _epoch_feeds(trainer, train, range(start_epoch, epochs), start_batch, timer)
     upcoming = None  # the next epoch's chunks, when its first one is already dispatched
     early = None     # that first chunk
     with contextlib.closing(feeds):  # stops reading ahead, also on errors
@@ -239,10 +169,10 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             chunks = next(feeds) if upcoming is None else upcoming
             done = start_batch if epoch == start_epoch else 0
             if done == 0 and early is None:  # mid-epoch resumes keep the restored metric sums
-                model._reset_totals()
+                trainer.reset_totals()
             callbacks.on_epoch_begin(epoch)
             if timer is not None:
-                timer.start_epoch(model._state)
+                timer.start_epoch(trainer.state)
             if early is not None:
                 chunks = itertools.chain([early], chunks)
             sizes_run = set()
@@ -256,8 +186,8 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                 done += len(sizes)
                 if timer is not None and not timer.settled:
                     left = None if train.steps is None else (epochs - epoch) * train.steps - done
-                    _measure(model, timer, chunk, len(sizes), left)
-                model._position = (epoch, done)
+                    plan.measure(trainer.steps.train, trainer.state, chunk, len(sizes), left)
+                trainer.position = (epoch, done)
                 if batch_hooks:
                     callbacks.on_train_batch_end(done - 1, LazyLogs(names, read_logs))
                     # every process takes the same decision (a no-op with one process)
@@ -266,34 +196,43 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                     break
             if timer is not None:
                 timer.pause()
-                model._auto_sizes |= sizes_run
-                if timer.settled:
-                    model._auto_k, model._auto_timer, timer = timer.k, None, None
+                if plan.end_epoch(sizes_run):
+                    timer = None
             if done == 0:
                 warnings.warn("The training input ran out of data; stopping training. Make it "
                               "repeat, or pass steps_per_epoch x epochs batches at most.",
                               stacklevel=3)
                 break
-            epoch_logs = model._train_logs()
+            epoch_logs = trainer.train_logs()
             validates = validation is not None and _validates(epoch, validation_freq)
             upcoming = None
             if (epoch + 1 < epochs and not validates and timer is None and train.pure_epochs
                     and not model.stop_training and callbacks.observers_only()):
-                upcoming, early = _start_next_epoch(model, feeds, dispatch)
+                upcoming, early = _start_next_epoch(trainer, feeds, dispatch)
             logs = _floats(epoch_logs, names)
             if validates:
-                val_logs = evaluate_loop(model, validation, callbacks)  # on_test_* hooks fire, as Keras
+                val_logs = evaluate_loop(trainer, validation, callbacks)  # on_test_* hooks fire, as Keras
                 logs.update({f"val_{key}": value for key, value in val_logs.items()})
                 dispatch.compiles.release_if_compiled()
-            model._position = (epoch + 1, 0)
+            trainer.position = (epoch + 1, 0)
             callbacks.on_epoch_end(epoch, logs)
             model.stop_training = any_process(model.stop_training)
             if model.stop_training or (train.exhausted and train.steps is None):
                 break
-    if auto and model._auto_timer is not None:  # too short a fit to finish timing
-        model._auto_k, model._auto_timer = model._auto_timer.untimed_k, None
+    if auto:
+        plan.end_fit()
     callbacks.on_train_end(logs)
     return logs
+
+
+def _resume_position(trainer: "Trainer", callbacks: CallbackList) -> tuple[int, int] | None:
+    """Applies a restored backup's callback states; returns where to continue."""
+    resume, trainer.pending_resume = trainer.pending_resume, None
+    if resume is None:
+        return None
+    callbacks.restore_states(resume.callback_states)
+    trainer.position = resume.position
+    return resume.position
 
 
 def _validates(epoch: int, validation_freq: int | list[int]) -> bool:
@@ -302,18 +241,19 @@ def _validates(epoch: int, validation_freq: int | list[int]) -> bool:
     return epoch + 1 in validation_freq
 
 
-def evaluate_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) -> dict[str, float]:
+def evaluate_loop(trainer: "Trainer", data: DataAdapter,
+                  callbacks: CallbackList) -> dict[str, float]:
     """Weighted means of the loss and metrics over ``data``, in eval mode."""
-    steps = model._steps
+    steps = trainer.steps
     names = steps.log_names(with_lr=False)
-    params, rest = model._eval_state()
+    params, rest = trainer.eval_state()
     totals = None
     compiles = CompileWatch()
     callbacks.on_test_begin()
     done = 0
-    for chunk, sizes in _on_device(model, data, 0, _chunk_steps(model)):
+    for chunk, sizes in _on_device(trainer, data, 0, trainer.dispatch.eval_steps()):
         if totals is None:
-            totals = model._distribution.replicate(
+            totals = trainer.distribution.replicate(
                 steps.zero_totals(params, rest, jax.tree.map(  # shapes only: nothing runs
                     lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), chunk)))
         callbacks.on_test_batch_begin(done)
@@ -330,16 +270,16 @@ def evaluate_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) ->
     return logs
 
 
-def predict_loop(model: "Model", data: DataAdapter, callbacks: CallbackList) -> Any:
+def predict_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList) -> Any:
     """Model outputs for every real row of ``data``, in order, as numpy."""
-    steps = model._steps
-    params, rest = model._eval_state()
+    steps = trainer.steps
+    params, rest = trainer.eval_state()
     outputs: list[Any] = []
     pending = None  # (device outputs, sizes): fetched after the next chunk is dispatched
     compiles = CompileWatch()
     callbacks.on_predict_begin()
     done = 0
-    for chunk, sizes in _on_device(model, data, 0, _chunk_steps(model)):
+    for chunk, sizes in _on_device(trainer, data, 0, trainer.dispatch.eval_steps()):
         callbacks.on_predict_batch_begin(done)
         result = steps.predict(params, rest, chunk.x)
         if pending is not None:

@@ -132,7 +132,8 @@ class FlatStateJit:
     def lower(self, state: Any, chunk: Any) -> jax.stages.Lowered:
         return self.trace(state, chunk).lower()
 
-    def _cache_size(self) -> int:
+    def cache_size(self) -> int:
+        """Programs compiled for this step so far (one per shape and sharding)."""
         return sum(jitted._cache_size() for jitted in self._jits.values())
 
 
