@@ -334,7 +334,7 @@ class Model:
     def find_lr(self, x: Any, y: Any = None, min_lr: float = 1e-7, max_lr: float = 1.0,
                 steps: int = 100, batch_size: int | None = None,
                 **options: Any) -> "lr_finder.LRFinderResult":
-        """The learning-rate range test (see :func:`easyfit.lr_finder.find_lr`): trains a
+        """The learning-rate range test (see :func:`easyfit.tune.lr_finder.find_lr`): trains a
         copy of the state for ``steps`` batches while the rate grows from ``min_lr`` to
         ``max_lr``; the model's weights and optimizer are left as they were.
 

@@ -25,11 +25,11 @@ def test_the_model_is_left_exactly_as_it_was(digits):
     x_train, y_train, _, _ = digits
     model = _digits_model()
     model.fit(x_train, y_train, epochs=1, verbose=0)
-    weights, opt_state = model.get_weights(), model._state.opt_state
+    weights, opt_state = model.get_weights(), model.trainer.state.opt_state
     lr = model.optimizer.learning_rate
     model.find_lr(x_train, y_train, steps=30)
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
-    assert model._state.opt_state is opt_state and model.optimizer.learning_rate == lr
+    assert model.trainer.state.opt_state is opt_state and model.optimizer.learning_rate == lr
 
 
 def test_the_suggestion_trains_well_and_is_near_a_good_rate(digits):

@@ -18,17 +18,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from easyfit.data.adapters import adapt
+from easyfit.data.adapt import adapt
 from easyfit.precision import dynamic_loss_scaling
 from easyfit.modules.graph import copy_tree, split
 from easyfit.training.step import Steps
 
 if TYPE_CHECKING:
     from easyfit.model import Model
+
+__all__ = ["LRFinderResult", "find_lr", "suggest"]
 
 
 @dataclass(frozen=True)
@@ -66,27 +67,6 @@ class _Sweep:
 
     def current_lr(self, opt_state: Any) -> None:
         return None
-
-
-def _sweep_transform(model: "Model", schedule: optax.Schedule) -> tuple[Any, bool]:
-    """``(transform, lr_in_state)``: the model's optimizer with the sweep's learning rate.
-
-    easyfit optimizers are rebuilt with the sweep as their schedule (the whole sweep runs on
-    the device); an optax optimizer built with ``inject_hyperparams`` keeps its own
-    transformation and gets each rate set between steps.
-    """
-    optimizer = model._optimizer
-    if optimizer._rule is not None:
-        transform = optimizer._with_schedule(schedule)
-        in_state = True
-    else:
-        transform, in_state = optimizer._base, False
-        probe = transform.init({"w": jnp.zeros(())})
-        if optimizer.current_lr(probe) is None:
-            raise optimizer._no_lr_error()
-    if model._precision == "float16":
-        transform = dynamic_loss_scaling(transform)
-    return transform, in_state
 
 
 def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
@@ -128,27 +108,32 @@ def find_lr(model: "Model", x: Any, y: Any = None, *, min_lr: float = 1e-7,
         >>> result = find_lr(model, x_train, y_train, steps=100)  # doctest: +SKIP
         >>> model.optimizer.learning_rate = result.suggestion      # doctest: +SKIP
     """
-    model._require_compiled("run the learning-rate finder")
+    if not model.compiled:
+        raise RuntimeError("You must call `model.compile(optimizer=..., loss=...)` before you "
+                           "run the learning-rate finder.")
     if not 0 < min_lr < max_lr:
         raise ValueError(f"Need 0 < min_lr < max_lr; got min_lr={min_lr}, max_lr={max_lr}.")
     if steps < 2:
         raise ValueError(f"steps must be at least 2, got {steps}.")
-    data = adapt(x, y, batch_size=batch_size, shuffle=True, seed=model._seed,
+    trainer, options = model.trainer, model.trainer.options
+    data = adapt(x, y, batch_size=batch_size, shuffle=True, seed=options.seed,
                  keys=(x_key, y_key))
-    model._ensure_module(data)
-    model._distribution.check_batch_size(data.batch_size)
-    graphs = model._ensure_steps().graphs
+    trainer.ensure_module(data)
+    dist = trainer.distribution
+    dist.check_batch_size(data.batch_size)
     ratio = max_lr / min_lr
     rate = lambda step: min_lr * ratio ** (step / (steps - 1))
-    transform, in_state = _sweep_transform(model, rate)
-    sweep = Steps(graphs, model._loss, [], [], _Sweep(transform), model._augment, model._seed,
-                  model._compute_dtype)
+    optimizer = options.optimizer
+    transform, in_state = optimizer.sweep_transform(rate)
+    if options.precision == "float16":
+        transform = dynamic_loss_scaling(transform)
+    sweep = Steps(trainer.steps.graphs, options.loss, [], [], _Sweep(transform), options.augment,
+                  options.seed, options.compute_dtype)
 
     # A copy of the current weights, placed as training places them; the model keeps its own.
-    dist = model._distribution
     params, rest = split(model.module)
-    state, _ = model._new_state(transform, sweep, copy_tree(params), copy_tree(rest),
-                                data.sample_batch())
+    state, _ = trainer.new_state(transform, sweep, copy_tree(params), copy_tree(rest),
+                                 data.sample_batch())
 
     lrs, losses, smoothed = [], [], []
     average, best, diverged = 0.0, math.inf, False
@@ -160,7 +145,7 @@ def find_lr(model: "Model", x: Any, y: Any = None, *, min_lr: float = 1e-7,
             lr = rate(len(lrs))
             if not in_state:
                 state = state.replace(opt_state=jax.device_put(
-                    model._optimizer.with_lr(state.opt_state, lr)))
+                    optimizer.with_lr(state.opt_state, lr)))
             state, logs = sweep.train(state, dist.place_chunk(chunk))
             state = state.replace(totals=sweep.zero(state.totals))  # one loss per step
             loss = float(jax.device_get(logs["loss"]))

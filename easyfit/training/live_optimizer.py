@@ -1,0 +1,40 @@
+"""``model.optimizer``: the compiled optimizer, its learning rate live in the training state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from easyfit.optimizers import Optimizer
+
+__all__ = ["LiveOptimizer"]
+
+
+class LiveOptimizer:
+    """The compiled :class:`~easyfit.optimizers.Optimizer`, seen through the trainer.
+
+    ``learning_rate`` reads and sets the rate the next update uses, in the live optimizer
+    state once ``fit`` has built it (as Keras's ``model.optimizer.learning_rate``); every
+    other attribute is the optimizer's own.
+
+    Args:
+        optimizer: the optimizer ``compile`` resolved.
+        trainer: what holds the live state; it has a ``learning_rate`` property.
+    """
+
+    def __init__(self, optimizer: Optimizer, trainer: Any):
+        self.optimizer = optimizer
+        self.trainer = trainer
+
+    @property
+    def learning_rate(self) -> float:
+        return self.trainer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self.trainer.learning_rate = value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.optimizer, name)
+
+    def __repr__(self) -> str:
+        return repr(self.optimizer)

@@ -1,0 +1,83 @@
+"""What ``Model.compile`` decided, resolved and validated: the trainer's configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+from easyfit import losses as losses_lib
+from easyfit import metrics as metrics_lib
+from easyfit import optimizers as optimizers_lib
+from easyfit import precision as precision_lib
+from easyfit import remat as remat_lib
+from easyfit.metrics import Metric
+from easyfit.optimizers import Optimizer
+
+__all__ = ["TrainingOptions", "resolve_options"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOptions:
+    """The settings of one ``compile``, as the trainer and its steps use them (the defaults,
+    with no optimizer and no loss, serve ``predict`` before any ``compile``).
+
+    Attributes:
+        optimizer: the easyfit optimizer (built by the first ``fit``).
+        loss: ``(y_true, y_pred) -> per-example (or per-token) loss``.
+        metrics: metrics over real rows, sample weights ignored (named apart).
+        weighted_metrics: metrics weighted by sample weight.
+        steps_per_execution: a positive int or ``"auto"``.
+        seed: seeds dropout streams, shuffling and augmentation.
+        augment: ``fn((x, y), rng) -> (x, y)`` run in the train step, or ``None``.
+        compute_dtype: the layers' compute dtype under mixed precision, or ``None``.
+        precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        float32_layers: layer types kept in float32 under a low precision.
+        accumulation_steps: batches whose gradients average into one update.
+        remat: ``False``, ``True`` or a ``jax.checkpoint_policies`` name.
+    """
+
+    optimizer: Optimizer | None = None
+    loss: Callable | None = None
+    metrics: Sequence[Metric] = ()
+    weighted_metrics: Sequence[Metric] = ()
+    steps_per_execution: int | str = "auto"
+    seed: int = 0
+    augment: Callable | None = None
+    compute_dtype: Any = None
+    precision: str = "float32"
+    float32_layers: tuple[type, ...] = ()
+    accumulation_steps: int = 1
+    remat: bool | str = False
+
+
+def resolve_options(optimizer: Any, loss: Any, metrics: Sequence[Any] | None,
+                    weighted_metrics: Sequence[Any] | None, steps_per_execution: int | str,
+                    seed: int, augment: Callable | None, precision: str,
+                    float32_layers: Sequence[type], gradient_accumulation_steps: int,
+                    remat: bool | str) -> TrainingOptions:
+    """``compile``'s arguments checked and resolved (names to objects); one clear error
+    naming the argument otherwise."""
+    if loss is None:
+        raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy' "
+                         "or a callable (y_true, y_pred) -> per-example loss.")
+    if steps_per_execution != "auto" and (not isinstance(steps_per_execution, int)
+                                          or steps_per_execution < 1):
+        raise ValueError(f"steps_per_execution must be 'auto' or a positive int, got "
+                         f"{steps_per_execution!r}.")
+    if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
+        raise ValueError(f"gradient_accumulation_steps must be a positive int, got "
+                         f"{gradient_accumulation_steps!r}.")
+    compute_dtype = precision_lib.compute_dtype(precision)
+    if remat:
+        remat_lib.policy(remat)  # refuses an unknown policy now
+    loss_fn = losses_lib.get(loss)
+    from_logits = getattr(loss_fn, "from_logits", True)
+    plain, weighted = metrics_lib.named_apart(
+        [metrics_lib.get(m, from_logits) for m in metrics or []],
+        [metrics_lib.get(m, from_logits) for m in weighted_metrics or []])
+    return TrainingOptions(
+        optimizer=optimizers_lib.get(optimizer), loss=loss_fn, metrics=plain,
+        weighted_metrics=weighted, steps_per_execution=steps_per_execution, seed=seed,
+        augment=augment, compute_dtype=compute_dtype, precision=precision,
+        float32_layers=tuple(float32_layers), accumulation_steps=gradient_accumulation_steps,
+        remat=remat)
