@@ -24,6 +24,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+__all__ = ["Augment", "compose", "random_crop", "random_flip", "random_translation"]
+
 Augment = Callable[[tuple[Any, Any], jax.Array], tuple[Any, Any]]
 """``fn((x, y), rng) -> (x, y)``: the signature ``compile(augment=...)`` takes."""
 

@@ -23,6 +23,8 @@ import numpy as np
 
 from easyfit.modules.graph import path_names
 
+__all__ = ["CheckpointError", "Checkpoints", "ITEMS", "abstract", "join_arrays", "split_arrays"]
+
 
 def _orbax() -> Any:
     """orbax-checkpoint, imported on first use (it costs ~25 MB and a second to import)."""

@@ -21,6 +21,8 @@ import os
 
 import jax
 
+__all__ = ["ENV_CACHE_DIR", "cache_dir", "set_cache_dir"]
+
 ENV_CACHE_DIR = "EASYFIT_CACHE_DIR"
 
 _THRESHOLDS = ("jax_persistent_cache_min_compile_time_secs",

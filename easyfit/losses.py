@@ -23,6 +23,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+__all__ = ["BinaryCrossentropy", "CategoricalCrossentropy", "Huber", "LOSSES", "Loss", "LossFn",
+           "MeanAbsoluteError", "MeanSquaredError", "SparseCategoricalCrossentropy", "align", "get",
+           "loss_values"]
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 

@@ -37,7 +37,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from easyfit.data.adapters import ArrayAdapter, DataAdapter, _is_arrays
+from easyfit.data.adapt import is_arrays
+from easyfit.data.adapters import ArrayAdapter, DataAdapter
 from easyfit.data.batch import Batch
 from easyfit.data.on_device import as_fed, batches_of, table_shapes
 from easyfit.training.steps_per_dispatch import trace_chunk
@@ -222,7 +223,7 @@ def _sample_rows(spec: Batch, rows: int) -> tuple[Any, Any]:
 
 
 def _check_rows(x: Any, y: Any) -> None:
-    if not _is_arrays(x):
+    if not is_arrays(x):
         raise TypeError(f"Pass a few input rows as numpy arrays (or a dict of arrays), e.g. "
                         f"x_train[:2], y_train[:2]; got x of type {type(x).__name__}.")
     if y is None:

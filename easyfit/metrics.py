@@ -25,6 +25,10 @@ import jax.numpy as jnp
 
 from easyfit.losses import align
 
+__all__ = ["Accuracy", "BinaryAccuracy", "CategoricalAccuracy", "METRICS", "Mean",
+           "MeanAbsoluteError", "MeanSquaredError", "Metric", "Precision", "Recall",
+           "SparseCategoricalAccuracy", "TopKAccuracy", "Totals", "get", "named_apart"]
+
 Totals = dict[str, jax.Array]
 
 

@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from easyfit.callbacks.history import History
-
 __all__ = ["plot_history", "plot_lr_finder"]
 
 _PIP_HINT = "pip install 'easyfit[plots]'"
@@ -69,18 +67,32 @@ def _floats(values: Sequence[Any]) -> np.ndarray:
     return array
 
 
-def _as_history(history: History | Mapping[str, Sequence[float]]) -> History:
-    from easyfit.callbacks.history import History
-
-    if isinstance(history, History):
-        return history
-    if isinstance(history, Mapping):  # e.g. ``history.history``, or a Keras History's dict
-        wrapped = History()
-        wrapped.history = {key: list(values) for key, values in history.items()}
-        wrapped.epoch = list(range(max((len(v) for v in wrapped.history.values()), default=0)))
-        return wrapped
-    raise TypeError(f"plot_history expects an easyfit History or a dict of lists, got "
-                    f"{type(history).__name__}")
+def _logs_and_epochs(history: Any, epochs: Mapping[str, Sequence[int]] | None
+                     ) -> tuple[dict[str, list[Any]], dict[str, list[int]]]:
+    """``(logs, key_epochs)``: the per-epoch lists and, per key, the 0-based epochs of its
+    values. Takes a mapping of lists (``history.history``, or a Keras History's dict) or
+    any object with such a ``history`` mapping and, optionally, an ``epochs_of(key)``
+    method (an easyfit ``History``); it never imports the callbacks."""
+    if not isinstance(history, Mapping):
+        logs = getattr(history, "history", None)
+        if not isinstance(logs, Mapping):
+            raise TypeError(f"plot_history expects an easyfit History or a dict of lists, got "
+                            f"{type(history).__name__}")
+        epochs_of = getattr(history, "epochs_of", None)
+        if epochs is None and callable(epochs_of):
+            epochs = {key: epochs_of(key) for key in logs}
+        history = logs
+    logs = {key: list(values) for key, values in history.items()}
+    # Without recorded epochs, each key's values are the last epochs of the longest run.
+    longest = max((len(values) for values in logs.values()), default=0)
+    given = epochs or {}
+    key_epochs: dict[str, list[int]] = {}
+    for key, values in logs.items():
+        recorded = given.get(key)
+        key_epochs[key] = ([int(e) for e in recorded]
+                           if recorded is not None and len(recorded) == len(values)
+                           else list(range(longest - len(values), longest)))
+    return logs, key_epochs
 
 
 def _metric_names(keys: Sequence[str]) -> list[str]:
@@ -93,13 +105,14 @@ def _metric_names(keys: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda name: name != "loss")  # stable: the rest keep their order
 
 
-def _best_epoch(history: History) -> tuple[str, int] | None:
+def _best_epoch(logs: Mapping[str, Sequence[Any]],
+                key_epochs: Mapping[str, Sequence[int]]) -> tuple[str, int] | None:
     """``(monitored key, 1-based epoch)`` of the lowest ``val_loss`` (else ``loss``)."""
     for key in ("val_loss", "loss"):
-        if key in history.history:
-            values = _floats(history.history[key])
+        if key in logs:
+            values = _floats(logs[key])
             if np.isfinite(values).any():
-                return key, history.epochs_of(key)[int(np.nanargmin(values))] + 1
+                return key, key_epochs[key][int(np.nanargmin(values))] + 1
     return None
 
 
@@ -125,8 +138,9 @@ def _integer_epochs(ax: Axes) -> None:
     ax.set_xlabel("epoch")
 
 
-def plot_history(history: History | Mapping[str, Sequence[float]],
-                 path: str | os.PathLike[str] | None = None) -> Figure:
+def plot_history(history: Mapping[str, Sequence[float]] | Any,
+                 path: str | os.PathLike[str] | None = None, *,
+                 epochs: Mapping[str, Sequence[int]] | None = None) -> Figure:
     """Learning curves of a ``fit``: one panel per metric, the learning rate on its own.
 
     Each metric (``loss``, ``accuracy``, ...: the keys without the ``val_`` prefix) gets a
@@ -139,9 +153,13 @@ def plot_history(history: History | Mapping[str, Sequence[float]],
     (``validation_freq``).
 
     Args:
-        history: the :class:`~easyfit.callbacks.History` that ``fit`` returned, or a dict
-            of per-epoch lists (``history.history``).
+        history: a dict of per-epoch lists (``history.history``), or the
+            :class:`~easyfit.callbacks.History` that ``fit`` returned (read through its
+            ``history`` dict and ``epochs_of``).
         path: where to save the figure as a PNG; nothing is saved when ``None``.
+        epochs: optional, per key of ``history``, the 0-based epochs of its values (as
+            ``History.epochs_of`` gives them); a key without them is taken to cover the
+            last epochs of the longest list.
 
     Returns:
         The ``matplotlib.figure.Figure`` (outside pyplot: in a notebook it shows inline).
@@ -160,8 +178,8 @@ def plot_history(history: History | Mapping[str, Sequence[float]],
     _require_matplotlib()
     from matplotlib.legend_handler import HandlerTuple
 
-    history = _as_history(history)
-    logs = {key: values for key, values in history.history.items() if len(values)}
+    all_logs, key_epochs = _logs_and_epochs(history, epochs)
+    logs = {key: values for key, values in all_logs.items() if len(values)}
     names = _metric_names(list(logs))
     lr_key = next((key for key in _LR_KEYS if key in logs), None)
     panels = len(names) + (lr_key is not None)
@@ -170,11 +188,10 @@ def plot_history(history: History | Mapping[str, Sequence[float]],
     cols = 1 if panels == 1 else 2
     rows = math.ceil(panels / cols)
     figure = _new_figure((5.2 * cols, 3.4 * rows))
-    best = _best_epoch(history)
+    best = _best_epoch(all_logs, key_epochs)
 
     def series(key: str) -> tuple[np.ndarray, np.ndarray]:
-        epochs = np.asarray(history.epochs_of(key)) + 1
-        return epochs, _floats(logs[key])
+        return np.asarray(key_epochs[key]) + 1, _floats(logs[key])
 
     for index, name in enumerate(names):
         ax = figure.add_subplot(rows, cols, index + 1)

@@ -22,6 +22,9 @@ from flax import nnx
 
 from easyfit.modules.graph import GRAPH
 
+__all__ = ["FLOAT32_LAYERS", "LossScaleState", "PRECISIONS", "cast_floating", "compute_dtype",
+           "dynamic_loss_scaling", "loss_scale", "set_compute_dtype"]
+
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 FLOAT32_LAYERS: tuple[type, ...] = (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)

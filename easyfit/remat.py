@@ -20,6 +20,8 @@ from flax import nnx
 
 from easyfit.modules.graph import GRAPH
 
+__all__ = ["policy", "rematerialise"]
+
 
 def policy(remat: bool | str) -> Any:
     """The ``jax.checkpoint`` policy for ``compile(remat=...)`` (``None``: save nothing)."""

@@ -19,6 +19,9 @@ from typing import Callable, Sequence
 
 import optax
 
+__all__ = ["Length", "Schedule", "as_schedule", "constant", "cosine", "exponential", "linear",
+           "piecewise", "warmup_cosine"]
+
 Length = int | float
 """Steps (``int``) or a fraction of training (``float`` in ``(0, 1)``)."""
 

@@ -8,6 +8,8 @@ from flax import nnx
 from easyfit.modules.graph import GRAPH
 from easyfit.modules.linen import LinenModule
 
+__all__ = ["summarize"]
+
 
 def _human(num_bytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from easyfit.callbacks.base import Callback
 from easyfit.callbacks.monitor import Monitor
 
+__all__ = ["EarlyStopping"]
+
 
 class EarlyStopping(Callback):
     """Stops training after ``patience`` epochs without improvement of ``monitor``.

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from easyfit.callbacks.base import Callback
 
+__all__ = ["History"]
+
 if TYPE_CHECKING:
     import pandas
     from matplotlib.figure import Figure
@@ -96,9 +98,10 @@ class History(Callback):
             >>> history = model.fit(x, y, epochs=10, validation_split=0.1)  # doctest: +SKIP
             >>> history.plot("curves.png")                                  # doctest: +SKIP
         """
-        from easyfit.plots import plot_history
+        from easyfit.plots import plot_history  # matplotlib is imported only to draw
 
-        return plot_history(self, path)
+        return plot_history(self.history, path,
+                            epochs={key: self.epochs_of(key) for key in self.history})
 
     def to_dataframe(self) -> pandas.DataFrame:
         """The history as a ``pandas.DataFrame``: one row per epoch, one column per key.

@@ -11,6 +11,8 @@ from typing import Callable
 from easyfit.callbacks.base import Callback
 from easyfit.callbacks.monitor import Monitor
 
+__all__ = ["LearningRateScheduler", "ReduceLROnPlateau"]
+
 
 class ReduceLROnPlateau(Callback):
     """Multiplies the learning rate by ``factor`` when ``monitor`` stops improving.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import warnings
 
+__all__ = ["Monitor"]
+
 
 class Monitor:
     """Tracks the best value of ``logs[monitor]`` in ``"min"``, ``"max"`` or ``"auto"`` mode.

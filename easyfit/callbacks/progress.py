@@ -9,6 +9,8 @@ from tqdm.auto import tqdm
 
 from easyfit.callbacks.base import Callback
 
+__all__ = ["ProgressBar", "format_logs"]
+
 
 def format_logs(logs) -> str:
     """``loss: 0.1234 - accuracy: 0.9876 - lr: 1.0e-03``, as Keras prints them."""

@@ -10,6 +10,8 @@ from typing import Callable
 from easyfit.callbacks.base import Callback
 from easyfit.distribute.hosts import is_chief
 
+__all__ = ["CSVLogger", "LambdaCallback", "TerminateOnNaN"]
+
 
 class TerminateOnNaN(Callback):
     """Stops training as soon as the loss is NaN or infinite.

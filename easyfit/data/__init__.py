@@ -1,6 +1,7 @@
 """Input: adapters that turn user data into fixed-shape, padded, masked host batches."""
 
-from easyfit.data.adapters import ArrayAdapter, DataAdapter, IterableAdapter, adapt
+from easyfit.data.adapt import adapt
+from easyfit.data.adapters import ArrayAdapter, DataAdapter, IterableAdapter
 from easyfit.data.batch import Batch
 
 __all__ = ["ArrayAdapter", "Batch", "DataAdapter", "IterableAdapter", "adapt"]

@@ -2,7 +2,8 @@
 
 An adapter yields, per epoch, chunks of ``k`` stacked :class:`~easyfit.data.batch.Batch`es
 (``k = steps_per_execution``) plus the number of real batches in each chunk. Every batch has
-the same shape; the last one of an epoch is padded and masked.
+the same shape; the last one of an epoch is padded and masked. Which adapter an input gets
+is decided by :func:`easyfit.data.adapt.adapt`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 
 from easyfit.data.batch import (Batch, check_sample_weight, make_batch, sample_weights, scale_rows,
                                 stack, take_rows)
+
+__all__ = ["ArrayAdapter", "DataAdapter", "IterableAdapter", "Keys"]
 
 
 def _numeric(tree: Any, what: str) -> Any:
@@ -360,54 +363,3 @@ class IterableAdapter(DataAdapter):
                           "or lower `steps_per_epoch`.", stacklevel=2)
         if self.one_shot:
             self.exhausted = True
-
-
-def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any = None,
-          class_weight: dict | None = None, shuffle: bool = False, seed: int = 0,
-          steps: int | None = None, with_y: bool = True, epochs: int = 1,
-          keys: Keys = None) -> DataAdapter:
-    """Chooses the adapter for ``x`` (and ``y``), as ``fit``/``evaluate``/``predict`` accept them.
-
-    Example:
-        >>> import numpy as np
-        >>> data = adapt(np.zeros((10, 3)), np.zeros(10), batch_size=4)
-        >>> data.steps, data.batch_size
-        (3, 4)
-    """
-    if isinstance(x, DataAdapter):
-        return x
-    process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-    if _is_arrays(x):
-        if with_y and y is None:
-            raise ValueError("Training and evaluation need targets: pass `y` with the arrays "
-                             "in `x`, or a dataset that yields (x, y) pairs.")
-        return ArrayAdapter(x, y, sample_weight, class_weight, batch_size, shuffle, seed, steps,
-                            **process)
-    if y is not None:
-        raise ValueError("`y` is only for array inputs; a dataset or iterable must yield "
-                         "(x, y) pairs itself.")
-    if sample_weight is not None or class_weight:
-        raise ValueError("sample_weight and class_weight are for array inputs; yield "
-                         "(x, y, sample_weight) from the dataset instead.")
-    common = dict(batch_size=batch_size, steps=steps, with_y=with_y, keys=keys, epochs=epochs)
-    from easyfit.data import grain_dataset, tf_dataset  # imported only when needed
-    if tf_dataset.is_tf_dataset(x):
-        return tf_dataset.tf_dataset_adapter(x, **common, **process)
-    if grain_dataset.is_grain(x) or grain_dataset.is_random_access(x):
-        return grain_dataset.grain_adapter(x, shuffle=shuffle, seed=seed, **common, **process)
-    if isinstance(x, Iterable) and not isinstance(x, (str, bytes)):
-        return IterableAdapter(x, steps, with_y, epochs, keys, **process)
-    raise TypeError(f"Unsupported input type {type(x).__name__}: pass numpy arrays (or a dict "
-                    "of arrays), a tf.data.Dataset, a grain dataset, a tfds.data_source, or an "
-                    "iterable of (x, y) batches.")
-
-
-def _is_arrays(x: Any) -> bool:
-    """numpy / JAX arrays, or dicts / tuples of them (not a list of batches)."""
-    if isinstance(x, (np.ndarray, jax.Array)):
-        return True
-    if isinstance(x, dict):
-        return bool(x) and all(_is_arrays(v) for v in x.values())
-    if isinstance(x, tuple) and x and not hasattr(x, "_fields"):
-        return all(isinstance(v, (np.ndarray, jax.Array)) for v in x)
-    return False

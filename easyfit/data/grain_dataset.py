@@ -13,6 +13,8 @@ from typing import Any
 
 from easyfit.data.adapters import IterableAdapter, Keys
 
+__all__ = ["grain_adapter", "is_grain", "is_random_access"]
+
 
 def _module(obj: Any) -> str:
     return type(obj).__module__ or ""

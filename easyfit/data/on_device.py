@@ -33,6 +33,10 @@ import numpy as np
 from easyfit.data.adapters import DataAdapter
 from easyfit.data.batch import Batch, aligned_empty
 
+__all__ = ["DEVICE_DATA_BYTES", "DeviceRows", "IndexedChunk", "WIDE_ROW_BYTES", "as_fed",
+           "batches_of", "device_rows", "gather_rows", "gathers_in_step", "table_rows",
+           "table_shapes"]
+
 # MNIST as float32 (188 MB) fits; on a GPU that is a few percent of its memory.
 DEVICE_DATA_BYTES = 256 * 2**20
 # Measured on a 2-core CPU at two widths: 260-byte rows ran slower gathered in the step,

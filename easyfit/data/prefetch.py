@@ -12,6 +12,8 @@ import queue
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
+__all__ = ["prefetch"]
+
 _DONE = object()
 
 

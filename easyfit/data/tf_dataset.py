@@ -11,6 +11,8 @@ from typing import Any
 
 from easyfit.data.adapters import IterableAdapter, Keys
 
+__all__ = ["import_tensorflow", "is_batched", "is_tf_dataset", "tf_dataset_adapter"]
+
 _BATCH_OPS = ("_BatchDataset", "_PaddedBatchDataset", "_ParallelBatchDataset",
               "_DenseToRaggedDataset", "_RaggedBatchDataset",
               "_GroupByWindowDataset")  # group_by_window: bucket_by_sequence_length batches

@@ -22,6 +22,8 @@ import numpy as np
 
 from easyfit.data.tf_dataset import import_tensorflow
 
+__all__ = ["TRAIN_ROWS", "data_dir_for", "prepare"]
+
 TRAIN_ROWS = 1437
 
 

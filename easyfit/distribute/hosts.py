@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+__all__ = ["any_process", "fetch", "initialize", "is_chief", "is_initialized"]
+
 _ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
         "num_processes": "JAX_NUM_PROCESSES",
         "process_id": "JAX_PROCESS_ID"}

@@ -31,6 +31,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from easyfit.modules.graph import GRAPH, path_names
 
+__all__ = ["DATA", "DataParallel", "Distribution", "FSDP", "ModelParallel", "Spec", "flatten",
+           "put"]
+
 DATA = "data"
 
 Spec = Sequence[str | Sequence[str] | None]

@@ -1,0 +1,76 @@
+"""Which adapter an input gets: arrays, tf.data, grain, random-access sources, iterables.
+
+The adapters themselves live in :mod:`easyfit.data.adapters` (arrays, iterables) and in
+:mod:`easyfit.data.tf_dataset` / :mod:`easyfit.data.grain_dataset`, which build on them;
+this module only dispatches, so none of those import it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import numpy as np
+
+from easyfit.data import grain_dataset, tf_dataset
+from easyfit.data.adapters import ArrayAdapter, DataAdapter, IterableAdapter, Keys
+
+__all__ = ["adapt", "is_arrays"]
+
+
+def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any = None,
+          class_weight: dict | None = None, shuffle: bool = False, seed: int = 0,
+          steps: int | None = None, with_y: bool = True, epochs: int = 1,
+          keys: Keys = None) -> DataAdapter:
+    """Chooses the adapter for ``x`` (and ``y``), as ``fit``/``evaluate``/``predict`` accept them.
+
+    Example:
+        >>> import numpy as np
+        >>> data = adapt(np.zeros((10, 3)), np.zeros(10), batch_size=4)
+        >>> data.steps, data.batch_size
+        (3, 4)
+    """
+    if isinstance(x, DataAdapter):
+        return x
+    process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    if is_arrays(x):
+        if with_y and y is None:
+            raise ValueError("Training and evaluation need targets: pass `y` with the arrays "
+                             "in `x`, or a dataset that yields (x, y) pairs.")
+        return ArrayAdapter(x, y, sample_weight, class_weight, batch_size, shuffle, seed, steps,
+                            **process)
+    if y is not None:
+        raise ValueError("`y` is only for array inputs; a dataset or iterable must yield "
+                         "(x, y) pairs itself.")
+    if sample_weight is not None or class_weight:
+        raise ValueError("sample_weight and class_weight are for array inputs; yield "
+                         "(x, y, sample_weight) from the dataset instead.")
+    common = dict(batch_size=batch_size, steps=steps, with_y=with_y, keys=keys, epochs=epochs)
+    # Neither module imports TensorFlow or grain until such an input arrives.
+    if tf_dataset.is_tf_dataset(x):
+        return tf_dataset.tf_dataset_adapter(x, **common, **process)
+    if grain_dataset.is_grain(x) or grain_dataset.is_random_access(x):
+        return grain_dataset.grain_adapter(x, shuffle=shuffle, seed=seed, **common, **process)
+    if isinstance(x, Iterable) and not isinstance(x, (str, bytes)):
+        return IterableAdapter(x, steps, with_y, epochs, keys, **process)
+    raise TypeError(f"Unsupported input type {type(x).__name__}: pass numpy arrays (or a dict "
+                    "of arrays), a tf.data.Dataset, a grain dataset, a tfds.data_source, or an "
+                    "iterable of (x, y) batches.")
+
+
+def is_arrays(x: Any) -> bool:
+    """numpy / JAX arrays, or dicts / tuples of them (not a list of batches).
+
+    Example:
+        >>> import numpy as np
+        >>> is_arrays({"a": np.zeros(3)}), is_arrays([np.zeros(3)])
+        (True, False)
+    """
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return True
+    if isinstance(x, dict):
+        return bool(x) and all(is_arrays(v) for v in x.values())
+    if isinstance(x, tuple) and x and not hasattr(x, "_fields"):
+        return all(isinstance(v, (np.ndarray, jax.Array)) for v in x)
+    return False
