@@ -7,8 +7,7 @@ training, and to the loops in :mod:`easyfit.training.loop`.
 
 Example:
     >>> import easyfit as ef, numpy as np
-    >>> from flax import nnx
-    >>> model = ef.Model(nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
+    >>>     >>> model = ef.Model(nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
     >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
     ...               metrics=["accuracy"])
     >>> x, y = np.random.rand(64, 4).astype("float32"), np.random.randint(0, 3, 64)
@@ -19,41 +18,30 @@ Example:
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from easyfit import memory as memory_lib
 from easyfit import precision as precision_lib
-from easyfit.callbacks import Callback, CallbackList, History, ProgressBar
-from easyfit.checkpoint import Checkpoints, abstract
-from easyfit.data.adapt import adapt, is_arrays
-from easyfit.data.adapters import ArrayAdapter, DataAdapter
-from easyfit.distribute import DataParallel, Distribution, is_chief
+from easyfit.callbacks import Callback, CallbackList, History
+from easyfit.data.adapt import adapt
+from easyfit.data.adapters import DataAdapter
+from easyfit.data.fit_inputs import fit_inputs
+from easyfit.distribute import DataParallel, Distribution
 from easyfit.distribute.strategies import flatten
 from easyfit.memory.host import CompileWatch
-from easyfit.modules.graph import GRAPH, split
+from easyfit.modules.graph import split
 from easyfit.modules.linen import is_factory
 from easyfit.summary import summarize
 from easyfit.training.live_optimizer import LiveOptimizer
-from easyfit.training.loop import evaluate_loop, fit_loop, predict_loop
+from easyfit.training import weights as weights_lib
+from easyfit.training.loop import evaluate_loop, fit_callbacks, fit_loop, predict_loop
 from easyfit.training.options import resolve_options
 from easyfit.training.trainer import Trainer
 from easyfit.tune import lr_finder
 
 __all__ = ["Model"]
-
-
-def _verbosity(verbose: int | str) -> int:
-    if verbose == "auto":
-        return 1 if sys.stdout.isatty() else 2
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"verbose must be 'auto', 0, 1 or 2; got {verbose!r}.")
-    return int(verbose)
 
 
 class Model:
@@ -113,27 +101,12 @@ class Model:
     def get_weights(self) -> list[np.ndarray]:
         """All weights (parameters and other state such as batch statistics, not RNG state),
         as a list of numpy arrays, as Keras's ``get_weights``."""
-        return [np.asarray(leaf) for leaf in jax.tree.leaves(self._weight_state())]
+        return weights_lib.get_weights(self.module)
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Sets the weights from a list shaped as :meth:`get_weights` returns; training
         continues from them."""
-        state = self._weight_state()
-        leaves, treedef = jax.tree.flatten(state)
-        if len(weights) != len(leaves):
-            raise ValueError(f"set_weights got {len(weights)} arrays; the model has "
-                             f"{len(leaves)} (as get_weights returns).")
-        for index, (new, old) in enumerate(zip(weights, leaves)):
-            if np.shape(new) != old.shape:
-                path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(state)[0][index][0])
-                raise ValueError(f"set_weights: array {index} ({path}) has shape "
-                                 f"{np.shape(new)}, expected {old.shape}.")
-        new_state = jax.tree.unflatten(treedef, [jnp.asarray(w, o.dtype)
-                                                 for w, o in zip(weights, leaves)])
-        nnx.update(self.module, new_state)
-
-    def _weight_state(self) -> Any:
-        return nnx.state(self.module, nnx.Not(nnx.RngState), graph=GRAPH)
+        weights_lib.set_weights(self.module, weights)
 
     @property
     def optimizer(self) -> LiveOptimizer:
@@ -231,44 +204,21 @@ class Model:
             The :class:`~easyfit.callbacks.History`, also stored as ``model.history``.
         """
         self._require_compiled("train the model (fit)")
-        if x is None:
-            raise ValueError("fit needs training data: fit(x, y) with arrays, or fit(dataset).")
-        if validation_split and validation_data is None and not is_arrays(x):
-            raise ValueError("validation_split works only with array inputs; pass "
-                             "validation_data= for datasets, generators and iterables.")
-        trainer, plan = self.trainer, self.trainer.dispatch
-        train = adapt(x, y, batch_size=batch_size, sample_weight=sample_weight,
-                      class_weight=class_weight, shuffle=shuffle, seed=trainer.options.seed,
-                      steps=steps_per_epoch, epochs=epochs - initial_epoch, keys=(x_key, y_key))
-        validation = None
-        if validation_split and validation_data is None:
-            train, validation = train.split(validation_split)
-        elif validation_data is not None:
-            validation = self._validation_adapter(
-                validation_data, validation_batch_size or train.batch_size, validation_steps,
-                (x_key, y_key))
-        total_steps = None if train.steps is None else train.steps * epochs
-        verbose = _verbosity(verbose) if is_chief() else 0  # one progress display per job
+        trainer = self.trainer
+        train, validation = fit_inputs(
+            x, y, batch_size=batch_size, sample_weight=sample_weight, class_weight=class_weight,
+            shuffle=shuffle, seed=trainer.options.seed, steps_per_epoch=steps_per_epoch,
+            epochs=epochs - initial_epoch, keys=(x_key, y_key), validation_split=validation_split,
+            validation_data=validation_data, validation_batch_size=validation_batch_size,
+            validation_steps=validation_steps)
         history = History()
-        extra = [ProgressBar(verbose)] if verbose else []
-        # As Keras: the progress display first, History after the user's callbacks (it records
-        # what they set); checkpointing last, so it saves everyone's state after the epoch.
-        user = list(callbacks or [])
-        savers = [c for c in user if getattr(c, "runs_last", False)]
-        ordered = [*extra, *(c for c in user if c not in savers), history, *savers]
-        callback_list = CallbackList(ordered, model=self,
-                                     params={"epochs": epochs, "steps": train.steps,
-                                             "verbose": verbose})
+        callback_list = fit_callbacks(self, callbacks, history, verbose, epochs, train.steps)
         # As Keras: a callback with batch hooks of its own sees every batch.
-        plan.every_batch = callback_list.needs_every_batch()
-
-        def start_auto(shapes: Any, batch: Any) -> None:  # "auto" compiles as the state is made
-            if plan.undecided() and plan.timer is None:
-                plan.start_timer(trainer.steps.train, trainer.distribution, train, shapes, batch)
-
+        trainer.dispatch.every_batch = callback_list.needs_every_batch()
         try:
             compiles = CompileWatch()
-            trainer.build(train, total_steps, on_shapes=start_auto)
+            trainer.build(train, None if train.steps is None else train.steps * epochs,
+                          time_dispatch=True)
             compiles.release_if_compiled()
             memory_lib.check_capacity(self, train.batch_size, train)  # warns if it cannot fit
             self.stop_training = False
@@ -277,16 +227,9 @@ class Model:
             fit_loop(self, train, validation, epochs=epochs, initial_epoch=initial_epoch,
                      validation_freq=validation_freq, callbacks=callback_list)
         finally:
-            plan.every_batch = False
+            trainer.dispatch.every_batch = False
         self.module  # noqa: B018 -- write the trained weights back to the user's module
         return history
-
-    def _validation_adapter(self, data: Any, batch_size: int, steps: int | None,
-                            keys: Any) -> DataAdapter:
-        if isinstance(data, tuple) and 2 <= len(data) <= 3 and is_arrays(data[0]):
-            return ArrayAdapter(data[0], data[1], data[2] if len(data) == 3 else None,
-                                batch_size=batch_size, steps=steps)
-        return adapt(data, batch_size=batch_size, steps=steps, keys=keys)
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None,
                  verbose: int | str = "auto", sample_weight: Any = None,
@@ -395,23 +338,10 @@ class Model:
     def save_weights(self, path: str) -> None:
         """Writes the weights (parameters, batch statistics, RNG state) to a checkpoint
         directory; :meth:`load_weights` on a model built by the same code restores them."""
-        store = Checkpoints(path, keep_latest=1, async_save=False)
-        step = self.trainer.step_count
-        store.delete(step)  # saving again at the same step overwrites, as Keras
-        store.save(step, self.trainer.weights(), {"epoch": self.trainer.position[0]})
-        store.close()
+        weights_lib.save_weights(self.trainer, path)
 
     def load_weights(self, path: str, step: int | None = None) -> None:
         """Loads weights from a checkpoint directory (of :meth:`save_weights`,
         ``ModelCheckpoint`` or ``BackupAndRestore``): ``step``, else the best by the
         monitored value, else the latest. Refuses a checkpoint of a different model."""
-        if not self.trainer.has_module:
-            raise RuntimeError("Initialise this Linen model first (sample_input= or a call).")
-        store = Checkpoints(path, keep_latest=1, async_save=False)
-        chosen = step if step is not None else store.best_step()
-        if chosen is None:
-            raise FileNotFoundError(f"No checkpoint in {path}.")
-        target = abstract(self.trainer.weights())
-        _, weights, _, _ = store.restore(target, step=chosen)
-        store.close()
-        nnx.update(self.module, weights["params"], weights["rest"])
+        weights_lib.load_weights(self.trainer, path, step)

@@ -13,18 +13,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import sys
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import jax
 import numpy as np
 
-from easyfit.callbacks.base import CallbackList, LazyLogs
+from easyfit.callbacks.base import Callback, CallbackList, LazyLogs
+from easyfit.callbacks.history import History
+from easyfit.callbacks.progress import ProgressBar
 from easyfit.data.adapters import DataAdapter
 from easyfit.data.batch import Batch
 from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
-from easyfit.distribute import any_process, fetch
+from easyfit.distribute import any_process, fetch, is_chief
 from easyfit.training.steps_per_dispatch import StepTimer, regroup
 from easyfit.memory.host import CompileWatch
 
@@ -130,6 +133,28 @@ def _start_next_epoch(trainer: "Trainer", feeds: Iterator, dispatch: _Dispatcher
         trainer.reset_totals()
         dispatch(first[0], len(first[1]))
     return upcoming, first
+
+
+def _verbosity(verbose: int | str) -> int:
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2; got {verbose!r}.")
+    return int(verbose)
+
+
+def fit_callbacks(model: "Model", callbacks: Sequence[Callback] | None, history: History,
+                  verbose: int | str, epochs: int, steps: int | None) -> CallbackList:
+    """``fit``'s callbacks in Keras's order: the progress display first (one per job), the
+    user's, History (it records what they set), then checkpointing (``runs_last``: it
+    saves everyone's state after the epoch)."""
+    verbose = _verbosity(verbose) if is_chief() else 0
+    user = list(callbacks or [])
+    savers = [c for c in user if getattr(c, "runs_last", False)]
+    ordered = [*([ProgressBar(verbose)] if verbose else []),
+               *(c for c in user if c not in savers), history, *savers]
+    return CallbackList(ordered, model=model,
+                        params={"epochs": epochs, "steps": steps, "verbose": verbose})
 
 
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,

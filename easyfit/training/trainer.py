@@ -167,10 +167,10 @@ class Trainer:
         self._totals_zero = False
 
     def build(self, data: DataAdapter, total_steps: int | None,
-              on_shapes: Callable[[TrainState, Any], None] | None = None) -> None:
-        """Makes the module, the steps and (once per compile) the training state; a new
-        state's shapes (and the sample batch that shaped it) go to ``on_shapes`` before its
-        arrays are made."""
+              time_dispatch: bool = False) -> None:
+        """Makes the module, the steps and (once per compile) the training state. With
+        ``time_dispatch`` (``fit``), "auto" steps per dispatch compiles its first size from
+        a new state's shapes while the state's arrays are made."""
         self.ensure_module(data)
         self.distribution.check_batch_size(data.batch_size)
         steps, options = self.steps, self.options
@@ -180,8 +180,14 @@ class Trainer:
             params, rest = split(self._module)
             rest = reseed(rest, options.seed)
             nnx.update(self._module, rest)
+            plan = self.dispatch
+
+            def start_timer(shapes: TrainState, batch: Any) -> None:
+                if time_dispatch and plan.undecided() and plan.timer is None:
+                    plan.start_timer(steps.train, self.distribution, data, shapes, batch)
+
             self.state, self._shardings = self.new_state(transform, steps, params, rest,
-                                                         data.sample_batch(), on_shapes)
+                                                         data.sample_batch(), start_timer)
             self._totals_zero = True
             self._module_shared = True
             self.step_count = 0
