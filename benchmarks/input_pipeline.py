@@ -62,7 +62,7 @@ from flax import nnx  # noqa: E402
 import easyfit as ef  # noqa: E402
 import easyfit.loop  # noqa: E402
 from easyfit.data import prefetch as prefetch_lib  # noqa: E402
-from easyfit.data.adapt import adapt  # noqa: E402
+from easyfit.data.dispatch import adapt  # noqa: E402
 from easyfit.data.tf_dataset import import_tensorflow  # noqa: E402
 
 tf = import_tensorflow()

@@ -25,6 +25,9 @@ import optax
 from easyfit.precision import dynamic_loss_scaling
 from easyfit.schedules import Schedule, as_schedule
 
+__all__ = ["LearningRateState", "OPTIMIZERS", "Optimizer", "adagrad", "adam", "adamw", "get",
+           "lion", "rmsprop", "scale_by_learning_rate", "sgd"]
+
 
 class LearningRateState(NamedTuple):
     """State of :func:`scale_by_learning_rate`: ``lr = schedule(count) * scale``."""

@@ -348,7 +348,7 @@ def _grain_batched():
 def test_adapt_gives_each_process_its_rows_of_every_global_batch(make, monkeypatch):
     import jax
 
-    from easyfit.data.adapt import adapt
+    from easyfit.data.dispatch import adapt
 
     def build():
         data = make()

@@ -2,8 +2,8 @@
 ``summary(batch_size=...)``, checked against XLA's own ``memory_analysis()`` on CPU.
 
 The CPU backend reports no device capacity, so the capacity paths are checked by
-patching ``device_capacity``; per-device figures on several devices run in a subprocess
-with 8 fake CPU devices.
+patching ``easyfit.memory.estimate.device_capacity``; per-device figures on several devices
+run in a subprocess with 8 fake CPU devices.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from easyfit.data import on_device
 from easyfit import memory
 from easyfit.data.adapters import ArrayAdapter
 
-from conftest import MLP, CompileCounter, DropoutMLP, make_data, params_of
+from conftest import MLP, CompileCounter, DropoutMLP, LinenNet, make_data, params_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOSS = "sparse_categorical_crossentropy"
@@ -104,8 +104,9 @@ def test_figures_are_the_compiled_steps_memory_analysis(data):
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     estimate = model.estimate_memory(48, x[:2], y[:2])
     adapter = ArrayAdapter(x, y, batch_size=48)
-    chunk = model._distribution.place_chunk(next(adapter.chunks(0, 2))[0])
-    analysis = model._steps.train.lower(model._state, chunk).compile().memory_analysis()
+    chunk = model.distribution.place_chunk(next(adapter.chunks(0, 2))[0])
+    trainer = model.trainer
+    analysis = trainer.steps.train.lower(trainer.state, chunk).compile().memory_analysis()
     assert estimate.argument_bytes == analysis.argument_size_in_bytes
     assert estimate.output_bytes == analysis.output_size_in_bytes
     assert estimate.alias_bytes == analysis.alias_size_in_bytes
@@ -210,8 +211,8 @@ def test_estimate_before_fit_changes_nothing(data):
         for a in jax.tree.leaves(nnx.state(model.module, nnx.Not(nnx.Param), graph=True))]
     estimate = model.estimate_memory(64, x[:3], y[:3])
     assert estimate.peak_bytes > 0
-    assert model._state is None and model._steps is None
-    assert not model._optimizer.built
+    assert model.trainer.state is None and not model.trainer.has_steps
+    assert not model.optimizer.built
     for a, b in zip(params_of(model.module), before):
         np.testing.assert_array_equal(a, b)
     rng_after = [np.asarray(jax.random.key_data(a)) if jax.dtypes.issubdtype(
@@ -221,24 +222,55 @@ def test_estimate_before_fit_changes_nothing(data):
         np.testing.assert_array_equal(a, b)
 
     model.fit(x, y, batch_size=32, epochs=2, verbose=0)
-    assert model._step_count == reference._step_count
+    assert model.trainer.step_count == reference.trainer.step_count
     for a, b in zip(params_of(model.module), params_of(reference.module)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(model.history.history["lr"], reference.history.history["lr"])
+
+
+def test_estimate_before_fit_keeps_an_optimizer_already_built(data):
+    """A state-less model whose optimizer is built (a fit that failed after building it)
+    keeps that optimizer as it was: the estimate reuses it, and forgets nothing."""
+    x, y = data
+    model = _model(optimizer=ef.optimizers.adamw(ef.schedules.warmup_cosine(1e-2, 0.2)))
+    transform = model.optimizer.build(16)
+    model.estimate_memory(64, x[:2], y[:2])
+    assert model.trainer.state is None
+    assert model.optimizer.built and model.optimizer.transform is transform
+
+
+def test_estimate_before_fit_of_a_linen_model(data):
+    """A Linen module waiting for its first input is initialised from the rows (as fit
+    would from its first batch), and trains as one that was never estimated."""
+    x, y = data
+
+    def make():
+        model = ef.Model(LinenNet(hidden=16, dout=4))
+        model.compile("adamw", LOSS, steps_per_execution=1)
+        return model
+
+    reference = make()
+    reference.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    model = make()
+    assert model.estimate_memory(64, x[:2], y[:2]).params_bytes > 0
+    assert model.trainer.has_module and model.trainer.state is None
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    for a, b in zip(params_of(model.module), params_of(reference.module)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_estimate_after_fit_keeps_training_state(data):
     x, y = data
     model = _model()
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    step, weights = int(model._state.step), params_of(model.module)
+    step, weights = int(model.trainer.state.step), params_of(model.module)
     model.estimate_memory(64, x[:2], y[:2])
     model.estimate_memory(128)  # the shapes are remembered
-    assert int(model._state.step) == step
+    assert int(model.trainer.state.step) == step
     for a, b in zip(params_of(model.module), weights):
         np.testing.assert_array_equal(a, b)
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # trains on from there
-    assert int(model._state.step) == 2 * step
+    assert int(model.trainer.state.step) == 2 * step
 
 
 def test_summary_shows_the_estimate(data):
@@ -276,14 +308,14 @@ def test_check_capacity_warns_when_over_capacity(data, monkeypatch):
     model = _model()
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     total = model.estimate_memory(32, x[:2], y[:2]).total_bytes
-    monkeypatch.setattr(memory, "device_capacity", lambda model: total - 1)
+    monkeypatch.setattr(memory.estimate, "device_capacity", lambda model: total - 1)
     with pytest.warns(memory.MemoryWarning, match=r"find_batch_size\(\)") as caught:
         estimate = memory.check_capacity(model, 32)
     assert estimate.fits is False and estimate.capacity_bytes == total - 1
     assert "batch size 32" in str(caught[0].message)
     assert "DOES NOT FIT" in str(estimate)
 
-    monkeypatch.setattr(memory, "device_capacity", lambda model: total)
+    monkeypatch.setattr(memory.estimate, "device_capacity", lambda model: total)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert memory.check_capacity(model, 32).fits is True
@@ -293,10 +325,10 @@ def test_check_capacity_remembers_the_inputs_shapes(data, monkeypatch):
     x, y = data
     model = _model()
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    memory._ROW_SPECS.pop(model, None)  # as if fit had not recorded them
+    memory.subject.forget_shapes(model)  # as if fit had not recorded them
     with pytest.raises(ValueError, match="input shapes"):
         model.estimate_memory(32)
-    monkeypatch.setattr(memory, "device_capacity", lambda model: 2**40)
+    monkeypatch.setattr(memory.estimate, "device_capacity", lambda model: 2**40)
     assert memory.check_capacity(model, 32, ArrayAdapter(x, y, batch_size=32)).fits
     assert model.estimate_memory(64).batch_size == 64
 
@@ -312,14 +344,14 @@ def test_find_batch_size_fits_the_budget_and_twice_does_not(data):
     assert batch >= 300
     assert model.estimate_memory(batch, x[:2], y[:2]).total_bytes <= budget
     assert model.estimate_memory(2 * batch, x[:2], y[:2]).total_bytes > budget
-    assert model._state is None  # measured, then put back
+    assert model.trainer.state is None  # measured, then put back
 
 
 def test_find_batch_size_limits_and_errors(data, monkeypatch):
     x, y = data
     model = _model()
     assert model.find_batch_size(x[:2], y[:2], budget_bytes=2**40, max_batch_size=100) == 100
-    monkeypatch.setattr(memory, "device_capacity", lambda model: None)  # as on a CPU
+    monkeypatch.setattr(memory.estimate, "device_capacity", lambda model: None)  # as on a CPU
     with pytest.raises(ValueError, match="budget_bytes="):
         model.find_batch_size(x[:2], y[:2])  # no capacity to default to
     with pytest.raises(ValueError, match="Even a batch of 1"):
@@ -330,7 +362,7 @@ def test_find_batch_size_defaults_to_the_capacity(data, monkeypatch):
     x, y = data
     model = _model()
     budget = model.estimate_memory(64, x[:2], y[:2]).total_bytes
-    monkeypatch.setattr(memory, "device_capacity", lambda model: budget)
+    monkeypatch.setattr(memory.estimate, "device_capacity", lambda model: budget)
     assert model.find_batch_size(x[:2], y[:2], max_batch_size=4096) == \
         model.find_batch_size(x[:2], y[:2], budget_bytes=budget, max_batch_size=4096)
 

@@ -161,7 +161,7 @@ def test_host_chunks_are_placed_on_a_cpu_device_without_a_copy():
     import jax
     import numpy as np
 
-    from easyfit.data.adapt import adapt
+    from easyfit.data.dispatch import adapt
 
     x = np.random.default_rng(0).normal(size=(100, 7)).astype(np.float32)
     y = np.arange(100, dtype=np.int32)

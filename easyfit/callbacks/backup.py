@@ -9,6 +9,8 @@ from easyfit.callbacks.base import Callback
 from easyfit.checkpoint import Checkpoints
 from easyfit.training.trainer import Resume
 
+__all__ = ["BackupAndRestore"]
+
 
 class BackupAndRestore(Callback):
     """Backs up everything that decides the rest of training; restores it when ``fit`` reruns.

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator, Sequence
 
+__all__ = ["Callback", "CallbackList", "HOOKS", "LazyLogs"]
+
 
 class LazyLogs(Mapping):
     """A read-only ``logs`` mapping whose values are fetched on first access.

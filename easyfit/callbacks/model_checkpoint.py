@@ -8,6 +8,8 @@ from easyfit.callbacks.base import Callback
 from easyfit.callbacks.monitor import Monitor
 from easyfit.checkpoint import Checkpoints
 
+__all__ = ["ModelCheckpoint"]
+
 
 class ModelCheckpoint(Callback):
     """Saves checkpoints during ``fit``; keeps the ``keep_best`` best and the ``keep_latest``

@@ -11,6 +11,8 @@ import jax
 from easyfit.callbacks.base import Callback
 from easyfit.distribute.hosts import is_chief
 
+__all__ = ["Profiler"]
+
 
 class Profiler(Callback):
     """Records a profiler trace (host and device activity) of training steps ``steps``.

@@ -7,6 +7,8 @@ import os
 from easyfit.callbacks.base import Callback
 from easyfit.distribute.hosts import is_chief
 
+__all__ = ["TensorBoard"]
+
 
 class _NullWriter:
     def add_scalar(self, *args, **kwargs) -> None: ...

@@ -1,6 +1,6 @@
 """Input: adapters that turn user data into fixed-shape, padded, masked host batches."""
 
-from easyfit.data.adapt import adapt
+from easyfit.data.dispatch import adapt
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, IterableAdapter
 from easyfit.data.batch import Batch
 

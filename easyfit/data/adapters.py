@@ -3,7 +3,7 @@
 An adapter yields, per epoch, chunks of ``k`` stacked :class:`~easyfit.data.batch.Batch`es
 (``k = steps_per_execution``) plus the number of real batches in each chunk. Every batch has
 the same shape; the last one of an epoch is padded and masked. Which adapter an input gets
-is decided by :func:`easyfit.data.adapt.adapt`.
+is decided by :func:`easyfit.data.dispatch.adapt`.
 """
 
 from __future__ import annotations

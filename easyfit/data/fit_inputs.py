@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from easyfit.data.adapt import adapt, is_arrays
+from easyfit.data.dispatch import adapt, is_arrays
 from easyfit.data.adapters import ArrayAdapter, DataAdapter
 
 __all__ = ["fit_inputs"]

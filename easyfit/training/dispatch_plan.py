@@ -3,23 +3,23 @@
 
 The numbers and the measurement live in :mod:`easyfit.training.steps_per_dispatch`; this file
 holds what one compile remembers of them (the choice, the sizes compiled, the timer while it
-runs) and starts "auto" from a compiled first size.
+runs), starts "auto" from a compiled first size, and regroups batches while it measures.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 
 from easyfit.data.adapters import DataAdapter
-from easyfit.data.batch import Batch
+from easyfit.data.batch import Batch, stack
 from easyfit.data.on_device import IndexedChunk, as_fed, batches_of, table_shapes
 from easyfit.training.step import FlatStateJit
 from easyfit.training.steps_per_dispatch import (StepTimer, call_cost, compile_ahead,
                                                  first_size, trace_chunk)
 
-__all__ = ["DispatchPlan"]
+__all__ = ["DispatchPlan", "regroup"]
 
 
 class DispatchPlan:
@@ -130,3 +130,29 @@ class DispatchPlan:
         """A fit too short to finish timing keeps the size it ran untimed."""
         if self.timer is not None:
             self.chosen, self.timer = self.timer.untimed_k, None
+
+
+def regroup(chunks: Iterable[tuple[Batch, list[int]]],
+            size: Callable[[], int | None]) -> Iterator[tuple[Batch, list[int]]]:
+    """Re-stacks one-batch chunks into chunks of ``size()`` batches (1 while ``None``).
+
+    When the size changes, the batches collected so far go out at the old size (filled up
+    with masked batches, as adapters do), so only sizes already compiled are used.
+    """
+    pending: list[tuple[Batch, int]] = []
+    k = 1
+    for chunk, sizes in chunks:
+        new_k = size() or 1
+        if new_k != k and pending:
+            yield stack([b for b, _ in pending], k), [n for _, n in pending]
+            pending = []
+        k = new_k
+        if k == 1:
+            yield chunk, sizes
+            continue
+        pending.append((jax.tree.map(lambda a: a[0], chunk), sizes[0]))
+        if len(pending) == k:
+            yield stack([b for b, _ in pending], k), [n for _, n in pending]
+            pending = []
+    if pending:
+        yield stack([b for b, _ in pending], k), [n for _, n in pending]

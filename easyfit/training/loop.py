@@ -28,12 +28,15 @@ from easyfit.data.batch import Batch
 from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch, is_chief
-from easyfit.training.steps_per_dispatch import StepTimer, regroup
+from easyfit.training.dispatch_plan import regroup
+from easyfit.training.steps_per_dispatch import StepTimer
 from easyfit.memory.host import CompileWatch
 
 if TYPE_CHECKING:
     from easyfit.model import Model
     from easyfit.training.trainer import Trainer
+
+__all__ = ["MAX_RUNNING", "evaluate_loop", "fit_callbacks", "fit_loop", "predict_loop"]
 
 
 def _floats(tree: dict[str, Any], names: list[str]) -> dict[str, float]:

@@ -28,6 +28,8 @@ from easyfit.precision import cast_floating, loss_scale
 from easyfit.modules.graph import GRAPH, ModuleGraphs
 from easyfit.training.train_state import TrainState
 
+__all__ = ["FlatStateJit", "Steps"]
+
 
 _AUGMENT_STREAM = 0x5EED  # keeps augmentation randomness apart from the dropout streams
 

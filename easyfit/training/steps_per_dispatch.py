@@ -33,13 +33,18 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.extend
 
-from easyfit.data.batch import Batch, stack
+from easyfit.data.batch import Batch
 from easyfit.data.on_device import IndexedChunk, batches_of
+
+__all__ = ["ASYNC_STEP_SECONDS", "CALL_SHARE", "FRESH_SCRATCH_BYTES", "FRESH_SECONDS_PER_BYTE",
+           "MAX_CALL_SECONDS", "MAX_CHUNK_BYTES", "MAX_STEPS", "PEAK_FLOPS", "PROBE_STEPS",
+           "SHRINK_FACTOR", "Start", "StepTimer", "TARGET_SECONDS", "batch_bytes", "call_cost",
+           "choose_steps", "compile_ahead", "first_size", "step_flops", "trace_chunk"]
 
 TARGET_SECONDS = 0.1           # host work per dispatch is ~0.1-1 ms: this keeps it < ~1%
 # Accelerators run a dispatch while the host prepares the next (asynchronous dispatch), so the
@@ -371,29 +376,3 @@ def compile_ahead(train: Callable, state: Any, chunk: Batch | IndexedChunk, k: i
     else:
         batch, sharding = one(chunk), chunk.mask.sharding
     trace_chunk(train, state, batch, k, sharding).lower().compile()
-
-
-def regroup(chunks: Iterable[tuple[Batch, list[int]]],
-            size: Callable[[], int | None]) -> Iterator[tuple[Batch, list[int]]]:
-    """Re-stacks one-batch chunks into chunks of ``size()`` batches (1 while ``None``).
-
-    When the size changes, the batches collected so far go out at the old size (filled up
-    with masked batches, as adapters do), so only sizes already compiled are used.
-    """
-    pending: list[tuple[Batch, int]] = []
-    k = 1
-    for chunk, sizes in chunks:
-        new_k = size() or 1
-        if new_k != k and pending:
-            yield stack([b for b, _ in pending], k), [n for _, n in pending]
-            pending = []
-        k = new_k
-        if k == 1:
-            yield chunk, sizes
-            continue
-        pending.append((jax.tree.map(lambda a: a[0], chunk), sizes[0]))
-        if len(pending) == k:
-            yield stack([b for b, _ in pending], k), [n for _, n in pending]
-            pending = []
-    if pending:
-        yield stack([b for b, _ in pending], k), [n for _, n in pending]
