@@ -25,7 +25,7 @@ import numpy as np
 from easyfit import memory as memory_lib
 from easyfit import precision as precision_lib
 from easyfit.callbacks import Callback, CallbackList, History
-from easyfit.data.adapt import adapt
+from easyfit.data.dispatch import adapt
 from easyfit.data.adapters import DataAdapter
 from easyfit.data.fit_inputs import fit_inputs
 from easyfit.distribute import DataParallel, Distribution

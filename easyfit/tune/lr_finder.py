@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import optax
 
-from easyfit.data.adapt import adapt
+from easyfit.data.dispatch import adapt
 from easyfit.precision import dynamic_loss_scaling
 from easyfit.modules.graph import copy_tree, split
 from easyfit.training.step import Steps
