@@ -8,10 +8,11 @@ from flax import nnx
 from easyfit.modules.graph import GRAPH
 from easyfit.modules.linen import LinenModule
 
-__all__ = ["summarize"]
+__all__ = ["human_bytes", "summarize"]
 
 
-def _human(num_bytes: float) -> str:
+def human_bytes(num_bytes: float) -> str:
+    """``num_bytes`` for people: ``"512 B"``, ``"1.5 KiB"``, ``"2.0 MiB"``, ``"3.1 GiB"``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if num_bytes < 1024 or unit == "GiB":
             return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
@@ -49,7 +50,7 @@ def summarize(module: nnx.Module, placement: dict[str, str] | None = None,
         shapes = ", ".join(f"{name}{tuple(value.shape)}{spec}" for name, value, spec in params)
         kind = types.get(path) or str(path[-1]).rsplit("_", 1)[0]  # Linen: Dense_0 -> Dense
         rows.append(("/".join(map(str, path[prefix:])) or "(root)", kind, shapes,
-                     f"{count:,}", _human(size)))
+                     f"{count:,}", human_bytes(size)))
     other = nnx.state(module, nnx.Not(nnx.Param), graph=GRAPH)
     other_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(other)
                       if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key))
@@ -59,6 +60,6 @@ def summarize(module: nnx.Module, placement: dict[str, str] | None = None,
     out = [f'Model: "{type(module).__name__}"'] + ([mesh] if mesh else [])
     out += [rule, line(rows[0]), rule]
     out += [line(row) for row in rows[1:]] + [rule]
-    out.append(f"Trainable params: {total_count:,} ({_human(total_bytes)})")
-    out.append(f"Other variables (batch stats, RNG state): {_human(other_bytes)}")
+    out.append(f"Trainable params: {total_count:,} ({human_bytes(total_bytes)})")
+    out.append(f"Other variables (batch stats, RNG state): {human_bytes(other_bytes)}")
     return "\n".join(out)

@@ -1,65 +1,53 @@
-"""Memory you can see: per-device estimates of training, from the compiled train step.
+"""Per-device memory of training at one batch size, read from the compiled train step.
 
 An estimate compiles the train step for a batch size, from abstract inputs (shapes, dtypes
 and shardings only: no batch is made, nothing runs), and reads XLA's own accounting of the
 program, ``compiled.memory_analysis()``. Every figure is **per device**.
 
-- ``estimate_memory`` (``model.estimate_memory``): a ``MemoryEstimate`` for one
+- :func:`estimate_memory` (``model.estimate_memory``): a :class:`MemoryEstimate` for one
   batch size; ``model.summary(batch_size=...)`` prints it under the layer table.
-- ``find_batch_size`` (``model.find_batch_size``): the largest batch size whose
-  estimate fits a per-device budget, found by compiling candidates, never by running them
-  into an out-of-memory error.
-- ``check_capacity``: a warning before training when the estimate exceeds the
+- :func:`check_capacity`: a warning before training when the estimate exceeds the
   device's capacity (called by ``fit``).
+- :func:`device_capacity`: what one device of the model's mesh can hold.
 
 Once the model has trained (its state is built), an estimate at the batch size ``fit``
 uses costs nothing extra: ``lower(...).compile()`` and the jitted step share JAX's cache of
 compiled programs, so whichever comes second reuses the other's compile. An estimate made
-before any ``fit`` compiles a step for a throwaway state; ``fit`` compiles its own.
+before any ``fit`` compiles a step for a throwaway state (see :mod:`easyfit.memory.subject`);
+``fit`` compiles its own.
 
 Example:
     >>> model.compile("adamw", "sparse_categorical_crossentropy")    # doctest: +SKIP
     >>> print(model.estimate_memory(256, x_train[:2], y_train[:2]))  # doctest: +SKIP
-    >>> model.find_batch_size(x_train[:2], y_train[:2])              # doctest: +SKIP
-    4096
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import warnings
-import weakref
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-from flax import nnx
 
-from easyfit.data.adapt import is_arrays
-from easyfit.data.adapters import ArrayAdapter, DataAdapter
-from easyfit.data.batch import Batch
-from easyfit.data.on_device import as_fed, batches_of, table_shapes
+from easyfit.data.adapters import DataAdapter
+from easyfit.data.on_device import as_fed, batches_of
+from easyfit.memory.subject import (Subject, device_struct, has_shapes, held_tables, measured,
+                                    record_data)
+from easyfit.summary import human_bytes
 from easyfit.training.steps_per_dispatch import trace_chunk
-from easyfit.modules.graph import GRAPH
-from easyfit.summary import _human
 
 if TYPE_CHECKING:
     from easyfit.model import Model
 
 __all__ = ["CHUNKS_AHEAD", "MemoryEstimate", "MemoryWarning", "check_capacity", "device_capacity",
-           "estimate_memory", "find_batch_size"]
-
-# Placeholder length of training for a state built only to be measured: schedule lengths
-# given as fractions need one, and no shape depends on it. The optimizer is unbuilt again
-# afterwards, so fit resolves the schedule with the real length.
-_MEASURE_STEPS = 1000
+           "estimate_memory", "measure"]
 
 
 CHUNKS_AHEAD = 3
 """Input chunks ``fit`` keeps on the device ahead of the running step: two dispatched and
-waiting to run (``easyfit.loop.MAX_RUNNING`` is 3, the running one included) and one placed
+waiting to run (``easyfit.training.loop.MAX_RUNNING`` is 3, the running one included) and one placed
 by the prefetcher (``easyfit.data.prefetch``, ``depth=2``, the other slot held by the loop)."""
 
 
@@ -179,117 +167,15 @@ class MemoryEstimate:
             capacity = "unknown on this backend"
         else:
             share = self.total_bytes / self.capacity_bytes if self.capacity_bytes else math.inf
-            capacity = (f"{_human(self.capacity_bytes)} (total is {share:.0%}: "
+            capacity = (f"{human_bytes(self.capacity_bytes)} (total is {share:.0%}: "
                         f"{'fits' if self.fits else 'DOES NOT FIT'})")
         width = max(len(name) for name, _ in rows)
-        size = lambda n: ("-" if n < 0 else "") + _human(abs(n))
+        size = lambda n: ("-" if n < 0 else "") + human_bytes(abs(n))
         lines = [title, "-" * len(title)]
         lines += [name if value is None else f"{name.ljust(width)}  {size(value):>10}"
                   for name, value in rows]
         lines.append(f"{'Device capacity'.ljust(width)}  {capacity}")
         return "\n".join(lines)
-
-
-# -- where the input shapes come from ---------------------------------------------------------
-
-# Per model: one row of its training input (a Batch of ShapeDtypeStructs with no batch axis),
-# recorded when fit or an estimate sees data, so later estimates need no rows.
-_ROW_SPECS: "weakref.WeakKeyDictionary[Any, Batch]" = weakref.WeakKeyDictionary()
-# Per model: the shapes of the training arrays its last fit held on the devices
-# (``easyfit.data.on_device``), which the train step takes as inputs; absent otherwise.
-_TABLES: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-
-
-def _sds(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
-    # numpy float64 / int64 become float32 / int32 on the device unless x64 is on.
-    return jax.ShapeDtypeStruct(tuple(shape), jax.dtypes.canonicalize_dtype(dtype))
-
-
-def _row_spec(data: DataAdapter) -> Batch:
-    """One row of the batches ``data`` yields, as shapes and device dtypes."""
-    if isinstance(data, ArrayAdapter):  # from the arrays: no rows gathered
-        rows = lambda tree: jax.tree.map(lambda a: _sds(a.shape[1:], a.dtype), tree)
-        weight = np.float32 if data.sample_weight is None else \
-            np.result_type(np.float32, data.sample_weight.dtype)
-        return Batch(rows(data.x), rows(data.y), _sds((), weight), _sds((), np.float32))
-    batch = data.sample_batch()
-    return jax.tree.map(lambda a: _sds(np.shape(a)[1:], np.asarray(a).dtype), batch)
-
-
-def _sample_rows(spec: Batch, rows: int) -> tuple[Any, Any]:
-    """Zero-filled ``(x, y)`` arrays of ``rows`` rows shaped as ``spec``."""
-    zeros = lambda tree: jax.tree.map(lambda s: np.zeros((rows, *s.shape), s.dtype), tree)
-    return zeros(spec.x), zeros(spec.y)
-
-
-def _check_rows(x: Any, y: Any) -> None:
-    if not is_arrays(x):
-        raise TypeError(f"Pass a few input rows as numpy arrays (or a dict of arrays), e.g. "
-                        f"x_train[:2], y_train[:2]; got x of type {type(x).__name__}.")
-    if y is None:
-        raise ValueError("Estimating training memory needs targets too: pass y with x, "
-                         "e.g. model.estimate_memory(256, x_train[:2], y_train[:2]).")
-
-
-@contextlib.contextmanager
-def _measurable(model: "Model", x: Any, y: Any) -> Iterator[Batch]:
-    """Makes sure the model has a training state and steps to compile; yields the input row.
-
-    A model that has not trained yet gets them built from ``x``/``y`` for the duration
-    and put back as it was afterwards (module, optimizer, RNG streams): the next ``fit``
-    starts exactly as it would have, its schedule resolved with the real length.
-    """
-    model._require_compiled("estimate training memory")
-    spec = None
-    if x is not None:
-        _check_rows(x, y)
-        spec = _row_spec(ArrayAdapter(x, y, batch_size=_rows_of(x)))
-        _ROW_SPECS[model] = spec
-        _TABLES.pop(model, None)  # a few rows say nothing of the dataset fit will hold
-    if spec is None:
-        spec = _ROW_SPECS.get(model)
-    if model._state is not None and model._steps is not None:
-        if spec is None:
-            raise ValueError(
-                "The input shapes of this model are not known yet: pass a few training rows, "
-                "e.g. model.estimate_memory(256, x_train[:2], y_train[:2]).")
-        yield spec
-        return
-    if spec is None:
-        raise ValueError(
-            "This model has not seen any data, so its training state and input shapes are "
-            "unknown: pass a few training rows, e.g. model.estimate_memory(256, x_train[:2], "
-            "y_train[:2]) or model.find_batch_size(x_train[:2], y_train[:2]), or call fit "
-            "first.")
-    if x is None:
-        x, y = _sample_rows(spec, 1)
-    replicas = model._distribution.num_replicas
-    rows = -(-_rows_of(x) // replicas) * replicas  # a batch that splits over the devices
-    data = ArrayAdapter(x, y, batch_size=rows)
-
-    saved = dict(model.__dict__)
-    optimizer = model._optimizer
-    saved_optimizer = dict(optimizer.__dict__)  # build() resolves the schedule in place
-    saved_train = None if model._steps is None else model._steps.train
-    module = model._module
-    saved_rest = None if module is None else jax.tree.map(
-        lambda a: a, nnx.state(module, nnx.Not(nnx.Param), graph=GRAPH))
-    try:
-        model._build(data, _MEASURE_STEPS)
-        yield spec
-    finally:
-        if saved_train is not None:
-            saved["_steps"].train = saved_train
-        model.__dict__.clear()
-        model.__dict__.update(saved)
-        optimizer.__dict__.clear()
-        optimizer.__dict__.update(saved_optimizer)
-        if saved_rest is not None:
-            nnx.update(module, saved_rest)
-
-
-def _rows_of(x: Any) -> int:
-    return int(np.shape(jax.tree.leaves(x)[0])[0])
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -323,7 +209,7 @@ def device_capacity(model: "Model") -> int | None:
         >>> ef.memory.device_capacity(model)   # doctest: +SKIP
         106300440576
     """
-    mesh = model._distribution.mesh
+    mesh = model.trainer.distribution.mesh
     limits = []
     for device in mesh.devices.flat:
         if device.process_index != jax.process_index():
@@ -338,16 +224,24 @@ def device_capacity(model: "Model") -> int | None:
     return min(limits) if limits else None
 
 
-def _estimate(model: "Model", batch_size: int, spec: Batch,
-              capacity: int | None) -> MemoryEstimate:
-    """Compiles the train step at ``batch_size`` from abstract inputs and reads its memory."""
-    k = model._execution_steps() or 1  # the chunks fit feeds (1 while "auto" measures)
+def measure(model: "Model", subject: Subject, batch_size: int,
+            capacity: int | None) -> MemoryEstimate:
+    """Compiles the train step of ``subject`` at ``batch_size`` from abstract inputs and
+    reads its memory (``capacity``: the figure to compare with, or ``None``).
+
+    Raises:
+        RuntimeError: the backend gives no memory analysis of compiled programs.
+    """
+    k = model.trainer.dispatch.steps() or 1  # the chunks fit feeds (1 while "auto" measures)
+    trainer = subject.trainer
+    distribution = trainer.distribution
     state = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), model._state)
-    sharding = model._distribution.chunk_sharding()
-    tables = _TABLES.get(model)
-    batch = as_fed(jax.tree.map(lambda s: _sds((batch_size, *s.shape), s.dtype), spec), tables)
-    compiled = trace_chunk(model._steps.train, state, batch, k, sharding).lower().compile()
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), trainer.state)
+    sharding = distribution.chunk_sharding()
+    tables = held_tables(model)
+    batch = as_fed(jax.tree.map(lambda s: device_struct((batch_size, *s.shape), s.dtype),
+                                subject.spec), tables)
+    compiled = trace_chunk(trainer.steps.train, state, batch, k, sharding).lower().compile()
     analysis = compiled.memory_analysis()
     if analysis is None:
         raise _NoAnalysis(f"The {jax.default_backend()} backend gives no memory analysis of "
@@ -356,7 +250,7 @@ def _estimate(model: "Model", batch_size: int, spec: Batch,
         lambda s: jax.ShapeDtypeStruct((k, *s.shape), s.dtype, sharding=sharding),
         batches_of(batch)))
     return MemoryEstimate(
-        batch_size=batch_size, steps_per_execution=k, devices=model._distribution.mesh.size,
+        batch_size=batch_size, steps_per_execution=k, devices=distribution.mesh.size,
         params_bytes=_tree_bytes(state.params), optimizer_bytes=_tree_bytes(state.opt_state),
         other_bytes=_tree_bytes((state.rest, state.step, state.totals)),
         input_bytes=input_bytes, dataset_bytes=0 if tables is None else _tree_bytes(tables),
@@ -411,85 +305,9 @@ def estimate_memory(model: "Model", batch_size: int, x: Any = None,
         (1834213376, True)
     """
     batch_size = _check_batch_size(batch_size)
-    model._distribution.check_batch_size(batch_size)
-    with _measurable(model, x, y) as spec:
-        return _estimate(model, batch_size, spec, device_capacity(model))
-
-
-def find_batch_size(model: "Model", x: Any = None, y: Any = None,
-                    budget_bytes: int | None = None, max_batch_size: int = 65536) -> int:
-    """The largest batch size whose estimated memory fits ``budget_bytes`` per device.
-
-    Searches over multiples of the number of data-parallel devices: doubling until an
-    estimate exceeds the budget, then bisecting between the last fit and the first miss.
-    Each candidate costs one compile of the train step (no run, no out-of-memory trial);
-    a search up to 65536 takes some 20 compiles. The result ``b`` fits and ``2 * b`` does
-    not (checked), unless ``b`` is ``max_batch_size``.
-
-    A batch size fits when its ``MemoryEstimate.total_bytes`` (the train step's peak,
-    the module's variables and the prefetched inputs) is at most the budget. Not counted:
-    the evaluation step, arrays of your own on the device, the allocator's fragmentation;
-    pass a ``budget_bytes`` somewhat below the capacity to leave room for them.
-
-    Args:
-        model: a compiled ``ef.Model``.
-        x: a few input rows, needed before the model has seen data.
-        y: matching targets.
-        budget_bytes: per-device budget; default: the device's capacity (required where
-            the backend does not report one, e.g. CPU).
-        max_batch_size: the largest batch size to consider.
-
-    Returns:
-        The batch size, a multiple of the number of data-parallel devices.
-
-    Raises:
-        ValueError: no budget and no known capacity, or not even the smallest batch fits.
-
-    Example:
-        >>> model.find_batch_size(x_train[:2], y_train[:2], budget_bytes=2**33)  # doctest: +SKIP
-        2048
-    """
-    replicas = model._distribution.num_replicas
-    top = int(max_batch_size) // replicas  # in units of `replicas` rows
-    if top < 1:
-        raise ValueError(f"max_batch_size={max_batch_size} is below the {replicas} "
-                         "data-parallel devices: one row per device is the smallest batch.")
-    if budget_bytes is None:
-        budget_bytes = device_capacity(model)
-        if budget_bytes is None:
-            raise ValueError(f"The {jax.default_backend()} backend does not report how much "
-                             "memory a device has: pass budget_bytes=, e.g. "
-                             "model.find_batch_size(x[:2], y[:2], budget_bytes=4 * 2**30).")
-    budget_bytes = int(budget_bytes)
-    with _measurable(model, x, y) as spec:
-        capacity = device_capacity(model)
-        found: dict[int, MemoryEstimate] = {}
-
-        def fits(units: int) -> bool:
-            if units not in found:
-                found[units] = _estimate(model, units * replicas, spec, capacity)
-            return found[units].total_bytes <= budget_bytes
-
-        if not fits(1):
-            raise ValueError(
-                f"Even a batch of {replicas} ({'one row per device' if replicas > 1 else 'one row'}"
-                f") needs {_human(found[1].total_bytes)} per device, over the budget of "
-                f"{_human(budget_bytes)}. Shard the parameters and optimizer state "
-                "(ef.distribute.FSDP), use a smaller model, or raise the budget.\n"
-                + str(found[1]))
-        low, high = 1, None  # in units of `replicas` rows: low fits; high (if set) does not
-        while True:
-            while high is None and low < top:  # double until a miss (or the maximum)
-                candidate = min(2 * low, top)
-                low, high = (candidate, None) if fits(candidate) else (low, candidate)
-            while high is not None and high - low > 1:  # bisect between a fit and a miss
-                middle = (low + high) // 2
-                low, high = (middle, high) if fits(middle) else (low, middle)
-            # Estimates need not grow smoothly with the batch (XLA picks layouts per shape):
-            # make sure twice the answer does not fit, else search on from there.
-            if 2 * low > top or not fits(2 * low):
-                return low * replicas
-            low, high = 2 * low, None
+    model.trainer.distribution.check_batch_size(batch_size)
+    with measured(model, x, y) as subject:
+        return measure(model, subject, batch_size, device_capacity(model))
 
 
 def check_capacity(model: "Model", batch_size: int, data: DataAdapter | None = None,
@@ -517,10 +335,9 @@ def check_capacity(model: "Model", batch_size: int, data: DataAdapter | None = N
         MemoryWarning: Training at batch size 4096 needs about 97.1 GiB per device ...
     """
     if data is not None:
-        _ROW_SPECS[model] = _row_spec(data)
-        _TABLES[model] = table_shapes(data, model._distribution, model._one_step_per_call())
+        record_data(model, data)
     capacity = device_capacity(model)
-    if capacity is None or model not in _ROW_SPECS:
+    if capacity is None or not has_shapes(model):
         return None
     try:
         estimate = estimate_memory(model, batch_size)
@@ -528,9 +345,10 @@ def check_capacity(model: "Model", batch_size: int, data: DataAdapter | None = N
         return None
     if estimate.fits is False:
         warnings.warn(
-            f"Training at batch size {batch_size} needs about {_human(estimate.total_bytes)} per "
-            f"device (estimated from the compiled train step), but a device holds "
-            f"{_human(capacity)}: expect an out-of-memory error. Pick a batch size that fits "
-            f"with model.find_batch_size(), or see model.estimate_memory({batch_size}).",
+            f"Training at batch size {batch_size} needs about "
+            f"{human_bytes(estimate.total_bytes)} per device (estimated from the compiled "
+            f"train step), but a device holds {human_bytes(capacity)}: expect an "
+            f"out-of-memory error. Pick a batch size that fits with model.find_batch_size(), "
+            f"or see model.estimate_memory({batch_size}).",
             MemoryWarning, stacklevel=stacklevel)
     return estimate

@@ -21,6 +21,8 @@ from typing import Any
 
 import jax
 
+__all__ = ["CompileWatch", "release_free_memory"]
+
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 _compiles = 0  # programs compiled in this process (any thread)
 _lock = threading.Lock()
@@ -62,6 +64,8 @@ class CompileWatch:
         self._seen = _compiles
 
     def release_if_compiled(self) -> None:
+        """Returns the allocator's free memory to the OS if a program was compiled since the
+        last call (or since this watch was made); else does nothing."""
         if _compiles != self._seen:
             self._seen = _compiles
             release_free_memory()
