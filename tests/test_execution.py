@@ -13,9 +13,11 @@ from flax import nnx
 import easyfit as ef
 from conftest import BNMLP, MLP, CompileCounter, make_data, params_of, train_programs
 from easyfit.data.adapters import ArrayAdapter
+from easyfit.training.dispatch_plan import regroup
 from easyfit.training.steps_per_dispatch import (ASYNC_STEP_SECONDS, CALL_SHARE, MAX_CALL_SECONDS,
-                               MAX_CHUNK_BYTES, MAX_STEPS, PEAK_FLOPS, TARGET_SECONDS, call_cost, choose_steps, first_size,
-                               regroup, step_flops)
+                                                 MAX_CHUNK_BYTES, MAX_STEPS, PEAK_FLOPS,
+                                                 TARGET_SECONDS, call_cost, choose_steps,
+                                                 first_size, step_flops)
 
 
 def test_a_slow_step_runs_alone():
