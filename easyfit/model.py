@@ -29,11 +29,9 @@ from easyfit.data.dispatch import adapt
 from easyfit.data.adapters import DataAdapter
 from easyfit.data.fit_inputs import fit_inputs
 from easyfit.distribute import DataParallel, Distribution
-from easyfit.distribute.strategies import flatten
 from easyfit.memory.host import CompileWatch
-from easyfit.modules.graph import split
 from easyfit.modules.linen import is_factory
-from easyfit.summary import summarize
+from easyfit.summary import summarize_placed
 from easyfit.training.live_optimizer import LiveOptimizer
 from easyfit.training import weights as weights_lib
 from easyfit.training.loop import evaluate_loop, fit_callbacks, fit_loop, predict_loop
@@ -319,15 +317,7 @@ class Model:
         on several devices also the mesh and each sharded parameter's partition spec; with
         ``batch_size``, the per-device memory estimate of training at that batch size
         (:meth:`estimate_memory`; the model must have seen data)."""
-        module, dist = self.module, self.trainer.distribution
-        placement = None
-        if dist.mesh.size > 1:  # each parameter's partition spec, and the mesh
-            shardings = self.trainer.params_sharding(split(module)[0])
-            placement = {"/".join(names): str(sharding.spec)
-                         for names, sharding in flatten(shardings)[0]}
-        text = summarize(module, placement,
-                         dist.describe() + "; parameters replicated unless a spec is shown"
-                         if placement is not None else None)
+        text = summarize_placed(self.module, self.distribution, self.trainer.params_sharding)
         if batch_size is not None:
             text += "\n" + str(self.estimate_memory(batch_size))
         if print_fn is not None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 from flax import nnx
 
-from easyfit.modules.graph import GRAPH
+from easyfit.distribute import Distribution
+from easyfit.distribute.strategies import flatten
+from easyfit.modules.graph import GRAPH, split
 from easyfit.modules.linen import LinenModule
 
-__all__ = ["human_bytes", "summarize"]
+__all__ = ["human_bytes", "summarize", "summarize_placed"]
 
 
 def human_bytes(num_bytes: float) -> str:
@@ -63,3 +67,16 @@ def summarize(module: nnx.Module, placement: dict[str, str] | None = None,
     out.append(f"Trainable params: {total_count:,} ({human_bytes(total_bytes)})")
     out.append(f"Other variables (batch stats, RNG state): {human_bytes(other_bytes)}")
     return "\n".join(out)
+
+
+def summarize_placed(module: nnx.Module, distribution: Distribution,
+                     params_sharding: Callable[[Any], Any]) -> str:
+    """:func:`summarize`, and on several devices the mesh and each sharded parameter's
+    partition spec (``params_sharding(params)`` gives where training places them)."""
+    if distribution.mesh.size == 1:
+        return summarize(module)
+    shardings = params_sharding(split(module)[0])
+    placement = {"/".join(names): str(sharding.spec)
+                 for names, sharding in flatten(shardings)[0]}
+    return summarize(module, placement,
+                     distribution.describe() + "; parameters replicated unless a spec is shown")

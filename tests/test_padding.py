@@ -130,15 +130,15 @@ def test_no_backend_compile_after_the_first_fit(monkeypatch):
         model.predict(x[:77], batch_size=32, verbose=0)
     assert counter.count == 0
     steps = model.trainer.steps
-    programs = [f._cache_size() for f in (steps.train, steps.eval, steps.predict)]
+    programs = [steps.train.cache_size(), steps.eval._cache_size(), steps.predict._cache_size()]
     with CompileCounter() as counter:  # another dataset size (300 and 290 rows are held on
         model.fit(x[:290], y[:290], batch_size=32, epochs=2, verbose=0,  # the device as 320)
                   validation_data=(x[:50], y[:50]))
-    assert [f._cache_size() for f in (steps.train, steps.eval, steps.predict)] == programs
+    assert [steps.train.cache_size(), steps.eval._cache_size(), steps.predict._cache_size()] == programs
     assert counter.count == 0
     with CompileCounter() as counter:  # 250 rows are held as 256: the train step compiles
         model.fit(x[:250], y[:250], batch_size=32, epochs=2, verbose=0,
                   validation_data=(x[:50], y[:50]))
     programs[0] += 1
-    assert [f._cache_size() for f in (steps.train, steps.eval, steps.predict)] == programs
+    assert [steps.train.cache_size(), steps.eval._cache_size(), steps.predict._cache_size()] == programs
     assert counter.count == 1

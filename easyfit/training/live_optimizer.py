@@ -34,6 +34,8 @@ class LiveOptimizer:
         self.trainer.learning_rate = value
 
     def __getattr__(self, name: str) -> Any:
+        if name == "learning_rate":  # the property raised AttributeError: raise it, not the leaf's
+            return LiveOptimizer.learning_rate.fget(self)
         return getattr(self.optimizer, name)
 
     def __repr__(self) -> str:
