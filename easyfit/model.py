@@ -13,7 +13,7 @@ Example:
     >>> x, y = np.random.rand(64, 4).astype("float32"), np.random.randint(0, 3, 64)
     >>> history = model.fit(x, y, epochs=2, verbose=0)
     >>> sorted(history.history)
-    ['accuracy', 'loss', 'lr']
+    ['accuracy', 'loss', 'learning_rate']
 """
 
 from __future__ import annotations
@@ -210,7 +210,8 @@ class Model:
             validation_data=validation_data, validation_batch_size=validation_batch_size,
             validation_steps=validation_steps)
         history = History()
-        callback_list = fit_callbacks(self, callbacks, history, verbose, epochs, train.steps)
+        callback_list = fit_callbacks(self, callbacks, history, verbose, epochs, train.steps,
+                                      validation is not None)
         # As Keras: a callback with batch hooks of its own sees every batch.
         trainer.dispatch.every_batch = callback_list.needs_every_batch()
         try:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["plot_history", "plot_lr_finder"]
 
 _PIP_HINT = "pip install 'easyfit[plots]'"
-_LR_KEYS = ("lr", "learning_rate")
+_LR_KEYS = ("learning_rate", "lr")
 _DPI = 110
 
 
@@ -147,7 +147,7 @@ def plot_history(history: Mapping[str, Sequence[float]] | Any,
     panel with its training and, when logged, validation curve. The best epoch, lowest
     ``val_loss`` (``loss`` without validation), is marked on every panel by a dashed
     vertical line, with a dot on the curve, legend entry ``"best epoch N"``. A logged
-    learning rate (``lr``) gets a last panel with a log y-axis. The x-axis shows 1-based
+    learning rate (``learning_rate``) gets a last panel with a log y-axis. The x-axis shows 1-based
     epoch numbers taken from ``history.epoch``, so a run resumed with ``initial_epoch``
     shows its true epochs; ``val_*`` values appear at the epochs that were validated
     (``validation_freq``).

@@ -89,7 +89,7 @@ def test_history_keys_and_lengths():
                         validation_data=(x[:40], y[:40]))
     assert history is model.history
     assert isinstance(history, ef.History)
-    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
     assert all(len(v) == 3 for v in history.history.values())
     assert all(isinstance(v, float) for vs in history.history.values() for v in vs)
     assert history.epoch == [0, 1, 2]
@@ -194,7 +194,7 @@ def test_callback_hooks_see_keras_logs():
     model = _model(metrics=["accuracy"])
     model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[Recorder()])
     assert [b for b, _ in seen["batch_end"]] == [0, 1, 2, 3] * 2
-    assert set(seen["batch_end"][0][1]) == {"loss", "accuracy", "lr"}
+    assert set(seen["batch_end"][0][1]) == {"loss", "accuracy", "learning_rate"}
     assert [e for e, _ in seen["epoch_end"]] == [0, 1]
     # the last batch's running logs are the epoch's logs
     assert seen["batch_end"][-1][1]["loss"] == pytest.approx(seen["epoch_end"][-1][1]["loss"])

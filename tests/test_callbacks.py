@@ -157,12 +157,13 @@ def test_hook_order_params_and_logs_for_one_epoch():
                      ("on_train_batch_begin", 1), ("on_train_batch_end", 1),
                      ("on_train_batch_begin", 2), ("on_train_batch_end", 2),
                      ("on_epoch_end", 0), ("on_train_end",)]
-    assert rec.params_seen == {"epochs": 1, "steps": 3, "verbose": 0}
+    assert rec.params_seen == {"epochs": 1, "steps": 3, "verbose": 0,
+                               "do_validation": False}
     batch_logs = rec.calls[3][2]
-    assert list(batch_logs) == ["loss", "accuracy", "lr"]
+    assert list(batch_logs) == ["loss", "accuracy", "learning_rate"]
     epoch_logs = rec.calls[-2][2]
-    assert list(epoch_logs) == ["loss", "accuracy", "lr"]
-    assert epoch_logs["lr"] == pytest.approx(0.05)
+    assert list(epoch_logs) == ["loss", "accuracy", "learning_rate"]
+    assert epoch_logs["learning_rate"] == pytest.approx(0.05)
     assert epoch_logs == {k: v[0] for k, v in history.history.items()}
     # the train-end logs are the last epoch's
     assert rec.calls[-1][1] == epoch_logs
@@ -184,9 +185,10 @@ def test_train_hooks_and_val_logs_with_validation_and_steps_per_execution():
     assert [c[1] for c in train_calls if c[0] == "on_train_batch_begin"] == [0, 2, 0, 2]
     epoch_logs = [c[2] for c in train_calls if c[0] == "on_epoch_end"]
     for logs in epoch_logs:
-        assert set(logs) == {"loss", "accuracy", "lr", "val_loss", "val_accuracy"}
+        assert set(logs) == {"loss", "accuracy", "learning_rate", "val_loss", "val_accuracy"}
         assert all(isinstance(v, float) for v in logs.values())
-    assert rec.params_seen == {"epochs": 2, "steps": 4, "verbose": 0}
+    assert rec.params_seen == {"epochs": 2, "steps": 4, "verbose": 0,
+                               "do_validation": True}
 
 
 def test_batch_logs_are_the_running_epoch_means():
@@ -267,7 +269,7 @@ def test_terminate_on_nan_stops_after_the_nan_step(capsys, steps_per_execution):
     assert model.trainer.step_count == int(model.trainer.state.step) == steps_per_execution
     assert history.epoch == [0]
     assert math.isnan(history.history["loss"][0])
-    assert "invalid loss" in capsys.readouterr().out
+    assert "Invalid loss" in capsys.readouterr().out
 
 
 def test_terminate_on_nan_with_a_huge_learning_rate():
@@ -622,7 +624,7 @@ def test_learning_rate_scheduler_changes_the_rate_used_without_recompiling():
     history = model.fit(x, y, batch_size=40, epochs=4, verbose=0, callbacks=[sched, probe])
     expected = [0.2, 0.1, 0.05, 0.025]
     np.testing.assert_allclose(probe.rates, expected, rtol=1e-4)
-    np.testing.assert_allclose(history.history["lr"], expected, rtol=1e-6)
+    np.testing.assert_allclose(history.history["learning_rate"], expected, rtol=1e-6)
     assert model.trainer.steps.train.cache_size() == train_programs(model)
 
 
@@ -639,7 +641,7 @@ def test_learning_rate_scheduler_receives_the_current_rate():
                         callbacks=[ef.callbacks.LearningRateScheduler(schedule)])
     assert [e for e, _ in seen] == [0, 1, 2]
     np.testing.assert_allclose([lr for _, lr in seen], [0.4, 0.2, 0.1], rtol=1e-6)
-    np.testing.assert_allclose(history.history["lr"], [0.2, 0.1, 0.05], rtol=1e-6)
+    np.testing.assert_allclose(history.history["learning_rate"], [0.2, 0.1, 0.05], rtol=1e-6)
 
 
 def test_reduce_lr_on_plateau_changes_the_rate_used_without_recompiling():
@@ -654,7 +656,7 @@ def test_reduce_lr_on_plateau_changes_the_rate_used_without_recompiling():
     np.testing.assert_allclose(probe.rates, [0.2, 0.2, 0.2, 0.1, 0.1, 0.05, 0.05], rtol=1e-4)
     # the third reduction (after the last epoch) stops at min_lr
     assert model.optimizer.learning_rate == pytest.approx(0.03)
-    lr = history.history["lr"]
+    lr = history.history["learning_rate"]
     assert lr[0] == pytest.approx(0.2) and lr[1] == pytest.approx(0.2)
     assert lr[3] == pytest.approx(0.1) and lr[5] == pytest.approx(0.05)
     assert model.trainer.steps.train.cache_size() == train_programs(model)
@@ -672,7 +674,7 @@ def test_reduce_lr_on_plateau_respects_min_lr_and_cooldown():
                         callbacks=[Inject("val_loss", [1.0] * 8), plateau, probe])
     # reduced after epoch 1; cooldown epoch 2; reduced again after epoch 3, to min_lr
     np.testing.assert_allclose(seen, [0.4, 0.4, 0.04, 0.04] + [0.004] * 4, rtol=1e-6)
-    np.testing.assert_allclose(history.history["lr"][-3:], [0.004] * 3, rtol=1e-6)
+    np.testing.assert_allclose(history.history["learning_rate"][-3:], [0.004] * 3, rtol=1e-6)
     assert model.optimizer.learning_rate == pytest.approx(0.004)
 
 
@@ -704,7 +706,7 @@ def test_csv_logger_writes_header_and_history_values(tmp_path):
                         callbacks=[ef.callbacks.CSVLogger(path)])
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["epoch", "loss", "accuracy", "lr", "val_loss", "val_accuracy"]
+    assert rows[0] == ["epoch", "accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]
     assert len(rows) == 4
     for epoch, row in enumerate(rows[1:]):
         assert int(row[0]) == epoch
@@ -717,7 +719,7 @@ def test_csv_logger_writes_header_and_history_values(tmp_path):
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     assert len(rows) == 6 and rows.count(rows[0]) == 1
-    assert [float(r[1]) for r in rows[4:]] == second.history["loss"]
+    assert [float(r[3]) for r in rows[4:]] == second.history["loss"]
     model.fit(x, y, batch_size=20, epochs=1, verbose=0, validation_split=0.25,
               callbacks=[ef.callbacks.CSVLogger(path)])
     with open(path, newline="") as f:
@@ -731,8 +733,8 @@ def test_csv_logger_separator(tmp_path):
                              callbacks=[ef.callbacks.CSVLogger(path, separator="\t")])
     with open(path, newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
-    assert rows[0] == ["epoch", "loss", "lr"]
-    assert [float(r[1]) for r in rows[1:]] == history.history["loss"]
+    assert rows[0] == ["epoch", "learning_rate", "loss"]
+    assert [float(r[2]) for r in rows[1:]] == history.history["loss"]
 
 
 def _scalars(run_dir):
@@ -751,7 +753,7 @@ def test_tensorboard_epoch_scalars_equal_history(tmp_path):
     train = _scalars(tmp_path / "tb" / "train")
     val = _scalars(tmp_path / "tb" / "validation")
     for split, key, name in [(train, "loss", "epoch_loss"), (train, "accuracy", "epoch_accuracy"),
-                             (train, "lr", "epoch_lr"), (val, "val_loss", "epoch_loss"),
+                             (train, "learning_rate", "epoch_learning_rate"), (val, "val_loss", "epoch_loss"),
                              (val, "val_accuracy", "epoch_accuracy")]:
         assert [s for s, _ in split[name]] == [0, 1, 2]
         np.testing.assert_array_equal(np.float32([v for _, v in split[name]]),

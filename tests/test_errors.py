@@ -239,6 +239,6 @@ def test_optax_optimizer_without_visible_learning_rate(data):
     x, y = data
     model = _model(optimizer=optax.sgd(0.1))
     history = model.fit(x, y, batch_size=8, verbose=0)
-    assert "lr" not in history.history
+    assert "learning_rate" not in history.history
     with pytest.raises(AttributeError, match=r"inject_hyperparams"):
         model.optimizer.learning_rate  # noqa: B018

@@ -225,7 +225,7 @@ def test_estimate_before_fit_changes_nothing(data):
     assert model.trainer.step_count == reference.trainer.step_count
     for a, b in zip(params_of(model.module), params_of(reference.module)):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(model.history.history["lr"], reference.history.history["lr"])
+    np.testing.assert_array_equal(model.history.history["learning_rate"], reference.history.history["learning_rate"])
 
 
 def test_estimate_before_fit_keeps_an_optimizer_already_built(data):

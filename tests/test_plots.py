@@ -29,7 +29,7 @@ def hand_history(epochs=(0, 1, 2, 3, 4), val=True, lr=True) -> ef.History:
         history.history["val_loss"] = [0.9, 0.5, 0.4, 0.45, 0.6][:n]
         history.history["val_accuracy"] = [0.55, 0.7, 0.8, 0.78, 0.75][:n]
     if lr:
-        history.history["lr"] = list(np.geomspace(1e-3, 1e-5, n))
+        history.history["learning_rate"] = list(np.geomspace(1e-3, 1e-5, n))
     return history
 
 
@@ -66,7 +66,7 @@ def test_history_plot_writes_png_one_panel_per_metric_plus_lr(tmp_path):
     for ax in (loss_ax, acc_ax):
         assert [line.get_label() for line in curves(ax)] == ["train", "validation"]
     assert lr_ax.get_yscale() == "log"
-    np.testing.assert_allclose(lr_ax.get_lines()[0].get_ydata(), hand_history().history["lr"])
+    np.testing.assert_allclose(lr_ax.get_lines()[0].get_ydata(), hand_history().history["learning_rate"])
 
 
 def test_best_epoch_is_argmin_of_val_loss_one_based(tmp_path):
@@ -142,7 +142,7 @@ def test_validation_freq_puts_val_points_at_validated_epochs():
 
 def test_lr_panel_stays_log_when_schedule_reaches_zero():
     history = hand_history()
-    history.history["lr"][-1] = 0.0  # e.g. a cosine decay to 0
+    history.history["learning_rate"][-1] = 0.0  # e.g. a cosine decay to 0
     assert history.plot().axes[-1].get_yscale() == "log"
 
 
@@ -187,7 +187,7 @@ def test_import_easyfit_does_not_import_matplotlib():
 def test_to_dataframe_columns_and_index():
     history = hand_history(epochs=(2, 3, 4, 5, 6))
     frame = history.to_dataframe()
-    assert list(frame.columns) == ["loss", "accuracy", "val_loss", "val_accuracy", "lr"]
+    assert list(frame.columns) == ["loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
     assert list(frame.index) == [3, 4, 5, 6, 7] and frame.index.name == "epoch"
     np.testing.assert_allclose(frame.loc[5, "val_loss"], 0.4)
 

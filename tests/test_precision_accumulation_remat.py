@@ -129,7 +129,7 @@ def test_schedules_and_lr_logs_count_optimizer_updates():
     schedule = ef.schedules.linear(init=1.0, end=0.0, steps=1.0)   # over the whole run
     model = _model(optimizer=ef.optimizers.sgd(schedule), gradient_accumulation_steps=2)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0)              # 20 batches, 10 updates
-    lr = model.history.history["lr"]
+    lr = model.history.history["learning_rate"]
     # after epoch 1: 5 updates of 10 done -> 0.5; at the end 10 of 10 -> 0.0
     np.testing.assert_allclose(lr, [0.5, 0.0], atol=1e-6)
 

@@ -86,7 +86,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert steps == ref_steps == total
     assert history == ref_history                       # floats compared exactly
     assert history["epoch"] == list(range(script.EPOCHS))
-    assert set(history["history"]) == {"loss", "accuracy", "lr", "val_loss", "val_accuracy"}
+    assert set(history["history"]) == {"loss", "accuracy", "learning_rate", "val_loss", "val_accuracy"}
     for name, got, want in (("final", weights, ref_weights), ("pre-restore", before, ref_before)):
         assert len(got) == len(want) > 0
         for a, b in zip(got, want):
@@ -223,8 +223,8 @@ def test_resume_restores_callback_and_history_state(tmp_path):
     assert history.history["val_loss"] == seq[:5]        # so did the History of epochs 0-2
     assert stopper.best == 0.9 and stopper.best_epoch == 1 and stopper.stopped_epoch == 4
     # ReduceLROnPlateau's wait counter came back: the reduction still happens after epoch 3
-    assert history.history["lr"][2] == pytest.approx(3e-3)
-    assert history.history["lr"][4] == pytest.approx(1.5e-3)
+    assert history.history["learning_rate"][2] == pytest.approx(3e-3)
+    assert history.history["learning_rate"][4] == pytest.approx(1.5e-3)
     assert resumed.optimizer.learning_rate == pytest.approx(1.5e-3)
     _assert_same_run(resumed, history, reference, ref_history)   # best weights came back too
 

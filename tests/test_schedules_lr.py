@@ -95,8 +95,8 @@ def test_logged_lr_follows_the_schedule():
     model.compile(optimizer, "sparse_categorical_crossentropy")
     history = model.fit(x, y, batch_size=40, epochs=epochs, verbose=0)
     expected = [float(expected_fn(steps_per_epoch * (e + 1))) for e in range(epochs)]
-    np.testing.assert_allclose(history.history["lr"], expected, rtol=1e-6, atol=1e-9)
-    assert history.history["lr"][1] == pytest.approx(peak, rel=1e-6)  # end of warmup
+    np.testing.assert_allclose(history.history["learning_rate"], expected, rtol=1e-6, atol=1e-9)
+    assert history.history["learning_rate"][1] == pytest.approx(peak, rel=1e-6)  # end of warmup
     assert model.optimizer.learning_rate == pytest.approx(float(expected_fn(20)), abs=1e-9)
 
 
@@ -112,7 +112,7 @@ def test_logged_lr_of_a_constant_rate():
     model = ef.Model(MLP(rngs=nnx.Rngs(0)))
     model.compile(ef.optimizers.adam(3e-3), "sparse_categorical_crossentropy")
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0)
-    np.testing.assert_allclose(history.history["lr"], [3e-3, 3e-3], rtol=1e-6)
+    np.testing.assert_allclose(history.history["learning_rate"], [3e-3, 3e-3], rtol=1e-6)
     assert model.optimizer.learning_rate == pytest.approx(3e-3)
 
 
@@ -127,7 +127,7 @@ def test_setting_the_learning_rate_between_fits_changes_the_update_without_recom
     assert model.optimizer.learning_rate == 0.0
     before = params_of(model.module)
     history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    assert history.history["lr"] == [0.0]
+    assert history.history["learning_rate"] == [0.0]
     assert_params_close(params_of(model.module), before, atol=0)
 
     model.optimizer.learning_rate = 0.25
@@ -174,7 +174,7 @@ def test_optax_inject_hyperparams_rate_is_logged_and_settable():
     model.compile(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
                   "sparse_categorical_crossentropy")
     history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    assert history.history["lr"] == [pytest.approx(0.1)]
+    assert history.history["learning_rate"] == [pytest.approx(0.1)]
     expected = [p - 0.1 * g for p, g in zip(params_of(start), grad_of(start, x, y))]
     assert_params_close(params_of(model.module), expected, atol=1e-6)
     model.optimizer.learning_rate = 0.02

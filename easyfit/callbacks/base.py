@@ -95,8 +95,14 @@ class Callback:
     def on_train_end(self, logs=None): ...
     def on_epoch_begin(self, epoch, logs=None): ...
     def on_epoch_end(self, epoch, logs=None): ...
-    def on_train_batch_begin(self, batch, logs=None): ...
-    def on_train_batch_end(self, batch, logs=None): ...
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs)  # Keras's legacy name, called as Keras 3 calls it
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs)
+
+    def on_batch_begin(self, batch, logs=None): ...
+    def on_batch_end(self, batch, logs=None): ...
     def on_test_begin(self, logs=None): ...
     def on_test_end(self, logs=None): ...
     def on_test_batch_begin(self, batch, logs=None): ...
@@ -112,10 +118,16 @@ HOOKS = [name for name in vars(Callback) if name.startswith("on_")]
 _ARITY = {hook: 2 if ("epoch" in hook or "batch" in hook) else 1 for hook in HOOKS}
 
 
+_LEGACY = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+
+
 def _overrides(callback: Callback, hook: str) -> bool:
-    """Whether ``callback`` does something in ``hook`` (a subclass method or a set function)."""
+    """Whether ``callback`` does something in ``hook`` (a subclass method or a set function),
+    the legacy ``on_batch_*`` hooks counting as the train batch hooks that call them."""
     method = getattr(callback, hook)
-    return getattr(method, "__func__", None) is not getattr(Callback, hook)
+    if getattr(method, "__func__", None) is not getattr(Callback, hook):
+        return True
+    return hook in _LEGACY and _overrides(callback, _LEGACY[hook])
 
 
 class CallbackList:

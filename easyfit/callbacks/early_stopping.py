@@ -16,7 +16,7 @@ class EarlyStopping(Callback):
         min_delta: smallest change that counts as an improvement.
         patience: epochs without improvement before stopping.
         verbose: 1 prints when it stops or restores.
-        mode: ``"min"``, ``"max"`` or ``"auto"`` (from the name).
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (the metric's direction, see ``Monitor``).
         baseline: training stops if the value does not beat this within ``patience``.
         restore_best_weights: at the end of training, load the weights of the best epoch.
         start_from_epoch: epochs to wait before watching (warm-up).
@@ -29,13 +29,14 @@ class EarlyStopping(Callback):
                  verbose: int = 0, mode: str = "auto", baseline: float | None = None,
                  restore_best_weights: bool = False, start_from_epoch: int = 0):
         super().__init__()
-        self._monitor = Monitor(monitor, mode, min_delta)
+        self._monitor = Monitor(monitor, mode, min_delta, owner="EarlyStopping")
         self.monitor, self.patience, self.verbose = monitor, patience, verbose
         self.baseline, self.restore_best_weights = baseline, restore_best_weights
         self.start_from_epoch = start_from_epoch
         self.on_train_begin()
 
     def on_train_begin(self, logs=None):
+        self._monitor.bind(self.model)
         self.wait, self.stopped_epoch, self.best_epoch = 0, 0, 0
         self.best = self._monitor.worst
         self.best_weights = None

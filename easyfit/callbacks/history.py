@@ -18,7 +18,7 @@ class History(Callback):
     """Records each epoch's logs; ``fit`` returns it and sets ``model.history``.
 
     Attributes:
-        history: ``{"loss": [...], "accuracy": [...], "val_loss": [...], "lr": [...]}``.
+        history: ``{"loss": [...], "accuracy": [...], "val_loss": [...], "learning_rate": [...]}``.
         epoch: the epoch indices recorded (0-based, as Keras; a run resumed with
             ``initial_epoch=5`` starts at 5).
 
@@ -119,7 +119,7 @@ class History(Callback):
         Example:
             >>> history = model.fit(x, y, epochs=3, verbose=0)  # doctest: +SKIP
             >>> history.to_dataframe().columns.tolist()         # doctest: +SKIP
-            ['loss', 'accuracy', 'lr']
+            ['loss', 'accuracy', 'learning_rate']
         """
         try:
             import pandas as pd

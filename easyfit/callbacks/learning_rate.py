@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from easyfit.callbacks.base import Callback
 from easyfit.callbacks.monitor import Monitor
 
@@ -37,12 +39,13 @@ class ReduceLROnPlateau(Callback):
         super().__init__()
         if factor >= 1.0:
             raise ValueError(f"ReduceLROnPlateau needs factor < 1, got {factor}.")
-        self._monitor = Monitor(monitor, mode, min_delta)
+        self._monitor = Monitor(monitor, mode, min_delta, owner="ReduceLROnPlateau")
         self.factor, self.patience, self.verbose = factor, patience, verbose
         self.cooldown, self.min_lr = cooldown, min_lr
         self.on_train_begin()
 
     def on_train_begin(self, logs=None):
+        self._monitor.bind(self.model)
         self.wait, self.cooldown_counter = 0, 0
         self.best = self._monitor.worst
 
@@ -69,8 +72,8 @@ class ReduceLROnPlateau(Callback):
                 new = max(old * self.factor, self.min_lr)
                 if old > new:
                     self.model.optimizer.learning_rate = new
-                    if logs is not None and "lr" in logs:
-                        logs["lr"] = new
+                    if logs is not None and "learning_rate" in logs:
+                        logs["learning_rate"] = new
                     if self.verbose:
                         print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
                               f"to {new:.4g}.")
@@ -81,19 +84,27 @@ class LearningRateScheduler(Callback):
     """Sets the learning rate at each epoch start to ``schedule(epoch, lr)``.
 
     Args:
-        schedule: ``(epoch index, current lr) -> new lr``.
+        schedule: ``(epoch index, current lr) -> new lr``, or ``epoch index -> new lr``
+            (Keras's older form, taken when the two-argument call raises ``TypeError``).
         verbose: 1 prints each change.
 
     Example:
         >>> cb = LearningRateScheduler(lambda epoch, lr: lr * 0.9 if epoch > 2 else lr)
     """
 
-    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0):
+    def __init__(self, schedule: Callable[..., float], verbose: int = 0):
         super().__init__()
         self.schedule, self.verbose = schedule, verbose
 
     def on_epoch_begin(self, epoch, logs=None):
-        lr = float(self.schedule(epoch, self.model.optimizer.learning_rate))
+        try:
+            lr = self.schedule(epoch, float(self.model.optimizer.learning_rate))
+        except TypeError:  # the one-argument form
+            lr = self.schedule(epoch)
+        if np.ndim(lr) != 0 or not np.issubdtype(np.asarray(lr).dtype, np.number):
+            raise ValueError(f"The output of the `schedule` function should be a float. "
+                             f"Got: {lr!r}")
+        lr = float(lr)
         self.model.optimizer.learning_rate = lr
         if self.verbose:
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr:.4g}.")

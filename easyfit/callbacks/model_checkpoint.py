@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from easyfit.callbacks.base import Callback
@@ -16,7 +17,11 @@ class ModelCheckpoint(Callback):
     newest (the newest is never deleted). ``model.load_weights(directory)`` loads the best.
 
     Args:
-        filepath: the checkpoint directory.
+        filepath: the checkpoint directory; with Keras's format fields
+            (``"ckpt/{epoch:02d}-{val_loss:.2f}"``: ``epoch`` counts from 1, ``batch`` with
+            a step ``save_freq``, and any logged value), each save goes to its own directory,
+            named by the fields, which ``load_weights`` reads (``keep_best`` and
+            ``keep_latest`` then do not delete: Keras keeps every file).
         monitor: the logged quantity that ranks checkpoints.
         verbose: 1 prints each save.
         save_best_only: save only when ``monitor`` improves.
@@ -26,6 +31,8 @@ class ModelCheckpoint(Callback):
         keep_best: how many best checkpoints to keep (``None``: keep only ``keep_latest``).
         keep_latest: how many newest checkpoints to keep.
         async_save: write in the background (the step waits only for the device-to-host copy).
+        initial_value_threshold: the best value to beat before the first save, with
+            ``save_best_only`` (as Keras).
 
     Example:
         >>> cb = ModelCheckpoint("runs/ckpt", monitor="val_accuracy", mode="max", keep_best=3)
@@ -41,19 +48,27 @@ class ModelCheckpoint(Callback):
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", verbose: int = 0,
                  save_best_only: bool = False, save_weights_only: bool = False,
                  mode: str = "auto", save_freq: str | int = "epoch", keep_best: int | None = 1,
-                 keep_latest: int = 1, async_save: bool = True):
+                 keep_latest: int = 1, async_save: bool = True,
+                 initial_value_threshold: float | None = None):
         super().__init__()
         self.filepath, self.verbose = os.fspath(filepath), verbose
-        self._monitor = Monitor(monitor, mode)
+        self._monitor = Monitor(monitor, mode, owner="ModelCheckpoint")
         self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
         self.save_freq, self.keep_best, self.keep_latest = save_freq, keep_best, keep_latest
         self.async_save = async_save
-        self.best = self._monitor.worst
+        self.best = (self._monitor.worst if initial_value_threshold is None
+                     else float(initial_value_threshold))
         self._store: Checkpoints | None = None
+        self._formatted: dict[str, Checkpoints] = {}  # per formatted path, open until close
         self._last_logs: dict = {}
         self._last_saved_step = 0
 
     def on_train_begin(self, logs=None):
+        self._monitor.bind(self.model)
+        if self.best == math.inf or self.best == -math.inf:  # not set by initial_value_threshold
+            self.best = self._monitor.worst
+        if "{" in self.filepath:
+            return  # a directory per save, made by _save
         self._store = Checkpoints(self.filepath, keep_latest=self.keep_latest,
                                   keep_best=self.keep_best, mode=self._monitor.mode,
                                   async_save=self.async_save)
@@ -78,12 +93,12 @@ class ModelCheckpoint(Callback):
             self.best = value
         weights, train = self.model.trainer.checkpoint_payload(train=not self.save_weights_only)
         epoch_reached, batch = self.model.trainer.position
-        self._store.save(step, weights, {"epoch": epoch_reached, "batch": batch, "logs": logs},
+        self._target(logs, epoch_reached if epoch is None else epoch, batch).save(step, weights, {"epoch": epoch_reached, "batch": batch, "logs": logs},
                          train, metric=value)
         self._last_saved_step = step
         if self.verbose:
             where = f"epoch {epoch + 1}" if epoch is not None else f"step {step}"
-            print(f"ModelCheckpoint: saved {where} to {self.filepath} "
+            print(f"ModelCheckpoint: saved {where} to {self._last_path} "
                   f"({self._monitor.monitor}={value})")
 
     def get_state(self):
@@ -95,8 +110,25 @@ class ModelCheckpoint(Callback):
     def on_train_end(self, logs=None):
         self.close()
 
+    def _target(self, logs: dict, epoch: int, batch: int) -> Checkpoints:
+        """Where this save goes: the directory, or the formatted path's own store."""
+        if self._store is not None:
+            self._last_path = self.filepath
+            return self._store
+        try:
+            path = self.filepath.format(epoch=epoch + 1, batch=batch, **logs)
+        except KeyError as error:
+            raise KeyError(f"ModelCheckpoint filepath {self.filepath!r} names {error}, which "
+                           f"is not in the logs (available: {', '.join(logs)}).") from None
+        if path not in self._formatted:
+            self._formatted[path] = Checkpoints(path, keep_latest=1, mode=self._monitor.mode,
+                                                async_save=self.async_save)
+        self._last_path = path
+        return self._formatted[path]
+
     def close(self) -> None:
         """Waits for checkpoints being written (also when fit stops on an error)."""
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        for store in [self._store, *self._formatted.values()]:
+            if store is not None:
+                store.close()
+        self._store, self._formatted = None, {}

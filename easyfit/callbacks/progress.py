@@ -13,10 +13,10 @@ __all__ = ["ProgressBar", "format_logs"]
 
 
 def format_logs(logs) -> str:
-    """``loss: 0.1234 - accuracy: 0.9876 - lr: 1.0e-03``, as Keras prints them."""
+    """``loss: 0.1234 - accuracy: 0.9876 - learning_rate: 1.00e-03``, as Keras prints them."""
     parts = []
     for key, value in logs.items():
-        parts.append(f"{key}: {value:.2e}" if key == "lr" else f"{key}: {value:.4f}")
+        parts.append(f"{key}: {value:.2e}" if key == "learning_rate" else f"{key}: {value:.4f}")
     return " - ".join(parts)
 
 

@@ -18,14 +18,25 @@ class TerminateOnNaN(Callback):
 
     It reads the loss after every step (chunk of ``steps_per_execution`` steps), which
     makes the host wait for the device each time; use it when debugging.
+
+    Args:
+        raise_error: raise a ``RuntimeError`` at once instead of setting
+            ``model.stop_training`` (then ``on_train_end`` does not run, as Keras).
     """
 
     every_batch = False  # its batch hooks work once per dispatch
 
+    def __init__(self, raise_error: bool = False):
+        super().__init__()
+        self.raise_error = raise_error
+
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            print(f"Batch {batch}: invalid loss, terminating training")
+            if self.raise_error:
+                raise RuntimeError(f"NaN or Inf loss encountered at batch {batch}. "
+                                   f"Loss value: {loss}. Terminating training immediately.")
+            print(f"Batch {batch}: Invalid loss, terminating training")
             self.model.stop_training = True
 
 
@@ -47,7 +58,9 @@ class LambdaCallback(Callback):
 
 
 class CSVLogger(Callback):
-    """Writes one CSV row per epoch: ``epoch`` then every logged value.
+    """Writes one CSV row per epoch: ``epoch`` then every logged value, in sorted order
+    as Keras; when ``fit`` validates, the ``val_*`` columns are there from the first row
+    (``NA`` in the epochs that do not validate).
 
     Args:
         filename: the CSV file.
@@ -83,7 +96,10 @@ class CSVLogger(Callback):
             return
         logs = dict(logs or {})
         if self._keys is None:
-            self._keys = list(logs)
+            self._keys = sorted(logs)
+            if self.params.get("do_validation"):
+                self._keys += sorted(f"val_{key}" for key in logs if not key.startswith("val_")
+                                     and key != "learning_rate" and f"val_{key}" not in logs)
             csv.writer(self._file, delimiter=self.separator).writerow(["epoch", *self._keys])
         csv.writer(self._file, delimiter=self.separator).writerow(
             [epoch, *(logs.get(key, "NA") for key in self._keys)])

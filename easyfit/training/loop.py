@@ -147,7 +147,8 @@ def _verbosity(verbose: int | str) -> int:
 
 
 def fit_callbacks(model: "Model", callbacks: Sequence[Callback] | None, history: History,
-                  verbose: int | str, epochs: int, steps: int | None) -> CallbackList:
+                  verbose: int | str, epochs: int, steps: int | None,
+                  do_validation: bool = False) -> CallbackList:
     """``fit``'s callbacks in Keras's order: the progress display first (one per job), the
     user's, History (it records what they set), then checkpointing (``runs_last``: it
     saves everyone's state after the epoch)."""
@@ -157,7 +158,8 @@ def fit_callbacks(model: "Model", callbacks: Sequence[Callback] | None, history:
     ordered = [*([ProgressBar(verbose)] if verbose else []),
                *(c for c in user if c not in savers), history, *savers]
     return CallbackList(ordered, model=model,
-                        params={"epochs": epochs, "steps": steps, "verbose": verbose})
+                        params={"epochs": epochs, "steps": steps, "verbose": verbose,
+                                "do_validation": do_validation})
 
 
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,

@@ -276,10 +276,10 @@ class Steps:
         out = self._results(totals)
         lr = self.optimizer.current_lr(opt_state)
         if lr is not None:
-            out["lr"] = lr
+            out["learning_rate"] = lr
         return out
 
     def log_names(self, with_lr: bool) -> list[str]:
         """The keys that ``logs`` will have, known without running anything."""
         names = ["loss"] + [m.name for m in self.metrics + self.weighted_metrics]
-        return names + (["lr"] if with_lr else [])
+        return names + (["learning_rate"] if with_lr else [])

@@ -67,7 +67,7 @@ class Trainer:
         dispatch: steps per dispatch for this compile.
         step_count: train steps (batches) taken, counted on the host.
         position: ``(epoch, batch in epoch)`` that ``fit`` has reached.
-        has_lr: the optimizer state shows a learning rate (logged as ``lr``).
+        has_lr: the optimizer state shows a learning rate (logged as ``learning_rate``).
         pending_resume: a restored backup's :class:`Resume`, until the loop takes it.
         callbacks: the running ``fit``'s ``CallbackList`` (for backups of their state).
     """
