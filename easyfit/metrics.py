@@ -46,9 +46,15 @@ class Metric:
 
     Args:
         name: the key in ``logs`` and ``History`` (``val_`` is prefixed for validation).
+
+    A metric's ``direction`` (``"up"`` when larger is better, ``"down"`` when smaller is,
+    ``None`` if unknown) tells ``mode="auto"`` in EarlyStopping, ReduceLROnPlateau and
+    ModelCheckpoint which way to watch it, as Keras 3's ``_direction``. Set it on your own
+    metric (an F1 score: ``direction = "up"``).
     """
 
     name = "metric"
+    direction: str | None = None
 
     def __init__(self, name: str | None = None):
         if name is not None:
@@ -95,6 +101,7 @@ class BinaryAccuracy(Metric):
         from_logits: the model outputs logits (default, as Flax modules do).
     """
 
+    direction = "up"
     name = "binary_accuracy"
 
     def __init__(self, threshold: float = 0.5, from_logits: bool = True, name: str | None = None):
@@ -110,6 +117,7 @@ class BinaryAccuracy(Metric):
 class SparseCategoricalAccuracy(Metric):
     """Share of rows whose arg-max equals the integer label."""
 
+    direction = "up"
     name = "sparse_categorical_accuracy"
 
     def values(self, y_true, y_pred):
@@ -129,6 +137,7 @@ class Accuracy(Metric):
     mean one-hot; otherwise integer labels.
     """
 
+    direction = "up"
     name = "accuracy"
 
     def __init__(self, from_logits: bool = True, name: str | None = None):
@@ -148,6 +157,7 @@ class TopKAccuracy(Metric):
         k: how many of the top outputs count.
     """
 
+    direction = "up"
     name = "top_k_accuracy"
 
     def __init__(self, k: int = 5, name: str | None = None):
@@ -163,6 +173,7 @@ class TopKAccuracy(Metric):
 class MeanSquaredError(Metric):
     """Mean squared error."""
 
+    direction = "down"
     name = "mse"
 
     def values(self, y_true, y_pred):
@@ -172,6 +183,7 @@ class MeanSquaredError(Metric):
 class MeanAbsoluteError(Metric):
     """Mean absolute error."""
 
+    direction = "down"
     name = "mae"
 
     def values(self, y_true, y_pred):
@@ -179,6 +191,8 @@ class MeanAbsoluteError(Metric):
 
 
 class _Confusion(Metric):
+    direction = "up"
+
     def __init__(self, threshold: float = 0.5, from_logits: bool = True, name: str | None = None):
         super().__init__(name)
         self.threshold, self.from_logits = threshold, from_logits
@@ -213,13 +227,19 @@ class Recall(_Confusion):
 class Mean(Metric):
     """Weighted mean of per-example values of any function ``fn(y_true, y_pred)``.
 
+    Args:
+        fn: ``(y_true, y_pred) -> values`` per example (or per token).
+        name: the log key; the function's name by default.
+        direction: ``"up"`` if larger is better, ``"down"`` if smaller is (for ``mode="auto"``).
+
     Example:
         >>> m = Mean(lambda y, p: (p - y) ** 2, name="se")
     """
 
-    def __init__(self, fn: Callable[[jax.Array, jax.Array], jax.Array], name: str | None = None):
+    def __init__(self, fn: Callable[[jax.Array, jax.Array], jax.Array], name: str | None = None,
+                 direction: str | None = None):
         super().__init__(name or getattr(fn, "__name__", "mean"))
-        self.fn = fn
+        self.fn, self.direction = fn, direction
 
     def values(self, y_true, y_pred):
         return self.fn(y_true, y_pred)

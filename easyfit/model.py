@@ -7,7 +7,8 @@ training, and to the loops in :mod:`easyfit.training.loop`.
 
 Example:
     >>> import easyfit as ef, numpy as np
-    >>>     >>> model = ef.Model(nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
+    >>> from flax import nnx
+    >>> model = ef.Model(nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
     >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
     ...               metrics=["accuracy"])
     >>> x, y = np.random.rand(64, 4).astype("float32"), np.random.randint(0, 3, 64)
@@ -23,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from easyfit import memory as memory_lib
+from easyfit.model_tools import ModelTools
 from easyfit import precision as precision_lib
 from easyfit.callbacks import Callback, CallbackList, History
 from easyfit.data.dispatch import adapt
@@ -31,18 +33,16 @@ from easyfit.data.fit_inputs import fit_inputs
 from easyfit.distribute import DataParallel, Distribution
 from easyfit.memory.host import CompileWatch
 from easyfit.modules.linen import is_factory
-from easyfit.summary import summarize_placed
 from easyfit.training.live_optimizer import LiveOptimizer
 from easyfit.training import weights as weights_lib
 from easyfit.training.loop import evaluate_loop, fit_callbacks, fit_loop, predict_loop
 from easyfit.training.options import resolve_options
 from easyfit.training.trainer import Trainer
-from easyfit.tune import lr_finder
 
 __all__ = ["Model"]
 
 
-class Model:
+class Model(ModelTools):
     """A Flax module with Keras's training API.
 
     Args:
@@ -57,6 +57,9 @@ class Model:
 
     Attributes:
         stop_training: set to ``True`` (e.g. from a callback) to end ``fit`` after the step.
+        stop_evaluating: set to ``True`` from a callback to end ``evaluate`` (or ``fit``'s
+            validation) after the batch; reset when each evaluation starts, as Keras.
+        stop_predicting: the same for ``predict``.
         history: the :class:`~easyfit.callbacks.History` of the last ``fit``.
         compiled: whether ``compile`` has been called (as Keras's ``model.compiled``).
         trainer: the :class:`~easyfit.training.trainer.Trainer` that owns the live training
@@ -79,7 +82,7 @@ class Model:
         self.trainer = Trainer(module, distribution)
         self.trainer.ensure_module(sample_input=sample_input)
         self.compiled = False
-        self.stop_training = False
+        self.stop_training = self.stop_evaluating = self.stop_predicting = False
         self.history: History | None = None
 
     @property
@@ -249,7 +252,9 @@ class Model:
         data = adapt(x, y, batch_size=batch_size, sample_weight=sample_weight, steps=steps,
                      keys=(x_key, y_key))
         self._prepare(data)
-        logs = evaluate_loop(self.trainer, data, CallbackList(callbacks or [], model=self))
+        self.stop_evaluating = False
+        logs = evaluate_loop(self.trainer, data, CallbackList(callbacks or [], model=self),
+                             stop=lambda: self.stop_evaluating)
         if return_dict:
             return logs
         values = list(logs.values())
@@ -266,64 +271,13 @@ class Model:
         """
         data = adapt(x, batch_size=batch_size, steps=steps, with_y=False, keys=(x_key, None))
         self._prepare(data)
-        return predict_loop(self.trainer, data, CallbackList(callbacks or [], model=self))
+        self.stop_predicting = False
+        return predict_loop(self.trainer, data, CallbackList(callbacks or [], model=self),
+                            stop=lambda: self.stop_predicting)
 
     def _prepare(self, data: DataAdapter) -> None:
         self.trainer.ensure_module(data)
         self.trainer.distribution.check_batch_size(data.batch_size)
-
-    # -- choosing the learning rate ------------------------------------------------------------
-    def find_lr(self, x: Any, y: Any = None, min_lr: float = 1e-7, max_lr: float = 1.0,
-                steps: int = 100, batch_size: int | None = None,
-                **options: Any) -> "lr_finder.LRFinderResult":
-        """The learning-rate range test (see :func:`easyfit.tune.lr_finder.find_lr`): trains a
-        copy of the state for ``steps`` batches while the rate grows from ``min_lr`` to
-        ``max_lr``; the model's weights and optimizer are left as they were.
-
-        Example:
-            >>> result = model.find_lr(x_train, y_train)   # doctest: +SKIP
-            >>> result.suggestion, result.plot("lr.png")   # doctest: +SKIP
-        """
-        return lr_finder.find_lr(self, x, y, min_lr=min_lr, max_lr=max_lr, steps=steps,
-                                 batch_size=batch_size, **options)
-
-    # -- memory -------------------------------------------------------------------------------
-    def estimate_memory(self, batch_size: int, x: Any = None, y: Any = None
-                        ) -> "memory_lib.MemoryEstimate":
-        """Per-device memory of training at ``batch_size``, from the compiled train step.
-
-        Args:
-            batch_size: the global batch size to estimate for.
-            x: a few input rows (needed only before the model has seen data).
-            y: matching targets.
-
-        Example:
-            >>> print(model.estimate_memory(256, x_train[:2], y_train[:2]))  # doctest: +SKIP
-        """
-        return memory_lib.estimate_memory(self, batch_size, x, y)
-
-    def find_batch_size(self, x: Any = None, y: Any = None, budget_bytes: int | None = None,
-                        max_batch_size: int = 65536) -> int:
-        """The largest batch size whose compiled train step fits ``budget_bytes`` per device
-        (default: the device's capacity), found from compiled estimates, with no trial runs.
-
-        Example:
-            >>> model.find_batch_size(x_train[:2], y_train[:2], budget_bytes=2 * 2**30)  # doctest: +SKIP
-            1024
-        """
-        return memory_lib.find_batch_size(self, x, y, budget_bytes, max_batch_size)
-
-    def summary(self, print_fn=print, batch_size: int | None = None) -> str:
-        """Prints (and returns) a table of the module's layers, parameter shapes and sizes;
-        on several devices also the mesh and each sharded parameter's partition spec; with
-        ``batch_size``, the per-device memory estimate of training at that batch size
-        (:meth:`estimate_memory`; the model must have seen data)."""
-        text = summarize_placed(self.module, self.distribution, self.trainer.params_sharding)
-        if batch_size is not None:
-            text += "\n" + str(self.estimate_memory(batch_size))
-        if print_fn is not None:
-            print_fn(text)
-        return text
 
     # -- weights on disk -----------------------------------------------------------------------
     def save_weights(self, path: str) -> None:

@@ -459,9 +459,9 @@ def test_exception_while_a_checkpoint_is_written_leaves_it_committed_or_absent(t
 # EarlyStopping
 # ---------------------------------------------------------------------------------------
 
-def _fit_with_crafted(values, stopper, *, key="val_loss", epochs=None, extra=()):
+def _fit_with_crafted(values, stopper, *, key="val_loss", epochs=None, extra=(), metrics=None):
     x, y = data(40)
-    model = model_of()
+    model = model_of(metrics=metrics)
     epochs = epochs or len(values)
     history = model.fit(x, y, batch_size=20, epochs=epochs, verbose=0,
                         callbacks=[Inject(key, values), *extra, stopper])
@@ -565,10 +565,14 @@ def test_early_stopping_mode_max_and_auto():
     _, history = _fit_with_crafted(seq, ef.callbacks.EarlyStopping(
         monitor="val_score", mode="min", patience=2), key="val_score")
     assert history.epoch == [0, 1, 2]
-    # "auto" maximises accuracy-like names
+    # "auto" follows the compiled metric's direction: accuracy is maximised
     _, history = _fit_with_crafted(seq, ef.callbacks.EarlyStopping(
-        monitor="val_accuracy", patience=2), key="val_accuracy")
+        monitor="val_accuracy", patience=2), key="val_accuracy", metrics=["accuracy"])
     assert history.epoch == [0, 1, 2, 3]
+    # ... and a name that is neither a loss nor a compiled metric is an error, as Keras
+    with pytest.raises(ValueError, match="mode='max'"):
+        _fit_with_crafted(seq, ef.callbacks.EarlyStopping(monitor="val_score", patience=2),
+                          key="val_score")
 
 
 def test_early_stopping_on_a_real_metric_with_validation_data():
@@ -585,7 +589,7 @@ def test_early_stopping_missing_monitor_warns_and_continues():
     x, y = data(40)
     with pytest.warns(UserWarning, match="val_nothing"):
         history = model_of().fit(x, y, batch_size=20, epochs=2, verbose=0, callbacks=[
-            ef.callbacks.EarlyStopping(monitor="val_nothing", patience=0)])
+            ef.callbacks.EarlyStopping(monitor="val_nothing", mode="min", patience=0)])
     assert history.epoch == [0, 1]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from easyfit.callbacks.base import Callback
 from easyfit.callbacks.monitor import Monitor
 
@@ -36,18 +38,20 @@ class EarlyStopping(Callback):
         self.on_train_begin()
 
     def on_train_begin(self, logs=None):
-        self._monitor.bind(self.model)
+        if self.model is not None:
+            self._monitor.bind(self.model)
         self.wait, self.stopped_epoch, self.best_epoch = 0, 0, 0
-        self.best = self._monitor.worst
+        self.best: float | None = None
         self.best_weights = None
 
     def get_state(self):
-        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": self.best,
+        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": math.nan if self.best is None else self.best,
                 "best_epoch": self.best_epoch, "best_weights": self.best_weights}
 
     def set_state(self, state):
         self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
-        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.best = None if math.isnan(state["best"]) else state["best"]
+        self.best_epoch = state["best_epoch"]
         weights = state["best_weights"]
         self.best_weights = None if weights is None else [weights[i] for i in range(len(weights))]
 
@@ -56,7 +60,7 @@ class EarlyStopping(Callback):
         if value is None or epoch < self.start_from_epoch:
             return
         if self.restore_best_weights and self.best_weights is None:
-            self.best_weights = self.model.get_weights()
+            self.best_weights, self.best_epoch = self.model.get_weights(), epoch
         self.wait += 1
         if self._monitor.improves(value, self.best):
             self.best, self.best_epoch = value, epoch

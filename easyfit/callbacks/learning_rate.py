@@ -6,6 +6,8 @@ change applies from the next step, with no recompile.
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable
 
 import numpy as np
@@ -45,16 +47,18 @@ class ReduceLROnPlateau(Callback):
         self.on_train_begin()
 
     def on_train_begin(self, logs=None):
-        self._monitor.bind(self.model)
+        if self.model is not None:
+            self._monitor.bind(self.model)
         self.wait, self.cooldown_counter = 0, 0
-        self.best = self._monitor.worst
+        self.best: float | None = None
 
     def get_state(self):
-        return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": self.best}
+        return {"wait": self.wait, "cooldown_counter": self.cooldown_counter,
+                "best": math.nan if self.best is None else self.best}
 
     def set_state(self, state):
-        self.wait, self.cooldown_counter, self.best = (
-            state["wait"], state["cooldown_counter"], state["best"])
+        self.wait, self.cooldown_counter = state["wait"], state["cooldown_counter"]
+        self.best = None if math.isnan(state["best"]) else state["best"]
 
     def on_epoch_end(self, epoch, logs=None):
         value = self._monitor.read(logs, "ReduceLROnPlateau")

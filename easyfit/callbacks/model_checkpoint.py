@@ -56,8 +56,8 @@ class ModelCheckpoint(Callback):
         self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
         self.save_freq, self.keep_best, self.keep_latest = save_freq, keep_best, keep_latest
         self.async_save = async_save
-        self.best = (self._monitor.worst if initial_value_threshold is None
-                     else float(initial_value_threshold))
+        self.initial_value_threshold = initial_value_threshold
+        self.best = None if initial_value_threshold is None else float(initial_value_threshold)
         self._store: Checkpoints | None = None
         self._formatted: dict[str, Checkpoints] = {}  # per formatted path, open until close
         self._last_logs: dict = {}
@@ -65,8 +65,6 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, logs=None):
         self._monitor.bind(self.model)
-        if self.best == math.inf or self.best == -math.inf:  # not set by initial_value_threshold
-            self.best = self._monitor.worst
         if "{" in self.filepath:
             return  # a directory per save, made by _save
         self._store = Checkpoints(self.filepath, keep_latest=self.keep_latest,
@@ -102,10 +100,10 @@ class ModelCheckpoint(Callback):
                   f"({self._monitor.monitor}={value})")
 
     def get_state(self):
-        return {"best": self.best}
+        return {"best": math.nan if self.best is None else self.best}
 
     def set_state(self, state):
-        self.best = state["best"]
+        self.best = None if math.isnan(state["best"]) else state["best"]
 
     def on_train_end(self, logs=None):
         self.close()

@@ -10,16 +10,17 @@ __all__ = ["Monitor"]
 
 
 class Monitor:
-    """Tracks the best value of ``logs[monitor]`` in ``"min"``, ``"max"`` or ``"auto"`` mode.
+    """Tracks whether ``logs[monitor]`` improves, in ``"min"``, ``"max"`` or ``"auto"`` mode.
 
-    ``"auto"``, as Keras: ``"min"`` for a loss; for a compiled metric, the metric's own
-    ``direction`` (see :meth:`bind`); otherwise, where Keras would raise, from the name:
-    ``"max"`` for accuracy-like names (``acc``, ``auc``, ``precision``, ``recall``, ``f1``),
-    else ``"min"``. An unknown mode warns and falls back to ``"auto"``, as Keras.
+    ``"auto"`` decides as Keras 3: ``"min"`` for a loss (``loss``, ``val_loss``, an output's
+    ``a_loss``); for a compiled metric of the monitored name, its ``direction`` (``"up"``:
+    ``"max"``; otherwise ``"min"``). Any other name in ``"auto"`` mode is a ``ValueError``
+    asking for ``mode="min"`` or ``"max"``, raised when training starts. An unknown mode warns
+    and falls back to ``"auto"``, as Keras.
 
     Example:
-        >>> m = Monitor("val_accuracy")
-        >>> m.improves(0.9, best=0.8)
+        >>> m = Monitor("val_loss")
+        >>> m.improves(0.4, best=0.5)
         True
     """
 
@@ -29,27 +30,44 @@ class Monitor:
             warnings.warn(f"{owner} mode '{mode}' is unknown, fallback to auto mode.",
                           stacklevel=3)
             mode = "auto"
-        self.monitor, self.auto, self.min_delta = monitor, mode == "auto", abs(min_delta)
-        self.mode = mode if not self.auto else _mode_from_name(monitor)
+        self.monitor, self.owner, self.min_delta = monitor, owner, abs(min_delta)
+        self.auto = mode == "auto"
+        self._mode = None if self.auto else mode
+
+    @property
+    def mode(self) -> str:
+        """``"min"`` or ``"max"``; in ``"auto"`` mode, decided by :meth:`bind` or, without a
+        compiled model, from the name at first use."""
+        if self._mode is None:
+            self._mode = self._auto_mode(())
+        return self._mode
 
     def bind(self, model: Any) -> None:
-        """In ``"auto"`` mode: the direction of ``model``'s compiled metric of the monitored
-        name (its ``direction``, ``"up"`` or ``"down"``) decides, as Keras."""
+        """In ``"auto"`` mode, decides the direction from ``model``'s compiled metrics."""
         options = getattr(getattr(model, "trainer", None), "options", None)
-        if not self.auto or options is None:
-            return
+        if self.auto and options is not None:
+            self._mode = self._auto_mode((*options.metrics, *options.weighted_metrics))
+
+    def _auto_mode(self, metrics: tuple) -> str:
         name = self.monitor.removeprefix("val_")
-        for metric in (*options.metrics, *options.weighted_metrics):
-            direction = getattr(metric, "direction", None)
-            if metric.name == name and direction in ("up", "down"):
-                self.mode = "max" if direction == "up" else "min"
+        for metric in metrics:
+            if metric.name == name:
+                return "max" if getattr(metric, "direction", None) == "up" else "min"
+        if name == "loss" or name.endswith("_loss"):
+            return "min"
+        raise ValueError(
+            f"{self.owner} monitors {self.monitor!r} with mode='auto', but that is neither a "
+            f"loss nor a compiled metric whose direction is known. Pass mode='max' to keep "
+            f"the highest value or mode='min' to keep the lowest.")
 
     @property
     def worst(self) -> float:
         return -math.inf if self.mode == "max" else math.inf
 
-    def improves(self, value: float, best: float) -> bool:
-        """Whether ``value`` beats ``best`` by more than ``min_delta``."""
+    def improves(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` beats ``best`` (``None``: nothing yet) by more than ``min_delta``."""
+        if best is None:
+            return True
         if self.mode == "max":
             return value - self.min_delta > best
         return value + self.min_delta < best
@@ -58,13 +76,6 @@ class Monitor:
         """``logs[monitor]``, or ``None`` with a warning naming the available keys."""
         value = (logs or {}).get(self.monitor)
         if value is None:
-            warnings.warn(f"{owner} monitors {self.monitor!r}, which is not in the logs "
-                          f"(available: {', '.join(logs or {})}).", stacklevel=3)
+            warnings.warn(f"{owner} monitors {self.monitor!r}, which is not available. "
+                          f"Available metrics are: {','.join(logs or {})}", stacklevel=3)
         return value
-
-
-def _mode_from_name(monitor: str) -> str:
-    if monitor.removeprefix("val_") == "loss" or monitor.endswith("_loss"):
-        return "min"
-    maximise = any(k in monitor for k in ("acc", "auc", "precision", "recall", "f1"))
-    return "max" if maximise else "min"

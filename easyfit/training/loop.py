@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -241,7 +241,9 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                 upcoming, early = _start_next_epoch(trainer, feeds, dispatch)
             logs = _floats(epoch_logs, names)
             if validates:
-                val_logs = evaluate_loop(trainer, validation, callbacks)  # on_test_* hooks fire, as Keras
+                model.stop_evaluating = False
+                val_logs = evaluate_loop(trainer, validation, callbacks,  # on_test_* hooks fire, as Keras
+                                         stop=lambda: model.stop_evaluating)
                 logs.update({f"val_{key}": value for key, value in val_logs.items()})
                 dispatch.compiles.release_if_compiled()
             trainer.position = (epoch + 1, 0)
@@ -271,9 +273,20 @@ def _validates(epoch: int, validation_freq: int | list[int]) -> bool:
     return epoch + 1 in validation_freq
 
 
-def evaluate_loop(trainer: "Trainer", data: DataAdapter,
-                  callbacks: CallbackList) -> dict[str, float]:
-    """Weighted means of the loss and metrics over ``data``, in eval mode."""
+def _stop_check(callbacks: CallbackList, hooks: tuple[str, str],
+                stop: Callable[[], bool] | None) -> Callable[[], bool]:
+    """Whether to end the loop after this batch: only a batch hook can ask mid-loop, and
+    every process takes the same decision (a no-op with one process)."""
+    if stop is None or not any(callbacks.wants(hook) for hook in hooks):
+        return lambda: False
+    return lambda: any_process(stop())
+
+
+def evaluate_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList,
+                  stop: Callable[[], bool] | None = None) -> dict[str, float]:
+    """Weighted means of the loss and metrics over ``data``, in eval mode; ends early after a
+    batch where ``stop()`` is true (``model.stop_evaluating``, as Keras)."""
+    stops = _stop_check(callbacks, ("on_test_batch_begin", "on_test_batch_end"), stop)
     steps = trainer.steps
     names = steps.log_names(with_lr=False)
     params, rest = trainer.eval_state()
@@ -292,6 +305,8 @@ def evaluate_loop(trainer: "Trainer", data: DataAdapter,
         if callbacks.wants("on_test_batch_end"):
             callbacks.on_test_batch_end(done - 1, LazyLogs(
                 names, lambda t=totals: _floats(steps.results(t), names)))
+        if stops():
+            break
     if totals is None:
         raise ValueError("The evaluation input is empty: it yielded no batch.")
     logs = _floats(steps.results(totals), names)
@@ -300,8 +315,11 @@ def evaluate_loop(trainer: "Trainer", data: DataAdapter,
     return logs
 
 
-def predict_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList) -> Any:
-    """Model outputs for every real row of ``data``, in order, as numpy."""
+def predict_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList,
+                 stop: Callable[[], bool] | None = None) -> Any:
+    """Model outputs for every real row of ``data``, in order, as numpy; ends early after a
+    batch where ``stop()`` is true (``model.stop_predicting``, as Keras)."""
+    stops = _stop_check(callbacks, ("on_predict_batch_begin", "on_predict_batch_end"), stop)
     steps = trainer.steps
     params, rest = trainer.eval_state()
     outputs: list[Any] = []
@@ -317,6 +335,8 @@ def predict_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList)
         pending = (result, sizes)
         done += len(sizes)
         callbacks.on_predict_batch_end(done - 1, {})
+        if stops():
+            break
     if pending is None:
         raise ValueError("The prediction input is empty: it yielded no batch.")
     outputs.extend(_unstack(*pending))
