@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from easyfit.precision import dynamic_loss_scaling
+from easyfit.recipes import recorded
 from easyfit.schedules import Schedule, as_schedule
 
 __all__ = ["LearningRateState", "OPTIMIZERS", "Optimizer", "adagrad", "adam", "adamw", "get",
@@ -362,6 +363,10 @@ def lion(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.
     return Optimizer("lion", _with_decay(rule, weight_decay, None), learning_rate,
                      clipnorm, clipvalue)
 
+
+# Each optimizer remembers its arguments (its recipe), so Model.save can store it.
+sgd, adam, adamw, rmsprop, adagrad, lion = map(
+    recorded, (sgd, adam, adamw, rmsprop, adagrad, lion))
 
 OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad,

@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 
 import optax
 
+from easyfit.recipes import recorded
+
 __all__ = ["Length", "Schedule", "as_schedule", "constant", "cosine", "exponential", "linear",
            "piecewise", "warmup_cosine"]
 
@@ -174,6 +176,11 @@ def piecewise(boundaries: Sequence[Length], values: Sequence[float]) -> Schedule
         return schedule
 
     return Schedule(build, f"piecewise({list(boundaries)}, {list(values)})")
+
+
+# Each schedule remembers its arguments (its recipe), so Model.save can store it.
+constant, warmup_cosine, cosine, linear, exponential, piecewise = map(
+    recorded, (constant, warmup_cosine, cosine, linear, exponential, piecewise))
 
 
 def as_schedule(learning_rate: float | Schedule | optax.Schedule) -> Schedule:
