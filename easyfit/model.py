@@ -34,6 +34,7 @@ from easyfit.distribute import DataParallel, Distribution
 from easyfit.memory.host import CompileWatch
 from easyfit.modules.linen import is_factory
 from easyfit.training.live_optimizer import LiveOptimizer
+from easyfit.training import on_batch
 from easyfit.training import weights as weights_lib
 from easyfit.training.loop import evaluate_loop, fit_callbacks, fit_loop, predict_loop
 from easyfit.training.options import resolve_options
@@ -255,10 +256,7 @@ class Model(ModelTools):
         self.stop_evaluating = False
         logs = evaluate_loop(self.trainer, data, CallbackList(callbacks or [], model=self),
                              stop=lambda: self.stop_evaluating)
-        if return_dict:
-            return logs
-        values = list(logs.values())
-        return values[0] if len(values) == 1 else values
+        return _returned(logs, return_dict)
 
     def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = "auto",
                 steps: int | None = None,
@@ -275,6 +273,34 @@ class Model(ModelTools):
         return predict_loop(self.trainer, data, CallbackList(callbacks or [], model=self),
                             stop=lambda: self.stop_predicting)
 
+    # -- one batch at a time ------------------------------------------------------------------
+    def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None,
+                       class_weight: dict[int, float] | None = None,
+                       return_dict: bool = False) -> float | list[float] | dict[str, float]:
+        """One optimizer step on one batch, as Keras's ``train_on_batch``.
+
+        Returns:
+            That batch's loss if there are no metrics, else ``[loss, *metrics]``; a dict
+            with ``return_dict=True`` (no learning rate, as Keras).
+
+        Example:
+            >>> model.train_on_batch(x[:32], y[:32], return_dict=True)   # doctest: +SKIP
+            {'loss': 2.28, 'accuracy': 0.16}
+        """
+        self._require_compiled("train the model (train_on_batch)")
+        logs = on_batch.train_on_batch(self.trainer, x, y, sample_weight, class_weight)
+        return _returned(logs, return_dict)
+
+    def test_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None,
+                      return_dict: bool = False) -> float | list[float] | dict[str, float]:
+        """Loss and metrics of one batch in eval mode, as Keras's ``test_on_batch``."""
+        self._require_compiled("evaluate the model (test_on_batch)")
+        return _returned(on_batch.test_on_batch(self.trainer, x, y, sample_weight), return_dict)
+
+    def predict_on_batch(self, x: Any) -> Any:
+        """The outputs for one batch as numpy, in eval mode, as Keras's ``predict_on_batch``."""
+        return on_batch.predict_on_batch(self.trainer, x)
+
     def _prepare(self, data: DataAdapter) -> None:
         self.trainer.ensure_module(data)
         self.trainer.distribution.check_batch_size(data.batch_size)
@@ -290,3 +316,11 @@ class Model(ModelTools):
         ``ModelCheckpoint`` or ``BackupAndRestore``): ``step``, else the best by the
         monitored value, else the latest. Refuses a checkpoint of a different model."""
         weights_lib.load_weights(self.trainer, path, step)
+
+
+def _returned(logs: dict[str, float], return_dict: bool) -> float | list[float] | dict[str, float]:
+    """Keras's return convention: the dict, or the loss alone, or ``[loss, *metrics]``."""
+    if return_dict:
+        return logs
+    values = list(logs.values())
+    return values[0] if len(values) == 1 else values

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from typing import Callable
 
 from easyfit.callbacks.base import Callback
@@ -44,6 +45,8 @@ class LambdaCallback(Callback):
     """A callback from functions, as Keras: ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``.
 
     Any hook name can be given (``on_train_begin``, ``on_epoch_end``, ``on_train_batch_end``...).
+    Other keyword arguments become attributes, as Keras; one that starts with ``on_`` but is
+    no hook (a typo, such as ``on_epoch_ends``) warns, since nothing would call it.
 
     Example:
         >>> cb = LambdaCallback(on_epoch_end=lambda epoch, logs: print(epoch, logs["loss"]))
@@ -52,8 +55,10 @@ class LambdaCallback(Callback):
     def __init__(self, **hooks: Callable):
         super().__init__()
         for name, fn in hooks.items():
-            if not (name.startswith("on_") and hasattr(Callback, name)):
-                raise ValueError(f"LambdaCallback: unknown hook {name!r}.")
+            if name.startswith("on_") and not hasattr(Callback, name):
+                warnings.warn(f"LambdaCallback: {name!r} is not a callback hook, so it will "
+                              f"never be called (hooks: on_epoch_end, on_train_batch_end, "
+                              f"...).", stacklevel=2)
             setattr(self, name, fn)
 
 

@@ -283,10 +283,13 @@ def _stop_check(callbacks: CallbackList, hooks: tuple[str, str],
 
 
 def evaluate_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList,
-                  stop: Callable[[], bool] | None = None) -> dict[str, float]:
+                  stop: Callable[[], bool] | None = None,
+                  per_dispatch: int | None = None) -> dict[str, float]:
     """Weighted means of the loss and metrics over ``data``, in eval mode; ends early after a
-    batch where ``stop()`` is true (``model.stop_evaluating``, as Keras)."""
+    batch where ``stop()`` is true (``model.stop_evaluating``, as Keras). ``per_dispatch``:
+    batches per dispatch (default: the train step's)."""
     stops = _stop_check(callbacks, ("on_test_batch_begin", "on_test_batch_end"), stop)
+    k = per_dispatch or trainer.dispatch.eval_steps()
     steps = trainer.steps
     names = steps.log_names(with_lr=False)
     params, rest = trainer.eval_state()
@@ -294,7 +297,7 @@ def evaluate_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList
     compiles = CompileWatch()
     callbacks.on_test_begin()
     done = 0
-    for chunk, sizes in _on_device(trainer, data, 0, trainer.dispatch.eval_steps()):
+    for chunk, sizes in _on_device(trainer, data, 0, k):
         if totals is None:
             totals = trainer.distribution.replicate(
                 steps.zero_totals(params, rest, jax.tree.map(  # shapes only: nothing runs
@@ -316,10 +319,12 @@ def evaluate_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList
 
 
 def predict_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList,
-                 stop: Callable[[], bool] | None = None) -> Any:
+                 stop: Callable[[], bool] | None = None, per_dispatch: int | None = None) -> Any:
     """Model outputs for every real row of ``data``, in order, as numpy; ends early after a
-    batch where ``stop()`` is true (``model.stop_predicting``, as Keras)."""
+    batch where ``stop()`` is true (``model.stop_predicting``, as Keras). ``per_dispatch``:
+    batches per dispatch (default: the train step's)."""
     stops = _stop_check(callbacks, ("on_predict_batch_begin", "on_predict_batch_end"), stop)
+    k = per_dispatch or trainer.dispatch.eval_steps()
     steps = trainer.steps
     params, rest = trainer.eval_state()
     outputs: list[Any] = []
@@ -327,7 +332,7 @@ def predict_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList,
     compiles = CompileWatch()
     callbacks.on_predict_begin()
     done = 0
-    for chunk, sizes in _on_device(trainer, data, 0, trainer.dispatch.eval_steps()):
+    for chunk, sizes in _on_device(trainer, data, 0, k):
         callbacks.on_predict_batch_begin(done)
         result = steps.predict(params, rest, chunk.x)
         if pending is not None:
