@@ -22,52 +22,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from easyfit.ema import EMA, weight_ema
+from easyfit.lr_state import LearningRateState, scale_by_learning_rate, scheduled_rate
 from easyfit.precision import dynamic_loss_scaling
 from easyfit.recipes import recorded
 from easyfit.schedules import Schedule, as_schedule
 
 __all__ = ["LearningRateState", "OPTIMIZERS", "Optimizer", "adagrad", "adam", "adamw", "get",
            "lion", "rmsprop", "scale_by_learning_rate", "sgd"]
-
-
-class LearningRateState(NamedTuple):
-    """State of :func:`scale_by_learning_rate`: ``lr = schedule(count) * scale``."""
-
-    count: jax.Array
-    scale: jax.Array
-
-
-def scale_by_learning_rate(schedule: optax.Schedule | None,
-                           initial: float = 1.0) -> optax.GradientTransformation:
-    """Multiplies updates by a learning rate held in the state.
-
-    With ``schedule=None`` the learning rate is ``scale`` itself (starts at ``initial``);
-    with a schedule it is ``schedule(count) * scale`` so a callback can rescale the rest
-    of the schedule. Updates are not negated: put it after a rule that already descends.
-
-    Args:
-        schedule: ``step -> lr`` or ``None`` for a constant rate.
-        initial: the starting ``scale``.
-    """
-
-    def init(params):
-        del params
-        return LearningRateState(count=jnp.zeros([], jnp.int32),
-                                 scale=jnp.asarray(initial, jnp.float32))
-
-    def update(updates, state, params=None):
-        del params
-        lr = _rate(schedule, state)
-        updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
-        return updates, LearningRateState(optax.safe_increment(state.count), state.scale)
-
-    return optax.GradientTransformation(init, update)
-
-
-def _rate(schedule: optax.Schedule | None, state: LearningRateState) -> jax.Array:
-    if schedule is None:
-        return state.scale
-    return jnp.asarray(schedule(state.count), jnp.float32) * state.scale
 
 
 # optax 0.2.8's inject_hyperparams returns the "stateful" state class; older ones the other.
@@ -97,8 +59,9 @@ class Optimizer:
     def __init__(self, name: str, rule: optax.GradientTransformation | None,
                  learning_rate: float | Schedule | Callable | None,
                  clipnorm: float | None = None, clipvalue: float | None = None,
-                 transform: optax.GradientTransformation | None = None):
+                 transform: optax.GradientTransformation | None = None, ema: EMA | None = None):
         self.name = name
+        self.ema = ema  # Keras's use_ema / ema_momentum / ema_overwrite_frequency
         self._rule = rule
         self._schedule = None if learning_rate is None else as_schedule(learning_rate)
         self._constant = isinstance(learning_rate, (int, float))
@@ -117,7 +80,7 @@ class Optimizer:
 
     # -- building ---------------------------------------------------------------------------
     def build(self, total_steps: int | None, accumulation_steps: int = 1,
-              loss_scaling: bool = False) -> optax.GradientTransformation:
+              loss_scaling: bool = False, ema: EMA | None = None) -> optax.GradientTransformation:
         """Returns the optax transformation, built on first call.
 
         Args:
@@ -125,6 +88,9 @@ class Optimizer:
             accumulation_steps: average the gradients of this many batches per update
                 (``optax.MultiSteps``); schedules then count updates, not batches.
             loss_scaling: wrap in :func:`easyfit.precision.dynamic_loss_scaling` (float16).
+            ema: keep a moving average of the weights (:func:`easyfit.ema.weight_ema`,
+                updated every batch, as Keras); ``compile`` passes this optimizer's own
+                :attr:`ema` unless it was given ``ema_momentum``.
         """
         if self._transform is None:
             transform = self._base
@@ -137,6 +103,8 @@ class Optimizer:
             if accumulation_steps > 1:
                 transform = optax.MultiSteps(transform, every_k_schedule=accumulation_steps
                                              ).gradient_transformation()
+            if ema is not None:
+                transform = weight_ema(transform, ema.momentum, ema.overwrite_frequency)
             if loss_scaling:
                 transform = dynamic_loss_scaling(transform)
             self._transform = transform
@@ -159,6 +127,11 @@ class Optimizer:
         return self._transform is not None
 
     @property
+    def use_ema(self) -> bool:
+        """Whether it keeps a moving average of the weights (:attr:`ema`), as Keras's."""
+        return self.ema is not None
+
+    @property
     def transform(self) -> optax.GradientTransformation:
         """The optax transformation (after :meth:`build`)."""
         if self._transform is None:
@@ -170,7 +143,7 @@ class Optimizer:
         """The learning rate the next update will use (``None`` if it cannot be seen)."""
         for node in jax.tree.leaves(opt_state, is_leaf=_is_lr_node):
             if isinstance(node, LearningRateState):
-                return _rate(self._lr_fn, node)
+                return scheduled_rate(self._lr_fn, node)
             if isinstance(node, _INJECTED) and "learning_rate" in node.hyperparams:
                 return jnp.asarray(node.hyperparams["learning_rate"], jnp.float32)
         return None
@@ -264,7 +237,8 @@ def _with_decay(rule: list[optax.GradientTransformation], weight_decay: float,
 
 def sgd(learning_rate: float | Schedule = 0.01, momentum: float = 0.9, nesterov: bool = False,
         weight_decay: float = 0.0, clipnorm: float | None = None,
-        clipvalue: float | None = None) -> Optimizer:
+        clipvalue: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None) -> Optimizer:
     """Stochastic gradient descent with (Nesterov) momentum and decoupled weight decay.
 
     Defaults: learning rate 0.01 and momentum 0.9, a known-good start for most models.
@@ -276,18 +250,26 @@ def sgd(learning_rate: float | Schedule = 0.01, momentum: float = 0.9, nesterov:
         weight_decay: decoupled weight decay (``p -= lr * weight_decay * p``).
         clipnorm: clip gradients to this global norm.
         clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
+        use_ema: keep an exponential moving average of the weights (as Keras; every
+            ``ef.optimizers`` function takes these three arguments): ``fit`` ends with the
+            weights set to it, ``ef.callbacks.SwapEMAWeights`` evaluates with it.
+        ema_momentum: ``average = ema_momentum * average + (1 - ema_momentum) * weights``.
+        ema_overwrite_frequency: overwrite the weights with the average every this many
+            steps during training (``None``: only at the end of ``fit``).
 
     Example:
         >>> opt = sgd(0.1, momentum=0.0)
     """
     rule = [optax.trace(decay=momentum, nesterov=nesterov)] if momentum else []
     return Optimizer("sgd", _with_decay(rule, weight_decay, None), learning_rate,
-                     clipnorm, clipvalue)
+                     clipnorm, clipvalue,
+                     ema=EMA.from_keras(use_ema, ema_momentum, ema_overwrite_frequency))
 
 
 def adam(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
          eps: float = 1e-8, weight_decay: float = 0.0, clipnorm: float | None = None,
-         clipvalue: float | None = None) -> Optimizer:
+         clipvalue: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+         ema_overwrite_frequency: int | None = None) -> Optimizer:
     """Adam (decoupled weight decay if ``weight_decay`` is set, as Keras).
 
     Example:
@@ -295,12 +277,15 @@ def adam(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.
     """
     rule = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
     return Optimizer("adam", _with_decay(rule, weight_decay, None), learning_rate,
-                     clipnorm, clipvalue)
+                     clipnorm, clipvalue,
+                     ema=EMA.from_keras(use_ema, ema_momentum, ema_overwrite_frequency))
 
 
 def adamw(learning_rate: float | Schedule = 1e-3, weight_decay: float = 1e-4, b1: float = 0.9,
           b2: float = 0.999, eps: float = 1e-8, weight_decay_mask: Any = None,
-          clipnorm: float | None = None, clipvalue: float | None = None) -> Optimizer:
+          clipnorm: float | None = None, clipvalue: float | None = None,
+          use_ema: bool = False, ema_momentum: float = 0.99,
+          ema_overwrite_frequency: int | None = None) -> Optimizer:
     """AdamW: Adam with decoupled weight decay, the same update as ``optax.adamw``.
 
     Defaults (learning rate 1e-3, weight decay 1e-4) are a known-good start.
@@ -314,18 +299,24 @@ def adamw(learning_rate: float | Schedule = 1e-3, weight_decay: float = 1e-4, b1
         weight_decay_mask: optax mask (pytree or ``params -> pytree`` of bools) of what decays.
         clipnorm: clip gradients to this global norm.
         clipvalue: clip each gradient element.
+        use_ema: keep an exponential moving average of the weights (see :func:`sgd`).
+        ema_momentum: the average's momentum.
+        ema_overwrite_frequency: steps between overwrites of the weights by the average.
 
     Example:
         >>> opt = adamw(ef.schedules.warmup_cosine(peak=1e-3, warmup=0.05), clipnorm=1.0)  # doctest: +SKIP
     """
     rule = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
     return Optimizer("adamw", _with_decay(rule, weight_decay, weight_decay_mask), learning_rate,
-                     clipnorm, clipvalue)
+                     clipnorm, clipvalue,
+                     ema=EMA.from_keras(use_ema, ema_momentum, ema_overwrite_frequency))
 
 
 def rmsprop(learning_rate: float | Schedule = 1e-3, rho: float = 0.9, momentum: float = 0.0,
             eps: float = 1e-7, weight_decay: float = 0.0, clipnorm: float | None = None,
-            clipvalue: float | None = None) -> Optimizer:
+            clipvalue: float | None = None,
+            use_ema: bool = False, ema_momentum: float = 0.99,
+            ema_overwrite_frequency: int | None = None) -> Optimizer:
     """RMSprop with Keras's defaults.
 
     Example:
@@ -335,12 +326,15 @@ def rmsprop(learning_rate: float | Schedule = 1e-3, rho: float = 0.9, momentum: 
     if momentum:
         rule.append(optax.trace(decay=momentum))
     return Optimizer("rmsprop", _with_decay(rule, weight_decay, None), learning_rate,
-                     clipnorm, clipvalue)
+                     clipnorm, clipvalue,
+                     ema=EMA.from_keras(use_ema, ema_momentum, ema_overwrite_frequency))
 
 
 def adagrad(learning_rate: float | Schedule = 1e-3, initial_accumulator_value: float = 0.1,
             eps: float = 1e-7, weight_decay: float = 0.0, clipnorm: float | None = None,
-            clipvalue: float | None = None) -> Optimizer:
+            clipvalue: float | None = None,
+            use_ema: bool = False, ema_momentum: float = 0.99,
+            ema_overwrite_frequency: int | None = None) -> Optimizer:
     """Adagrad with Keras's defaults.
 
     Example:
@@ -348,12 +342,15 @@ def adagrad(learning_rate: float | Schedule = 1e-3, initial_accumulator_value: f
     """
     rule = [optax.scale_by_rss(initial_accumulator_value=initial_accumulator_value, eps=eps)]
     return Optimizer("adagrad", _with_decay(rule, weight_decay, None), learning_rate,
-                     clipnorm, clipvalue)
+                     clipnorm, clipvalue,
+                     ema=EMA.from_keras(use_ema, ema_momentum, ema_overwrite_frequency))
 
 
 def lion(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.99,
          weight_decay: float = 0.0, clipnorm: float | None = None,
-         clipvalue: float | None = None) -> Optimizer:
+         clipvalue: float | None = None,
+         use_ema: bool = False, ema_momentum: float = 0.99,
+         ema_overwrite_frequency: int | None = None) -> Optimizer:
     """Lion (sign of the interpolated momentum), Keras's defaults.
 
     Example:
@@ -361,7 +358,8 @@ def lion(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.
     """
     rule = [optax.scale_by_lion(b1=b1, b2=b2)]
     return Optimizer("lion", _with_decay(rule, weight_decay, None), learning_rate,
-                     clipnorm, clipvalue)
+                     clipnorm, clipvalue,
+                     ema=EMA.from_keras(use_ema, ema_momentum, ema_overwrite_frequency))
 
 
 # Each optimizer remembers its arguments (its recipe), so Model.save can store it.
