@@ -268,6 +268,12 @@ def align(values: jax.Array, weight: jax.Array, what: str = "The loss") -> jax.A
         >>> align(jnp.ones((2, 3)), jnp.ones(2)).shape
         (2,)
     """
+    if values.ndim == 0 and weight.ndim > 0:
+        raise ValueError(
+            f"{what} returned one value for the whole batch (shape ()); easyfit needs one "
+            f"value per example, so that padding rows and sample weights count exactly. Drop "
+            f"the final mean: e.g. return jnp.abs(y_true - y_pred) (or its mean over the last "
+            f"axis) instead of jnp.mean(jnp.abs(y_true - y_pred)).")
     if values.shape[:weight.ndim] != weight.shape:
         raise ValueError(
             f"{what} gave values of shape {tuple(values.shape)}, which a sample_weight of "

@@ -166,6 +166,23 @@ class ArrayAdapter(DataAdapter):
     def sample_batch(self) -> Batch:
         return next(self.batches(0))[0]
 
+    def epoch_span(self, epoch: int) -> tuple[int, int, int]:
+        """``(pass over the data, first batch in it, batches)`` of ``fit``'s epoch ``epoch``.
+
+        As Keras: with a ``steps_per_epoch`` shorter than the data, epochs continue through
+        it, and an epoch ends early where a pass ends (10 batches at 4 per epoch give epochs
+        of 4, 4, 2, then a new shuffled pass).
+
+        Example:
+            >>> data = ArrayAdapter(np.zeros((80, 1)), batch_size=8, steps=4)
+            >>> [data.epoch_span(e) for e in range(4)]
+            [(0, 0, 4), (0, 4, 4), (0, 8, 2), (1, 0, 4)]
+        """
+        full = -(-self.num_rows // self.batch_size)
+        per_pass = -(-full // self.steps)
+        first = (epoch % per_pass) * self.steps
+        return epoch // per_pass, first, min(self.steps, full - first)
+
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.num_rows)
@@ -189,9 +206,10 @@ class ArrayAdapter(DataAdapter):
         With ``as_index``, ``x`` and ``y`` are the int32 row numbers instead of the rows, for
         a step that gathers from :meth:`device_tables`.
         """
-        order, size = self._order(epoch), self.batch_size
-        for first in range(start, self.steps, k):
-            count = min(k, self.steps - first)
+        data_pass, offset, steps = self.epoch_span(epoch)
+        order, size = self._order(data_pass), self.batch_size
+        for first in range(offset + start, offset + steps, k):
+            count = min(k, offset + steps - first)
             rows = order[first * size:(first + count) * size]
             index = np.resize(rows, k * size)  # padding repeats real rows, weight 0
             mask = (np.arange(k * size) < len(rows)).astype(np.float32)
