@@ -63,6 +63,8 @@ class Trainer:
 
     Attributes:
         distribution: the ``ef.distribute`` strategy.
+        total_steps: the training length (batches) this compile's optimizer resolved its
+            schedule fractions against (set by the first ``fit`` after ``compile``).
         options: the last ``compile``'s settings (defaults before it, for ``predict``).
         dispatch: steps per dispatch for this compile.
         step_count: train steps (batches) taken, counted on the host.
@@ -90,6 +92,8 @@ class Trainer:
         self.position = (0, 0)
         self.has_lr = False
         self.pending_resume: Resume | None = None
+        self.total_steps: int | None = None
+        self._saved_training: dict[str, Any] | None = None
         self.callbacks: Any = None
 
     # -- the module ------------------------------------------------------------------------
@@ -127,6 +131,7 @@ class Trainer:
         self.options = options
         self.dispatch = DispatchPlan(options.steps_per_execution)
         self.state, self._steps = None, None
+        self._saved_training = None  # a saved optimizer state belongs to the old compile
 
     def _edit_view(self, view: nnx.Module, train: bool) -> None:
         """What the steps run: layers in the compute precision, rematerialised in training."""
@@ -174,11 +179,18 @@ class Trainer:
         self.ensure_module(data)
         self.distribution.check_batch_size(data.batch_size)
         steps, options = self.steps, self.options
+        saved, self._saved_training = self._saved_training, None
+        if saved is not None:
+            total_steps = saved["total_steps"]
+        if not options.optimizer.built:
+            self.total_steps = total_steps
         transform = options.optimizer.build(total_steps, options.accumulation_steps,
-                                            loss_scaling=options.precision == "float16")
+                                            loss_scaling=options.precision == "float16",
+                                            ema=options.ema)
         if self.state is None:
             params, rest = split(self._module)
-            rest = reseed(rest, options.seed)
+            if saved is None:  # a saved model continues with its own RNG streams
+                rest = reseed(rest, options.seed)
             nnx.update(self._module, rest)
             plan = self.dispatch
 
@@ -191,7 +203,28 @@ class Trainer:
             self._totals_zero = True
             self._module_shared = True
             self.step_count = 0
+            if saved is not None:
+                self._continue_saved(saved)
             self.has_lr = options.optimizer.current_lr(self.state.opt_state) is not None
+
+    def continue_training(self, opt_state: Any, step: Any, step_count: int,
+                          total_steps: int | None) -> None:
+        """Makes the next training state continue a saved one (``ef.load_model``): the next
+        ``fit`` of this compile builds its state with ``opt_state`` and ``step`` (host or
+        device arrays, shaped as this compile's optimizer makes them) and counts batches from
+        ``step_count``; it keeps the module's RNG streams instead of reseeding them and
+        resolves schedule fractions for ``total_steps``, as the saved model did."""
+        self._saved_training = {"opt_state": opt_state, "step": step, "step_count": step_count,
+                                "total_steps": total_steps}
+
+    def _continue_saved(self, saved: dict[str, Any]) -> None:
+        state = self.state
+        opt_state = jax.tree.map(lambda new, old: put(new, old.sharding), saved["opt_state"],
+                                 state.opt_state)
+        self.state = state.replace(opt_state=opt_state,
+                                   step=put(np.asarray(saved["step"]), state.step.sharding))
+        self._totals_zero = True  # the new state's metric sums are still zero
+        self.step_count = saved["step_count"]
 
     def new_state(self, transform: Any, steps: Steps, params: Any, rest: Any, batch: Any,
                   on_shapes: Callable[[TrainState, Any], None] | None = None,
