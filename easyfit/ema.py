@@ -73,11 +73,14 @@ class EmaState(NamedTuple):
     Attributes:
         count: steps taken (Keras's ``optimizer.iterations``); the first step copies.
         average: the moving average, a tree like the params (zeros before the first step).
+        swapped: 1 while the weights and the average are exchanged (``SwapEMAWeights``:
+            the weights hold the average, ``average`` the training weights), else 0.
         inner: the averaged optimizer's own state.
     """
 
     count: jax.Array
     average: Any
+    swapped: jax.Array
     inner: Any
 
 
@@ -102,7 +105,7 @@ def weight_ema(inner: optax.GradientTransformation, momentum: float = 0.99,
 
     def init(params: Any) -> EmaState:
         return EmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params),
-                        inner.init(params))
+                        jnp.zeros([], jnp.int32), inner.init(params))
 
     def update(updates: Any, state: EmaState, params: Any = None) -> tuple[Any, EmaState]:
         if params is None:
@@ -119,7 +122,8 @@ def weight_ema(inner: optax.GradientTransformation, momentum: float = 0.99,
             updates = jax.tree.map(
                 lambda u, avg, p: jnp.where(overwrite, (avg - p).astype(u.dtype), u),
                 updates, average, params)
-        return updates, EmaState(optax.safe_increment(state.count), average, new_inner)
+        return updates, EmaState(optax.safe_increment(state.count), average, state.swapped,
+                                 new_inner)
 
     return optax.GradientTransformation(init, update)
 
@@ -136,7 +140,9 @@ def find(opt_state: Any) -> EmaState | None:
     return None
 
 
-def with_average(opt_state: Any, average: Any) -> Any:
-    """``opt_state`` with the moving average replaced by ``average`` (a tree like it)."""
-    return jax.tree.map(lambda node: node._replace(average=average) if _is_ema(node) else node,
-                        opt_state, is_leaf=_is_ema)
+def with_average(opt_state: Any, average: Any, swapped: jax.Array) -> Any:
+    """``opt_state`` with the moving average replaced by ``average`` (a tree like it) and
+    the ``swapped`` flag by ``swapped``."""
+    return jax.tree.map(
+        lambda node: node._replace(average=average, swapped=swapped) if _is_ema(node) else node,
+        opt_state, is_leaf=_is_ema)

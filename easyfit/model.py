@@ -122,7 +122,8 @@ class Model(ModelTools):
                 steps_per_execution: int | str = "auto", seed: int = 0,
                 augment: Any = None, precision: str = "float32",
                 float32_layers: Sequence[type] = precision_lib.FLOAT32_LAYERS,
-                gradient_accumulation_steps: int = 1, remat: bool | str = False) -> None:
+                gradient_accumulation_steps: int = 1, remat: bool | str = False,
+                ema_momentum: float | None = None) -> None:
         """Configures training, as Keras's ``compile``.
 
         Args:
@@ -155,13 +156,19 @@ class Model(ModelTools):
                 count batches.
             remat: ``True`` or a ``jax.checkpoint_policies`` name: recompute each top-level
                 layer's activations in the backward pass (less memory, more compute).
+            ema_momentum: keep an exponential moving average of the weights with this
+                momentum, for any optimizer (as Keras's ``use_ema=True,
+                ema_momentum=...``, which ``ef.optimizers`` functions also take): ``fit``
+                ends with the weights set to the average; ``ef.callbacks.SwapEMAWeights``
+                evaluates with it during training.
 
         Example:
             >>> model.compile(optimizer=ef.optimizers.adamw(3e-4), loss="mse")  # doctest: +SKIP
         """
         self.trainer.configure(resolve_options(
             optimizer, loss, metrics, weighted_metrics, steps_per_execution, seed, augment,
-            precision, float32_layers, gradient_accumulation_steps, remat))
+            precision, float32_layers, gradient_accumulation_steps, remat,
+            ema_momentum=ema_momentum))
         self.compiled = True
 
     def _require_compiled(self, action: str) -> None:

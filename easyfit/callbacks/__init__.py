@@ -9,8 +9,9 @@ from easyfit.callbacks.model_checkpoint import ModelCheckpoint
 from easyfit.callbacks.profiler import Profiler
 from easyfit.callbacks.progress import ProgressBar
 from easyfit.callbacks.simple import CSVLogger, LambdaCallback, TerminateOnNaN
+from easyfit.callbacks.swap_ema import SwapEMAWeights
 from easyfit.callbacks.tensorboard import TensorBoard
 
 __all__ = ["BackupAndRestore", "CSVLogger", "Callback", "CallbackList", "EarlyStopping", "History",
            "LambdaCallback", "LazyLogs", "LearningRateScheduler", "ModelCheckpoint", "Profiler",
-           "ProgressBar", "ReduceLROnPlateau", "TensorBoard", "TerminateOnNaN"]
+           "ProgressBar", "ReduceLROnPlateau", "SwapEMAWeights", "TensorBoard", "TerminateOnNaN"]

@@ -29,6 +29,7 @@ from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch, is_chief
 from easyfit.training.dispatch_plan import regroup
+from easyfit.training.ema_weights import finalize_average, has_average
 from easyfit.training.steps_per_dispatch import StepTimer
 from easyfit.memory.host import CompileWatch
 
@@ -253,6 +254,8 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                 break
     if auto:
         plan.end_fit()
+    if has_average(trainer):  # use_ema: the weights become their average, before
+        finalize_average(trainer)  # on_train_end, as Keras's finalize_variable_values
     callbacks.on_train_end(logs)
     return logs
 
@@ -292,10 +295,10 @@ def evaluate_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList
     k = per_dispatch or trainer.dispatch.eval_steps()
     steps = trainer.steps
     names = steps.log_names(with_lr=False)
-    params, rest = trainer.eval_state()
     totals = None
     compiles = CompileWatch()
     callbacks.on_test_begin()
+    params, rest = trainer.eval_state()  # after on_test_begin, which may swap weights
     done = 0
     for chunk, sizes in _on_device(trainer, data, 0, k):
         if totals is None:
@@ -326,11 +329,11 @@ def predict_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList,
     stops = _stop_check(callbacks, ("on_predict_batch_begin", "on_predict_batch_end"), stop)
     k = per_dispatch or trainer.dispatch.eval_steps()
     steps = trainer.steps
-    params, rest = trainer.eval_state()
     outputs: list[Any] = []
     pending = None  # (device outputs, sizes): fetched after the next chunk is dispatched
     compiles = CompileWatch()
     callbacks.on_predict_begin()
+    params, rest = trainer.eval_state()  # after on_predict_begin, which may swap weights
     done = 0
     for chunk, sizes in _on_device(trainer, data, 0, k):
         callbacks.on_predict_batch_begin(done)

@@ -11,6 +11,7 @@ from easyfit import optimizers as optimizers_lib
 from easyfit import precision as precision_lib
 from easyfit import remat as remat_lib
 from easyfit.metrics import Metric
+from easyfit.ema import EMA
 from easyfit.optimizers import Optimizer
 
 __all__ = ["TrainingOptions", "resolve_options"]
@@ -34,6 +35,8 @@ class TrainingOptions:
         float32_layers: layer types kept in float32 under a low precision.
         accumulation_steps: batches whose gradients average into one update.
         remat: ``False``, ``True`` or a ``jax.checkpoint_policies`` name.
+        ema: the moving average of the weights kept by the optimizer (``compile``'s
+            ``ema_momentum``, else the optimizer's ``use_ema``), or ``None``.
     """
 
     optimizer: Optimizer | None = None
@@ -48,13 +51,14 @@ class TrainingOptions:
     float32_layers: tuple[type, ...] = ()
     accumulation_steps: int = 1
     remat: bool | str = False
+    ema: EMA | None = None
 
 
 def resolve_options(optimizer: Any, loss: Any, metrics: Sequence[Any] | None,
                     weighted_metrics: Sequence[Any] | None, steps_per_execution: int | str,
                     seed: int, augment: Callable | None, precision: str,
                     float32_layers: Sequence[type], gradient_accumulation_steps: int,
-                    remat: bool | str) -> TrainingOptions:
+                    remat: bool | str, ema_momentum: float | None = None) -> TrainingOptions:
     """``compile``'s arguments checked and resolved (names to objects); one clear error
     naming the argument otherwise."""
     if loss is None:
@@ -75,9 +79,19 @@ def resolve_options(optimizer: Any, loss: Any, metrics: Sequence[Any] | None,
     plain, weighted = metrics_lib.named_apart(
         [metrics_lib.get(m, from_logits) for m in metrics or []],
         [metrics_lib.get(m, from_logits) for m in weighted_metrics or []])
+    optimizer = optimizers_lib.get(optimizer)
     return TrainingOptions(
-        optimizer=optimizers_lib.get(optimizer), loss=loss_fn, metrics=plain,
+        optimizer=optimizer, loss=loss_fn, metrics=plain,
         weighted_metrics=weighted, steps_per_execution=steps_per_execution, seed=seed,
         augment=augment, compute_dtype=compute_dtype, precision=precision,
         float32_layers=tuple(float32_layers), accumulation_steps=gradient_accumulation_steps,
-        remat=remat)
+        remat=remat, ema=_ema(optimizer, ema_momentum))
+
+
+def _ema(optimizer: Optimizer, momentum: float | None) -> EMA | None:
+    """The weight average to keep: ``compile``'s ``ema_momentum`` (with the optimizer's
+    overwrite frequency, if it has one), else the optimizer's own ``use_ema`` setting."""
+    if momentum is None:
+        return optimizer.ema
+    frequency = None if optimizer.ema is None else optimizer.ema.overwrite_frequency
+    return EMA(momentum, frequency)
