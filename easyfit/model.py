@@ -36,6 +36,7 @@ from easyfit.modules.linen import is_factory
 from easyfit.training.live_optimizer import LiveOptimizer
 from easyfit.training import on_batch
 from easyfit.training import weights as weights_lib
+from easyfit import exporting, saved_model
 from easyfit.training.loop import evaluate_loop, fit_callbacks, fit_loop, predict_loop
 from easyfit.training.options import resolve_options
 from easyfit.training.trainer import Trainer
@@ -323,6 +324,44 @@ class Model(ModelTools):
         ``ModelCheckpoint`` or ``BackupAndRestore``): ``step``, else the best by the
         monitored value, else the latest. Refuses a checkpoint of a different model."""
         weights_lib.load_weights(self.trainer, path, step)
+
+    # -- the whole model on disk (see easyfit.saving, easyfit.export) ---------------------------
+    def save(self, path: str, overwrite: bool = True) -> None:
+        """Writes the whole model to a directory: weights, optimizer state and the compile
+        configuration; :func:`easyfit.load_model` brings it back, ready to continue ``fit``.
+
+        Args:
+            path: a directory (created if missing).
+            overwrite: replace an earlier save at ``path``; anything else there is never
+                replaced (``FileExistsError``).
+
+        Example:
+            >>> model.save("runs/model")                                  # doctest: +SKIP
+            >>> model = ef.load_model("runs/model", module=MLP(rngs=nnx.Rngs(0)))  # doctest: +SKIP
+        """
+        saved_model.write(self, path, overwrite)
+
+    def export(self, path: str, sample_input: Any = None, platforms: Sequence[str] | None = None,
+               polymorphic_batch: bool = True, overwrite: bool = True) -> None:
+        """Writes the inference function (eval mode) for serving, as a ``jax.export``
+        artifact with a symbolic batch dimension; :func:`easyfit.load_exported` runs it
+        without the model's code (see :func:`easyfit.exporting.export_model`).
+
+        Args:
+            path: a directory (created if missing).
+            sample_input: an input batch such as ``x_test[:1]`` (its shapes after the batch
+                dimension, and dtypes).
+            platforms: where it may run (``"cpu"``, ``"cuda"``, ``"tpu"``...); default: here.
+            polymorphic_batch: any batch size (default), or only ``sample_input``'s.
+            overwrite: replace an earlier export at ``path`` (never anything else).
+
+        Example:
+            >>> model.export("runs/served", sample_input=x_test[:1])   # doctest: +SKIP
+            >>> ef.load_exported("runs/served")(x_test).shape            # doctest: +SKIP
+            (360, 10)
+        """
+        exporting.export_model(self, path, sample_input, platforms, polymorphic_batch,
+                               overwrite)
 
 
 def _returned(logs: dict[str, float], return_dict: bool) -> float | list[float] | dict[str, float]:
