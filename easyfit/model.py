@@ -124,7 +124,7 @@ class Model(ModelTools):
                 augment: Any = None, precision: str = "float32",
                 float32_layers: Sequence[type] = precision_lib.FLOAT32_LAYERS,
                 gradient_accumulation_steps: int = 1, remat: bool | str = False,
-                ema_momentum: float | None = None) -> None:
+                ema_momentum: float | None = None, loss_weights: Any = None) -> None:
         """Configures training, as Keras's ``compile``.
 
         Args:
@@ -133,8 +133,11 @@ class Model(ModelTools):
                 ``optax.GradientTransformation``.
             loss: a Keras loss name, an ``ef.losses`` object, or a callable
                 ``(y_true, y_pred) -> per-example loss``. Losses take logits by default.
+                A module with several outputs (a dict or tuple) takes a dict keyed by
+                output name, a list in output order, or one loss for every output
+                (see the guide, "Models with several outputs").
             metrics: names, ``ef.metrics`` objects or callables; padding rows never count,
-                sample weights are ignored.
+                sample weights are ignored. Per output: a dict keyed by output name.
             weighted_metrics: as ``metrics``, weighted by ``sample_weight``/``class_weight``.
             steps_per_execution: train steps run per dispatch (a loop on the device);
                 ``"auto"`` fuses enough steps that the host's per-dispatch work stops
@@ -162,6 +165,9 @@ class Model(ModelTools):
                 ema_momentum=...``, which ``ef.optimizers`` functions also take): ``fit``
                 ends with the weights set to the average; ``ef.callbacks.SwapEMAWeights``
                 evaluates with it during training.
+            loss_weights: multiplies the loss: a float, or for several outputs a dict
+                keyed by output name (or a list in output order); the total loss is
+                ``sum(loss_weights[o] * loss[o])``. A keyword here (Keras takes it third).
 
         Example:
             >>> model.compile(optimizer=ef.optimizers.adamw(3e-4), loss="mse")  # doctest: +SKIP
@@ -169,7 +175,7 @@ class Model(ModelTools):
         self.trainer.configure(resolve_options(
             optimizer, loss, metrics, weighted_metrics, steps_per_execution, seed, augment,
             precision, float32_layers, gradient_accumulation_steps, remat,
-            ema_momentum=ema_momentum))
+            ema_momentum=ema_momentum, loss_weights=loss_weights))
         self.compiled = True
 
     def _require_compiled(self, action: str) -> None:

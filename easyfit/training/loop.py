@@ -305,6 +305,7 @@ def evaluate_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList
             totals = trainer.distribution.replicate(
                 steps.zero_totals(params, rest, jax.tree.map(  # shapes only: nothing runs
                     lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), chunk)))
+            names = steps.log_names(with_lr=False)  # several outputs: named by that trace
         callbacks.on_test_batch_begin(done)
         totals = steps.eval(params, rest, totals, chunk)
         done += len(sizes)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 from easyfit import losses as losses_lib
 from easyfit import metrics as metrics_lib
 from easyfit import optimizers as optimizers_lib
+from easyfit import outputs as outputs_lib
 from easyfit import precision as precision_lib
 from easyfit import remat as remat_lib
 from easyfit.metrics import Metric
@@ -24,7 +25,9 @@ class TrainingOptions:
 
     Attributes:
         optimizer: the easyfit optimizer (built by the first ``fit``).
-        loss: ``(y_true, y_pred) -> per-example (or per-token) loss``.
+        loss: ``(y_true, y_pred) -> per-example (or per-token) loss``, or for a module
+            with several outputs, an :class:`~easyfit.outputs.OutputsSpec` (losses, loss
+            weights and metrics per output, paired with the outputs at the first trace).
         metrics: metrics over real rows, sample weights ignored (named apart).
         weighted_metrics: metrics weighted by sample weight.
         steps_per_execution: a positive int or ``"auto"``.
@@ -40,7 +43,7 @@ class TrainingOptions:
     """
 
     optimizer: Optimizer | None = None
-    loss: Callable | None = None
+    loss: Callable | outputs_lib.OutputsSpec | None = None
     metrics: Sequence[Metric] = ()
     weighted_metrics: Sequence[Metric] = ()
     steps_per_execution: int | str = "auto"
@@ -58,9 +61,11 @@ def resolve_options(optimizer: Any, loss: Any, metrics: Sequence[Any] | None,
                     weighted_metrics: Sequence[Any] | None, steps_per_execution: int | str,
                     seed: int, augment: Callable | None, precision: str,
                     float32_layers: Sequence[type], gradient_accumulation_steps: int,
-                    remat: bool | str, ema_momentum: float | None = None) -> TrainingOptions:
+                    remat: bool | str, ema_momentum: float | None = None,
+                    loss_weights: Any = None) -> TrainingOptions:
     """``compile``'s arguments checked and resolved (names to objects); one clear error
-    naming the argument otherwise."""
+    naming the argument otherwise. Per-output arguments (:mod:`easyfit.outputs`) become
+    an :class:`~easyfit.outputs.OutputsSpec` loss, the metrics inside it."""
     if loss is None:
         raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy' "
                          "or a callable (y_true, y_pred) -> per-example loss.")
@@ -74,11 +79,15 @@ def resolve_options(optimizer: Any, loss: Any, metrics: Sequence[Any] | None,
     compute_dtype = precision_lib.compute_dtype(precision)
     if remat:
         remat_lib.policy(remat)  # refuses an unknown policy now
-    loss_fn = losses_lib.get(loss)
-    from_logits = getattr(loss_fn, "from_logits", True)
-    plain, weighted = metrics_lib.named_apart(
-        [metrics_lib.get(m, from_logits) for m in metrics or []],
-        [metrics_lib.get(m, from_logits) for m in weighted_metrics or []])
+    if outputs_lib.is_per_output(loss, loss_weights, metrics, weighted_metrics):
+        loss_fn, plain, weighted = outputs_lib.OutputsSpec(
+            loss, loss_weights, metrics, weighted_metrics), [], []
+    else:
+        loss_fn = outputs_lib.scaled(losses_lib.get(loss), loss_weights)
+        from_logits = getattr(loss_fn, "from_logits", True)
+        plain, weighted = metrics_lib.named_apart(
+            [metrics_lib.get(m, from_logits) for m in metrics or []],
+            [metrics_lib.get(m, from_logits) for m in weighted_metrics or []])
     optimizer = optimizers_lib.get(optimizer)
     return TrainingOptions(
         optimizer=optimizer, loss=loss_fn, metrics=plain,

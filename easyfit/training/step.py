@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from easyfit import losses as losses_lib
+from easyfit import outputs as outputs_lib
 from easyfit.data.batch import Batch
 from easyfit.data.on_device import IndexedChunk, gather_rows
 from easyfit.metrics import Metric
@@ -162,6 +163,8 @@ class Steps:
         self.graphs, self.loss_fn, self.compute_dtype = graphs, loss_fn, compute_dtype
         self.augment, self.seed = augment, seed
         self.metrics, self.weighted_metrics = list(metrics), list(weighted_metrics)
+        self.loss_metrics: list[Metric] = []  # several outputs: each one's loss, logged
+        self.outputs: outputs_lib.Outputs | None = None  # several outputs, paired at a trace
         self.optimizer = optimizer
         self.train = FlatStateJit(self._train_chunk)
         self.eval = jax.jit(self._eval_chunk, donate_argnums=2)
@@ -189,15 +192,26 @@ class Steps:
 
     def _loss_values(self, batch: Batch, y_pred) -> jax.Array:
         """The loss per example (or per token, with per-token weights), 0 where weightless."""
+        if outputs_lib.is_several(y_pred) or isinstance(self.loss_fn, outputs_lib.OutputsSpec):
+            return self._several(y_pred).values(batch.y, y_pred, batch.weight)
         return losses_lib.align(losses_lib.loss_values(self.loss_fn, batch.y, y_pred),
                                 batch.weight)
+
+    def _several(self, y_pred) -> outputs_lib.Outputs:
+        """Several outputs: the losses and metrics paired with them at the first trace."""
+        if self.outputs is None:
+            self.outputs = outputs_lib.bind(self.loss_fn, self.metrics, self.weighted_metrics,
+                                            y_pred)
+            self.loss_metrics = self.outputs.loss_metrics
+            self.metrics, self.weighted_metrics = self.outputs.metrics, self.outputs.weighted_metrics
+        return self.outputs
 
     def _batch_totals(self, values, batch: Batch, y_pred) -> dict[str, Any]:
         totals = {"loss": {"sum": jnp.sum(values * batch.weight),
                            "weight": jnp.sum(batch.weight)}}
         for metric in self.metrics:
             totals[metric.name] = metric.totals(batch.y, y_pred, batch.mask)
-        for metric in self.weighted_metrics:
+        for metric in self.loss_metrics + self.weighted_metrics:
             totals[metric.name] = metric.totals(batch.y, y_pred, batch.weight)
         return totals
 
@@ -268,7 +282,7 @@ class Steps:
 
     def _results(self, totals) -> dict[str, jax.Array]:
         out = {"loss": totals["loss"]["sum"] / jnp.maximum(totals["loss"]["weight"], 1e-12)}
-        for metric in self.metrics + self.weighted_metrics:
+        for metric in self.loss_metrics + self.metrics + self.weighted_metrics:
             out[metric.name] = metric.result(totals[metric.name])
         return out
 
@@ -281,5 +295,6 @@ class Steps:
 
     def log_names(self, with_lr: bool) -> list[str]:
         """The keys that ``logs`` will have, known without running anything."""
-        names = ["loss"] + [m.name for m in self.metrics + self.weighted_metrics]
+        names = ["loss"] + [m.name for m in self.loss_metrics + self.metrics
+                            + self.weighted_metrics]
         return names + (["learning_rate"] if with_lr else [])
