@@ -28,6 +28,9 @@ class BackupAndRestore(Callback):
         save_freq: ``"epoch"``, or a number of steps between backups (taken at the end of
             the ``steps_per_execution`` chunk that reaches it).
         delete_checkpoint: delete the backups when ``fit`` finishes normally.
+        double_checkpoint: keep the two latest backups, as Keras (a damaged newest one
+            falls back to the one before; orbax's atomic writes already keep a kill
+            mid-write from damaging the last good backup).
 
     Example:
         >>> cb = BackupAndRestore("runs/backup", save_freq=200)
@@ -38,19 +41,23 @@ class BackupAndRestore(Callback):
     runs_last = True  # after History and the other callbacks, so it saves their final state
 
     def __init__(self, backup_dir: str | os.PathLike, save_freq: str | int = "epoch",
-                 delete_checkpoint: bool = True):
+                 delete_checkpoint: bool = True, double_checkpoint: bool = False):
         super().__init__()
+        if not backup_dir:
+            raise ValueError("Empty `backup_dir` argument passed: give the directory for the "
+                             "backups, e.g. BackupAndRestore('runs/backup').")
         if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
-            raise ValueError(f"save_freq must be 'epoch' or a positive number of steps; "
-                             f"got {save_freq!r}.")
+            raise ValueError(f"Invalid value for argument `save_freq`. Received: "
+                             f"save_freq={save_freq!r}. Expected either 'epoch' or a positive "
+                             f"integer (steps between backups).")
         self.backup_dir, self.save_freq = os.fspath(backup_dir), save_freq
-        self.delete_checkpoint = delete_checkpoint
+        self.delete_checkpoint, self.double_checkpoint = delete_checkpoint, double_checkpoint
         self._store: Checkpoints | None = None
         self._last_saved_step = 0
 
     def on_train_begin(self, logs=None):
         # One backup: orbax commits atomically, so a kill mid-write leaves the previous one.
-        self._store = Checkpoints(self.backup_dir, keep_latest=1)
+        self._store = Checkpoints(self.backup_dir, keep_latest=2 if self.double_checkpoint else 1)
         trainer = self.model.trainer
         restored = self._store.restore(*trainer.checkpoint_targets(train=True))
         if restored is not None:

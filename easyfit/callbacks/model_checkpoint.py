@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 from easyfit.callbacks.base import Callback
 from easyfit.callbacks.monitor import Monitor
@@ -52,6 +53,9 @@ class ModelCheckpoint(Callback):
                  initial_value_threshold: float | None = None):
         super().__init__()
         self.filepath, self.verbose = os.fspath(filepath), verbose
+        if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
+            raise ValueError(f"Unrecognized save_freq: {save_freq!r}. Expected save_freq are "
+                             f"'epoch' or a positive integer (batches between saves).")
         self._monitor = Monitor(monitor, mode, owner="ModelCheckpoint")
         self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
         self.save_freq, self.keep_best, self.keep_latest = save_freq, keep_best, keep_latest
@@ -85,14 +89,18 @@ class ModelCheckpoint(Callback):
     def _save(self, step: int, logs: dict, epoch: int | None = None) -> None:
         value = logs.get(self._monitor.monitor)
         improved = value is not None and self._monitor.improves(value, self.best)
+        if self.save_best_only and value is None:
+            warnings.warn(f"Can save best model only with {self._monitor.monitor} available, "
+                          f"skipping.", stacklevel=2)
         if self.save_best_only and not improved:
             return
         if improved:
             self.best = value
         weights, train = self.model.trainer.checkpoint_payload(train=not self.save_weights_only)
         epoch_reached, batch = self.model.trainer.position
-        self._target(logs, epoch_reached if epoch is None else epoch, batch).save(step, weights, {"epoch": epoch_reached, "batch": batch, "logs": logs},
-                         train, metric=value)
+        target = self._target(logs, epoch_reached if epoch is None else epoch, batch)
+        target.save(step, weights, {"epoch": epoch_reached, "batch": batch, "logs": logs},
+                    train, metric=value)
         self._last_saved_step = step
         if self.verbose:
             where = f"epoch {epoch + 1}" if epoch is not None else f"step {step}"
