@@ -45,7 +45,8 @@ class EarlyStopping(Callback):
         self.best_weights = None
 
     def get_state(self):
-        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": math.nan if self.best is None else self.best,
+        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch,
+                "best": math.nan if self.best is None else self.best,
                 "best_epoch": self.best_epoch, "best_weights": self.best_weights}
 
     def set_state(self, state):

@@ -101,7 +101,7 @@ def test_best_case_epoch(tmp_path):
     assert _counter(model) == 6
     model, begun = _make_model(), []
     history = model.fit(x, y, batch_size=4, epochs=5, verbose=0, callbacks=[
-        backup, ef.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: begun.append(epoch))])
+        backup, ef.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: begun.append(e))])
     assert begun == [1, 2, 3, 4]  # the epoch whose end raised runs again
     assert history.epoch == [0, 1, 2, 3, 4]
     assert _counter(model) == 5 * 3
