@@ -343,7 +343,10 @@ def predict_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList,
             outputs.extend(_unstack(*pending))
         pending = (result, sizes)
         done += len(sizes)
-        callbacks.on_predict_batch_end(done - 1, {})
+        if callbacks.wants("on_predict_batch_end"):  # Keras's logs: this call's outputs
+            real = sum(sizes)
+            callbacks.on_predict_batch_end(done - 1, {"outputs": jax.tree.map(
+                lambda a: a[:len(sizes)].reshape(-1, *a.shape[2:])[:real], result)})
         if stops():
             break
     if pending is None:
