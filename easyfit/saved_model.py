@@ -118,6 +118,8 @@ def compile_config(options: TrainingOptions) -> dict[str, Any]:
         "steps_per_execution": options.steps_per_execution, "seed": options.seed,
         "precision": options.precision, "float32_layers": layers,
         "gradient_accumulation_steps": options.accumulation_steps, "remat": options.remat,
+        "ema_momentum": None if options.ema in (None, options.optimizer.ema)  # compile's own
+        else options.ema.momentum,
         "augment": None if augment is None else _custom(
             getattr(augment, "__name__", "augment"), "the augment function", "augment"),
     }
@@ -210,7 +212,7 @@ def compile_arguments(config: dict[str, Any], custom_objects: dict[str, Any] | N
         "augment": resolve(config["augment"], None), "precision": config["precision"],
         "float32_layers": tuple(layers),
         "gradient_accumulation_steps": config["gradient_accumulation_steps"],
-        "remat": config["remat"],
+        "remat": config["remat"], "ema_momentum": config.get("ema_momentum"),
     }
     if missing:
         names = ", ".join(missing)
@@ -328,7 +330,8 @@ def restore(model: "Model", path: str | os.PathLike, config: dict[str, Any], com
         model.compile(**arguments)
         options = trainer.options
         transform = options.optimizer.build(training["total_steps"], options.accumulation_steps,
-                                            loss_scaling=options.precision == "float16")
+                                            loss_scaling=options.precision == "float16",
+                                            ema=options.ema)
         options.optimizer.reset()  # fit builds it again, for the same total_steps
         one = trainer.distribution.replicated_sharding()
         shapes = jax.eval_shape(transform.init, weights["params"])

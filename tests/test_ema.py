@@ -234,3 +234,19 @@ def test_interrupted_run_resumes_exactly_with_the_average(tmp_path):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(_leaves(state.opt_state), _leaves(ref_state.opt_state), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("where", ["compile", "optimizer"])
+def test_save_and_load_model_keep_the_average(tmp_path, where):
+    x, y = make_data(48)
+    opt = ef.optimizers.sgd(0.05, momentum=0.0, use_ema=where == "optimizer", ema_momentum=0.5)
+    model = _model(opt, **({"ema_momentum": 0.5} if where == "compile" else {}))
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    model.save(str(tmp_path / "model"))
+    loaded = ef.load_model(str(tmp_path / "model"), module=MLP(rngs=nnx.Rngs(1)))
+    assert loaded.trainer.options.ema == EMA(0.5)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for a, b in zip(_leaves(loaded.trainer.state.opt_state),
+                    _leaves(model.trainer.state.opt_state), strict=True):
+        np.testing.assert_array_equal(a, b)
