@@ -208,7 +208,9 @@ class Model(ModelTools):
             class_weight: ``{class: weight}`` multiplying each row's loss weight.
             sample_weight: per-row loss weights (0 means "not in the batch").
             initial_epoch: epoch to start from (for resuming).
-            steps_per_epoch: batches per epoch (required for one-shot generators).
+            steps_per_epoch: batches per epoch (required for one-shot generators). With
+                arrays and fewer batches than the data has, epochs continue through the data
+                as Keras's do (an epoch ends early where a pass over the data ends).
             validation_steps: batches per validation pass.
             validation_batch_size: defaults to ``batch_size``.
             validation_freq: validate every N epochs, or at the listed (1-based) epochs.
