@@ -287,3 +287,19 @@ def test_compile_refuses_unknown_names_and_bad_weights_at_once():
         model.compile("sgd", loss="mse", loss_weights={"a": "x"})
     with pytest.raises(ValueError, match="a loss for at least one output"):
         model.compile("sgd", loss={"a": None})
+
+
+def test_sample_weights_per_output_are_refused():
+    x, ya, yb = data()
+    with pytest.raises(ValueError, match="sample weights per output are not supported"):
+        dict_model().fit(x, {"a": ya, "b": yb}, sample_weight={"a": ya, "b": ya}, verbose=0)
+
+
+def test_early_stopping_watches_an_output_metric_in_auto_mode():
+    """``mode="auto"`` knows an output's metric by its log name: accuracy goes up."""
+    x, ya, yb = data()
+    stop = ef.callbacks.EarlyStopping(monitor="val_b_accuracy", patience=5)
+    history = dict_model().fit(
+        x, {"a": ya, "b": yb}, epochs=4, batch_size=4, verbose=0, validation_split=0.4,
+        callbacks=[stop]).history
+    assert stop.best == max(history["val_b_accuracy"])

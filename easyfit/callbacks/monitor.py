@@ -44,9 +44,12 @@ class Monitor:
 
     def bind(self, model: Any) -> None:
         """In ``"auto"`` mode, decides the direction from ``model``'s compiled metrics."""
-        options = getattr(getattr(model, "trainer", None), "options", None)
+        trainer = getattr(model, "trainer", None)
+        options = getattr(trainer, "options", None)
         if self.auto and options is not None:
-            self._mode = self._auto_mode((*options.metrics, *options.weighted_metrics))
+            metrics = getattr(trainer, "metrics", None)  # with several outputs: per output
+            self._mode = self._auto_mode(tuple(metrics) if metrics is not None else
+                                         (*options.metrics, *options.weighted_metrics))
 
     def _auto_mode(self, metrics: tuple) -> str:
         name = self.monitor.removeprefix("val_")

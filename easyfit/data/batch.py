@@ -79,6 +79,10 @@ def sample_weights(weight: Any) -> np.ndarray:
         >>> sample_weights([[1], [0]]).shape
         (2,)
     """
+    if isinstance(weight, dict):
+        raise ValueError(f"sample_weight is a dict (keys {sorted(weight, key=str)}): sample "
+                         "weights per output are not supported. Pass one weight per example "
+                         "(it weights every output's loss).")
     weight = np.asarray(weight, np.float32)
     while weight.ndim > 1 and weight.shape[-1] == 1:
         weight = weight[..., 0]

@@ -26,6 +26,7 @@ from easyfit.checkpoint import abstract
 from easyfit.data.adapters import DataAdapter
 from easyfit.distribute import Distribution
 from easyfit.distribute.strategies import put
+from easyfit.metrics import Metric
 from easyfit.modules.graph import ModuleGraphs, copy_tree, reseed, split
 from easyfit.modules.linen import as_nnx
 from easyfit.training.dispatch_plan import DispatchPlan
@@ -154,6 +155,15 @@ class Trainer:
     @property
     def has_steps(self) -> bool:
         return self._steps is not None
+
+    @property
+    def metrics(self) -> list[Metric]:
+        """The compiled metrics under their log names; with several outputs, once a step
+        has been traced, each output's loss and metrics (``a_loss``, ``b_accuracy``)."""
+        if self._steps is None:
+            return [*self.options.metrics, *self.options.weighted_metrics]
+        steps = self._steps
+        return [*steps.loss_metrics, *steps.metrics, *steps.weighted_metrics]
 
     # -- the training state -------------------------------------------------------------------
     @property
