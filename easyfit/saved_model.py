@@ -33,6 +33,7 @@ from flax import nnx
 from easyfit import losses as losses_lib
 from easyfit import metrics as metrics_lib
 from easyfit import optimizers as optimizers_lib
+from easyfit import outputs as outputs_lib
 from easyfit import schedules as schedules_lib
 from easyfit.checkpoint import Checkpoints, abstract
 from easyfit.modules.graph import path_names
@@ -106,13 +107,38 @@ def _object_entry(obj: Any, role: str) -> dict[str, Any]:
     return _custom(name, f"the {role} {name!r} (a {kind})", role)
 
 
+def _given(value: Any, role: str) -> Any:
+    """A per-output argument as given (names, lists, dicts of losses or metrics) as JSON:
+    each object is ``{"object": entry}``, each dict ``{"dict": {...}}``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_given(v, role) for v in value]
+    if isinstance(value, dict):
+        return {"dict": {k: _given(v, role) for k, v in value.items()}}
+    return {"object": _object_entry(value, role)}
+
+
+def _loss_config(loss: Any) -> dict[str, Any]:
+    """The loss; with ``loss_weights``, its weight; for several outputs, the per-output
+    losses, weights and metrics as ``compile`` was given them."""
+    if isinstance(loss, outputs_lib.OutputsSpec):
+        return {"loss": None, "outputs": {
+            "loss": _given(loss.loss, "loss"), "loss_weights": _plain(loss.loss_weights),
+            "metrics": _given(loss.metrics, "metric"),
+            "weighted_metrics": _given(loss.weighted_metrics, "metric")}}
+    if hasattr(loss, "loss_fn") and isinstance(getattr(loss, "weight", None), float):
+        return {"loss": _object_entry(loss.loss_fn, "loss"), "loss_weights": loss.weight}
+    return {"loss": _object_entry(loss, "loss")}
+
+
 def compile_config(options: TrainingOptions) -> dict[str, Any]:
     """``compile``'s settings as JSON (see the module's description)."""
     layers = [f"{t.__module__}.{t.__qualname__}" for t in options.float32_layers]
     augment = options.augment
     return {
         "optimizer": _optimizer_entry(options.optimizer),
-        "loss": _object_entry(options.loss, "loss"),
+        **_loss_config(options.loss),
         "metrics": [_object_entry(m, "metric") for m in options.metrics],
         "weighted_metrics": [_object_entry(m, "metric") for m in options.weighted_metrics],
         "steps_per_execution": options.steps_per_execution, "seed": options.seed,
@@ -198,6 +224,13 @@ def compile_arguments(config: dict[str, Any], custom_objects: dict[str, Any] | N
             return metrics_lib.Mean(found, name=entry["name"])  # keeps the saved log name
         return found
 
+    def given(value: Any, make: Any) -> Any:
+        if isinstance(value, list):
+            return [given(v, make) for v in value]
+        if isinstance(value, dict) and "dict" in value:
+            return {k: given(v, make) for k, v in value["dict"].items()}
+        return resolve(value["object"], make) if isinstance(value, dict) else value
+
     layers = [_layer_type(name) for name in config["float32_layers"]]
     if None in layers:
         layers = resolve(_custom("float32_layers", "a float32_layers type outside flax",
@@ -213,7 +246,13 @@ def compile_arguments(config: dict[str, Any], custom_objects: dict[str, Any] | N
         "float32_layers": tuple(layers),
         "gradient_accumulation_steps": config["gradient_accumulation_steps"],
         "remat": config["remat"], "ema_momentum": config.get("ema_momentum"),
+        "loss_weights": config.get("loss_weights"),
     }
+    if config.get("outputs"):  # several outputs: compile's per-output arguments as given
+        out = config["outputs"]
+        arguments.update(loss=given(out["loss"], _object), loss_weights=out["loss_weights"],
+                         metrics=given(out["metrics"], _object),
+                         weighted_metrics=given(out["weighted_metrics"], _object))
     if missing:
         names = ", ".join(missing)
         raise ValueError(

@@ -216,3 +216,37 @@ def test_export_matches_predict_for_any_batch_size(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(X[:5], verbose=0),
                                rtol=1e-5, atol=1e-6)
+
+
+class TwoHeads(nnx.Module):
+    """Two outputs in a dict: ``a`` regresses, ``b`` classifies."""
+
+    def __init__(self, seed: int = 0):
+        rngs = nnx.Rngs(seed)
+        self.body = nnx.Linear(8, 16, rngs=rngs)
+        self.head_a = nnx.Linear(16, 1, rngs=rngs)
+        self.head_b = nnx.Linear(16, 4, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.relu(self.body(x))
+        return {"a": self.head_a(h)[:, 0], "b": self.head_b(h)}
+
+
+def test_several_outputs_and_loss_weights_restored(tmp_path):
+    y = {"a": X[:, 0], "b": Y}
+    model = ef.Model(TwoHeads())
+    model.compile(ef.optimizers.adam(1e-2), loss={"a": "mse", "b": ef.losses.
+                                                 SparseCategoricalCrossentropy()},
+                  loss_weights={"a": 1.0, "b": 0.5}, metrics={"b": ["accuracy"]})
+    model.fit(X, y, epochs=1, **FIT)
+    model.save(tmp_path / "m")
+    loaded = ef.load_model(tmp_path / "m", module=lambda: TwoHeads(seed=1))
+    a, b = model.fit(X, y, epochs=1, **FIT).history, loaded.fit(X, y, epochs=1, **FIT).history
+    assert a == b and "b_accuracy" in a
+    assert _equal(model.get_weights(), loaded.get_weights())
+
+    single = ef.Model(MLP(rngs=nnx.Rngs(0)))
+    single.compile("sgd", "sparse_categorical_crossentropy", loss_weights=0.25)
+    single.save(tmp_path / "s")
+    options = ef.load_model(tmp_path / "s", module=MLP(rngs=nnx.Rngs(0))).trainer.options
+    assert options.loss.weight == 0.25
