@@ -7,7 +7,9 @@ warmup-cosine schedule, steps_per_execution=2, validation_split, EarlyStopping) 
 ``BackupAndRestore(BACKUP_DIR, save_freq=SAVE_FREQ)``. With ``KILL_AT > 0`` the process
 SIGKILLs itself at the end of the first chunk reaching that optimizer step, before that
 step's backup starts. On a normal finish it writes OUT (an .npz): the final weights, the
-weights before EarlyStopping restored the best ones, and the History as JSON.
+weights before EarlyStopping restored the best ones, and the History as JSON. With the
+environment variable ``REPORT_STEPS=1`` it prints ``step N`` after every chunk (for a parent
+that sends SIGTERM at a step of its choosing).
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ class Killer(ef.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class Reporter(ef.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        print(f"step {self.model.trainer.step_count}", flush=True)
+
+
 class BeforeRestore(ef.callbacks.Callback):
     """Runs before EarlyStopping: keeps the last weights before the best ones come back."""
 
@@ -74,6 +81,8 @@ def main(out: str, backup: str, kill_at: int, save_freq: int) -> None:
                  ef.callbacks.BackupAndRestore(backup, save_freq=save_freq)]
     if kill_at > 0:
         callbacks.insert(0, Killer(kill_at))
+    if os.environ.get("REPORT_STEPS") == "1":
+        callbacks.insert(0, Reporter())
     history = model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, validation_split=VALIDATION_SPLIT,
                         verbose=0, callbacks=callbacks)
     arrays = {f"w{i}": np.asarray(a) for i, a in enumerate(model.get_weights())}

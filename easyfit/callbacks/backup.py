@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 from easyfit.callbacks.base import Callback
+from easyfit.callbacks.preemption import PREEMPTION_EXIT_STATUS, SignalWatch
 from easyfit.checkpoint import Checkpoints
+from easyfit.distribute import any_process
 from easyfit.training.trainer import Resume
 
 __all__ = ["BackupAndRestore"]
@@ -32,6 +35,13 @@ class BackupAndRestore(Callback):
             falls back to the one before; orbax's atomic writes already keep a kill
             mid-write from damaging the last good backup).
 
+    Preemption: spot VMs, SLURM and Kubernetes send SIGTERM some seconds before they kill
+    a job. During ``fit``, SIGTERM does not kill the process at once: at the next step
+    boundary (every process at the same step) a backup of that step is written and waited
+    for, a message says so on stderr, and the process exits with status 143 (``128 +
+    SIGTERM``, as if the signal had ended it). Running the script again resumes from that
+    step. Your own SIGTERM handler is put back when ``fit`` ends.
+
     Example:
         >>> cb = BackupAndRestore("runs/backup", save_freq=200)
     """
@@ -54,9 +64,11 @@ class BackupAndRestore(Callback):
         self.delete_checkpoint, self.double_checkpoint = delete_checkpoint, double_checkpoint
         self._store: Checkpoints | None = None
         self._last_saved_step = 0
+        self._sigterm = SignalWatch()
 
     def on_train_begin(self, logs=None):
         # One backup: orbax commits atomically, so a kill mid-write leaves the previous one.
+        self._sigterm.install()
         self._store = Checkpoints(self.backup_dir, keep_latest=2 if self.double_checkpoint else 1)
         trainer = self.model.trainer
         restored = self._store.restore(*trainer.checkpoint_targets(train=True))
@@ -67,15 +79,27 @@ class BackupAndRestore(Callback):
             self._last_saved_step = step
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.save_freq == "epoch":
-            return
         step = self.model.trainer.step_count
-        if step - self._last_saved_step >= self.save_freq:
+        if any_process(self._sigterm.received):  # every process decides at the same step
+            self._exit_for_preemption(step)
+        if self.save_freq != "epoch" and step - self._last_saved_step >= self.save_freq:
             self._save(step)
 
     def on_epoch_end(self, epoch, logs=None):
+        step = self.model.trainer.step_count
+        if any_process(self._sigterm.received):
+            self._exit_for_preemption(step)
         if self.save_freq == "epoch":
-            self._save(self.model.trainer.step_count)
+            self._save(step)
+
+    def _exit_for_preemption(self, step: int) -> None:
+        if step != self._last_saved_step or step == 0:
+            self._save(step)
+        self.close()  # the backup is complete on disk before the process ends
+        print(f"easyfit: SIGTERM received; the backup of step {step} is in "
+              f"{self.backup_dir}. Exiting with status {PREEMPTION_EXIT_STATUS}: run the same "
+              f"script again to resume from this step.", file=sys.stderr, flush=True)
+        raise SystemExit(PREEMPTION_EXIT_STATUS)
 
     def _save(self, step: int) -> None:
         trainer = self.model.trainer
@@ -93,7 +117,9 @@ class BackupAndRestore(Callback):
             shutil.rmtree(self.backup_dir, ignore_errors=True)
 
     def close(self) -> None:
-        """Waits for a backup being written (also when fit stops on an error)."""
+        """Waits for a backup being written (also when fit stops on an error) and puts the
+        previous SIGTERM handler back."""
+        self._sigterm.restore()
         if self._store is not None:
             self._store.close()
             self._store = None
