@@ -55,7 +55,7 @@ class ExportedModel:
 
     def __init__(self, exported: Any, weights: list[Any], config: dict[str, Any]):
         self.exported, self.config = exported, config
-        self._weights = weights
+        self._weights = jax.device_put(weights)  # once, not at every call
         self._call = jax.jit(exported.call)
 
     def __call__(self, x: Any) -> Any:

@@ -340,7 +340,8 @@ def write(model: "Model", path: str | os.PathLike, overwrite: bool = True) -> No
                                                 "total_steps": trainer.total_steps},
     }
     partial = path + ".easyfit-partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    if jax.process_index() == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # a save that failed before
     store = Checkpoints(os.path.join(partial, STATE_DIR), keep_latest=1, async_save=False)
     store.save(trainer.step_count, weights, {"epoch": trainer.position[0]}, train)
     store.close()
