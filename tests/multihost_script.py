@@ -3,6 +3,7 @@ reference that checks what the pair wrote.
 
     python multihost_script.py pair PORT PROCESS_ID OUT_DIR   # two of these, ids 0 and 1
     python multihost_script.py single OUT_DIR                  # afterwards, one process
+    python multihost_script.py preempt PORT PROCESS_ID OUT_DIR  # SIGTERM to process 1 only
 
 Each pair process has 4 CPU devices (8 in all), calls ``ef.distribute.initialize`` and
 trains on the same full dataset with the global batch size; easyfit feeds each process its
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import jax
@@ -70,6 +72,29 @@ def pair(port: int, process_id: int, out: str) -> None:
                    "predictions": predictions.tolist()}, handle)
 
 
+class TerminateProcessOne(ef.callbacks.Callback):
+    """Sends a real SIGTERM to process 1 only, after step ``at``."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if jax.process_index() == 1 and self.model.trainer.step_count == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def preempt(port: int, process_id: int, out: str) -> None:
+    """Both processes must back up the same step and exit with status 143."""
+    jax.config.update("jax_num_cpu_devices", 4)
+    ef.distribute.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+    x, y = data()
+    model(ef.distribute.FSDP(min_size=0)).fit(
+        x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, callbacks=[
+            TerminateProcessOne(at=5),
+            ef.callbacks.BackupAndRestore(os.path.join(out, "backup"), save_freq=10_000)])
+
+
 def single(out: str) -> None:
     x, y = data()
     reference = model()
@@ -86,5 +111,7 @@ def single(out: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "pair":
         pair(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    elif sys.argv[1] == "preempt":
+        preempt(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:
         single(sys.argv[2])

@@ -15,6 +15,7 @@ from flax import nnx
 
 import easyfit as ef
 from easyfit.checkpoint import Checkpoints
+from test_distribute import _env, _free_port
 from test_resume import SCRIPT, HERE, _finish, _load, _run_script
 
 
@@ -61,6 +62,19 @@ def test_sigterm_at_a_random_step_backs_up_that_step_and_the_rerun_matches(tmp_p
         for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, b, err_msg=f"SIGTERM at step {saved[0]}")
     assert not backup.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_backs_up_the_same_step_on_both(tmp_path):
+    port, env = _free_port(), _env()
+    procs = [subprocess.Popen([sys.executable, "multihost_script.py", "preempt", str(port),
+                               str(i), str(tmp_path)], cwd=HERE, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 143, log[-3000:]
+        assert "backup of step 5" in log
+    assert Checkpoints(tmp_path / "backup", async_save=False).steps() == [5]
 
 
 def test_the_users_sigterm_handler_is_restored_after_fit(tmp_path):
