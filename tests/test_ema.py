@@ -79,6 +79,8 @@ def test_compile_ema_momentum_works_with_an_optax_optimizer():
     x, y = make_data(48)
     model, record = _model(optax.sgd(0.05), ema_momentum=0.5), Record()
     assert model.trainer.options.ema == EMA(0.5)
+    assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.5  # as Keras's
+    assert model.optimizer.ema_overwrite_frequency is None
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[record])
     expected = _numpy_ema(record.weights, 0.5)[-1]
     for a, b in zip(_leaves(model.trainer.state.params), expected):
@@ -101,7 +103,7 @@ def test_without_ema_nothing_changes():
     assert not ef.optimizers.sgd().use_ema and ef.optimizers.sgd().ema is None
     model = _model(ef.optimizers.sgd(0.1, momentum=0.0))
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    assert model.trainer.options.ema is None
+    assert model.trainer.options.ema is None and not model.optimizer.use_ema
     assert find(model.trainer.state.opt_state) is None
     plain = ef.optimizers.sgd(0.1, momentum=0.0).build(None)
     params = model.trainer.state.params

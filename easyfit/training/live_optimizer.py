@@ -33,6 +33,24 @@ class LiveOptimizer:
     def learning_rate(self, value: float) -> None:
         self.trainer.learning_rate = value
 
+    # Keras's EMA attributes: from compile's ema_momentum as from the optimizer's use_ema
+    @property
+    def use_ema(self) -> bool:
+        """Whether training keeps a moving average of the weights (see :mod:`easyfit.ema`)."""
+        return self.trainer.options.ema is not None
+
+    @property
+    def ema_momentum(self) -> float | None:
+        """The average's momentum (``None`` without one)."""
+        return None if self.trainer.options.ema is None else self.trainer.options.ema.momentum
+
+    @property
+    def ema_overwrite_frequency(self) -> int | None:
+        """Steps between overwrites of the weights by the average (``None``: at the end of
+        ``fit`` only, or no average)."""
+        ema = self.trainer.options.ema
+        return None if ema is None else ema.overwrite_frequency
+
     def __getattr__(self, name: str) -> Any:
         if name == "learning_rate":  # the property raised AttributeError: raise it, not the leaf's
             return LiveOptimizer.learning_rate.fget(self)
