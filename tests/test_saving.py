@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 import easyfit as ef
-from conftest import MLP, DropoutMLP, make_data
+from conftest import MLP, DropoutMLP, LinenNet, make_data
 
 
 class ServedNet(nnx.Module):
@@ -180,6 +180,10 @@ def test_bad_paths_and_modules(tmp_path):
         model.save(tmp_path / "m", overwrite=False)
     model.save(tmp_path / "m")  # overwrite=True, the default, as Keras 3
     assert sorted(os.listdir(tmp_path / "m")) == ["easyfit_model.json", "state"]
+
+    with pytest.raises(RuntimeError, match="sample_input="):  # a Linen model not built yet
+        ef.Model(LinenNet()).save(tmp_path / "linen")
+    assert not (tmp_path / "linen").exists()
 
 
 def test_export_matches_predict_for_any_batch_size(tmp_path):
