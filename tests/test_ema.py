@@ -10,7 +10,7 @@ from flax import nnx
 
 import easyfit as ef
 from easyfit.ema import EMA, find
-from conftest import MLP, make_data
+from conftest import MLP, make_data, train_programs
 
 MOMENTUM = 0.9
 
@@ -166,6 +166,7 @@ def test_swap_on_epoch_checkpoints_the_average(tmp_path):
                          ef.callbacks.ModelCheckpoint(tmp_path / "ckpt", monitor="loss",
                                                       async_save=False)])
     assert int(find(model.trainer.state.opt_state).swapped) == 0
+    assert model.trainer.steps.train.cache_size() == train_programs(model)  # no recompile
     restored = _model(seed=1)
     restored.load_weights(str(tmp_path / "ckpt"))
     for a, b in zip(restored.get_weights(), model.get_weights(), strict=True):
