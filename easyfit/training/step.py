@@ -294,7 +294,8 @@ class Steps:
         return out
 
     def log_names(self, with_lr: bool) -> list[str]:
-        """The keys that ``logs`` will have, known without running anything."""
+        """The keys that ``logs`` will have, known without running anything (with several
+        outputs, once a step or :meth:`zero_totals` has been traced: they name the logs)."""
         names = ["loss"] + [m.name for m in self.loss_metrics + self.metrics
                             + self.weighted_metrics]
         return names + (["learning_rate"] if with_lr else [])
