@@ -253,3 +253,13 @@ def test_save_and_load_model_keep_the_average(tmp_path, where):
     for a, b in zip(_leaves(loaded.trainer.state.opt_state),
                     _leaves(model.trainer.state.opt_state), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_ema_under_accumulation_and_float16_updates_every_batch():
+    x, y = make_data(64)
+    model = _model(ef.optimizers.sgd(0.1, momentum=0.0), ema_momentum=0.5,
+                   gradient_accumulation_steps=2, precision="float16")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    node = find(model.trainer.state.opt_state)
+    assert int(node.count) == 4      # every batch, as Keras (its iterations count batches)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
