@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Sequence
 
 import jax
@@ -101,7 +102,7 @@ def scaled(loss_fn: LossFn, weight: float | None) -> LossFn:
     """
     if weight is None:
         return loss_fn
-    if not isinstance(weight, (int, float)):
+    if not isinstance(weight, numbers.Real):
         raise TypeError(f"loss_weights must be a float, or a dict or list with one float per "
                         f"output; got {type(weight).__name__}.")
     return _Scaled(loss_fn, weight)
@@ -155,7 +156,7 @@ class OutputsSpec:
         weights = self.loss_weights
         for w in (weights.values() if isinstance(weights, dict) else
                   weights if isinstance(weights, (list, tuple)) else [weights]):
-            if w is not None and not isinstance(w, (int, float)):
+            if w is not None and not isinstance(w, numbers.Real):
                 raise TypeError(f"loss_weights must hold floats; got {w!r}.")
         _check_metrics(self.metrics, "metrics")
         _check_metrics(self.weighted_metrics, "weighted_metrics")

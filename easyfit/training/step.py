@@ -200,10 +200,9 @@ class Steps:
     def _several(self, y_pred) -> outputs_lib.Outputs:
         """Several outputs: the losses and metrics paired with them at the first trace."""
         if self.outputs is None:
-            self.outputs = outputs_lib.bind(self.loss_fn, self.metrics, self.weighted_metrics,
-                                            y_pred)
-            self.loss_metrics = self.outputs.loss_metrics
-            self.metrics, self.weighted_metrics = self.outputs.metrics, self.outputs.weighted_metrics
+            outputs = outputs_lib.bind(self.loss_fn, self.metrics, self.weighted_metrics, y_pred)
+            self.outputs, self.loss_metrics = outputs, outputs.loss_metrics
+            self.metrics, self.weighted_metrics = outputs.metrics, outputs.weighted_metrics
         return self.outputs
 
     def _batch_totals(self, values, batch: Batch, y_pred) -> dict[str, Any]:
