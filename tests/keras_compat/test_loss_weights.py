@@ -70,3 +70,34 @@ def test_loss_weights_list_outputs():
                         batch_size=BATCH_SIZE, epochs=EPOCHS, verbose=0).history
     np.testing.assert_allclose(history["loss"], [4.778718, 4.694403, 4.611693], atol=1e-3)
     assert "output_1_loss" in history and "output_2_mse" in history
+
+
+# -- the rows of the "Deliberate differences" table on several outputs -----------------------
+
+
+def test_loss_weights_is_a_keyword_metrics_stays_third():
+    model = ef.Model(Ones(4, 3))
+    model.compile(sgd(), "mse", ["mae"])  # Keras 3 would read ["mae"] as loss_weights
+    history = model.fit(np.ones((ROWS, 4)), np.zeros((ROWS, 3)), epochs=1, verbose=0).history
+    assert list(history) == ["loss", "mae", "learning_rate"]
+
+
+def test_a_flat_metric_list_applies_to_every_output():
+    model = ef.Model(ListOutputModel(units=3))
+    model.compile(sgd(), loss="mse", metrics=["mae"])
+    logs = model.evaluate(np.ones((ROWS, 4)), (np.zeros((ROWS, 3)), np.zeros((ROWS, 3))),
+                          verbose=0, return_dict=True)
+    assert list(logs) == ["loss", "output_1_loss", "output_2_loss", "output_1_mae",
+                          "output_2_mae"]
+
+
+def test_dict_outputs_are_never_matched_by_position():
+    x = {"x_one": np.ones((ROWS, 4)), "x_two": np.ones((ROWS, 4))}
+    y = {"y_one": np.zeros((ROWS, 3)), "y_two": np.zeros((ROWS, 3))}
+    model = ef.Model(StructModel(units=3))
+    model.compile(sgd(), loss=["mse", "mae"])
+    with pytest.raises(ValueError, match="give loss as a dict keyed by output name"):
+        model.evaluate(x, y, verbose=0)
+    model.compile(sgd(), loss="mse")
+    with pytest.raises(ValueError, match="y is a tuple: pass y as a dict keyed by output name"):
+        model.evaluate(x, (y["y_one"], y["y_two"]), verbose=0)
