@@ -34,3 +34,4 @@ def test_optimizer_defaults_are_optax_s():
     assert default(ef.optimizers.adam, "eps") == 1e-8
     assert default(ef.optimizers.adamw, "eps") == 1e-8
     assert default(ef.optimizers.adamw, "weight_decay") == 1e-4
+    assert default(ef.optimizers.sgd, "momentum") == 0.9
