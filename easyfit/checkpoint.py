@@ -14,6 +14,7 @@ file) is reported with a warning naming it and the previous good step is used.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from typing import Any
@@ -64,6 +65,11 @@ def abstract(tree: Any) -> Any:
     return jax.tree.map(_orbax().utils.to_shape_dtype_struct, tree)
 
 
+def _rank(metrics: dict[str, float]) -> float:
+    """Orbax's ordering key: smaller is better; a step saved without a metric is last."""
+    return metrics.get("rank", math.inf)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or does not fit the model."""
 
@@ -84,7 +90,8 @@ class Checkpoints:
         directory: where steps are written (created if missing).
         keep_latest: newest steps kept (at least 1: the newest is never deleted).
         keep_best: best steps kept by ``metric`` (``None``: no best-based retention).
-        mode: ``"min"`` or ``"max"``: which metric values are best.
+        mode: ``"min"`` or ``"max"``: which metric values are best; given (or with
+            ``keep_best``), the store ranks its steps by the metric saved with each.
         async_save: return from ``save`` once arrays are copied to host; write in the
             background.
 
@@ -93,15 +100,17 @@ class Checkpoints:
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep_latest: int = 1,
-                 keep_best: int | None = None, mode: str = "min", async_save: bool = True):
+                 keep_best: int | None = None, mode: str | None = None,
+                 async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
-        self.mode = mode
+        # a store given a mode (or keep_best) ranks its steps by the metric saved with them
+        self.mode, self.ranks = mode or "min", bool(keep_best) or mode is not None
         ocp = _orbax()
         from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
         keep = [policies.LatestN(max(1, keep_latest))]
         if keep_best:  # "rank" is the metric signed so that smaller is better, whatever the mode
-            keep.append(policies.BestN(get_metric_fn=lambda metrics: metrics["rank"],
+            keep.append(policies.BestN(get_metric_fn=_rank,
                                        reverse=True, n=keep_best,
                                        keep_checkpoints_without_metrics=False))
         try:
@@ -118,7 +127,7 @@ class Checkpoints:
             options=ocp.CheckpointManagerOptions(
                 # best_fn makes orbax write each step's metrics to disk, so a later run (or
                 # load_weights) still knows which steps are best.
-                best_fn=lambda metrics: metrics["rank"], best_mode="min",
+                best_fn=_rank if self.ranks else None, best_mode="min",
                 preservation_policy=policies.AnyPreservationPolicy(keep),
                 enable_async_checkpointing=async_save, create=True),
             # Registered up front so a fresh manager can read the metadata of old steps.
@@ -145,7 +154,9 @@ class Checkpoints:
         if step in self.manager.all_steps():  # e.g. a rerun after a resume: the newer wins
             self.manager.delete(step)
         try:
-            metrics = None if metric is None else {
+            # a store that ranks its steps takes {} for a step without a metric (orbax warns
+            # on None); one that does not rank takes no metrics
+            metrics = ({} if self.ranks else None) if metric is None else {
                 "monitor": float(metric), "rank": float(metric if self.mode == "min" else -metric)}
             self.manager.save(step, args=ocp.args.Composite(**items), force=True, metrics=metrics)
         except OSError as error:
