@@ -3,7 +3,12 @@
 Not run in CI (no network there). On a machine with internet:
 
     pip install -e ".[tfds]" && python examples/tfds_mnist.py
+
+Offline, and with no MNIST already in the TFDS data directory, it says so and exits at once.
 """
+
+import socket
+import sys
 
 import jax.numpy as jnp
 import tensorflow_datasets as tfds
@@ -28,7 +33,19 @@ class CNN(nnx.Module):
         return self.dense2(x)
 
 
+def online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+    """Whether the host that serves TFDS's files answers (TFDS would retry for minutes)."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def main() -> None:
+    if not tfds.builder("mnist").is_prepared() and not online():
+        sys.exit("tfds_mnist.py needs the network to download MNIST once (none here); "
+                 "examples/tfds_digits.py runs the same path offline.")
     train = tfds.load("mnist", split="train", as_supervised=True)   # downloads once
     test = tfds.load("mnist", split="test", as_supervised=True)
     model = ef.Model(CNN(rngs=nnx.Rngs(0)))

@@ -1,8 +1,9 @@
 """Tuning hyperparameters on scikit-learn's digits, one step at a time (the guide's figures).
 
 Run:  pip install -e ".[examples,plots,tune]" && python examples/tuning_walkthrough.py
-Writes the figures of docs/guides/tuning.md into docs/guides/img/ (or --out) and prints
-the numbers the guide quotes; about two minutes on a 2-core CPU.
+Writes the figures of docs/guides/tuning.md into runs/tuning_walkthrough/ (``--out
+docs/guides/img`` regenerates the guide's own) and prints the numbers the guide quotes;
+about two minutes on a 2-core CPU.
 
 1. the learning-rate range test (``model.find_lr``);
 2. training with the defaults and reading the curves (``history.plot``);
@@ -57,7 +58,7 @@ def model_of(optimizer="adamw", **module_args) -> ef.Model:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join("docs", "guides", "img"))
+    parser.add_argument("--out", default=os.path.join("runs", "tuning_walkthrough"))
     parser.add_argument("--trials", type=int, default=12)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
