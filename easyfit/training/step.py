@@ -21,6 +21,7 @@ from flax import nnx
 
 from easyfit import losses as losses_lib
 from easyfit import outputs as outputs_lib
+from easyfit import errors
 from easyfit.data.batch import Batch
 from easyfit.data.on_device import IndexedChunk, gather_rows
 from easyfit.metrics import Metric
@@ -185,17 +186,23 @@ class Steps:
     # -- one batch --------------------------------------------------------------------------
     def _forward(self, graphdef, params, rest, x):
         module = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
-        y_pred = module(cast_floating(x, self.compute_dtype))
+        x = cast_floating(x, self.compute_dtype)
+        with errors.explained("module", x=x, module=module):  # traced only: free once compiled
+            y_pred = module(x)
+        errors.check_outputs(y_pred)
         if self.compute_dtype is not None:  # the loss and the metrics see float32
             y_pred = cast_floating(y_pred, jnp.float32)
         return y_pred, nnx.split(module, nnx.Param, ..., graph=GRAPH)[2]
 
     def _loss_values(self, batch: Batch, y_pred) -> jax.Array:
         """The loss per example (or per token, with per-token weights), 0 where weightless."""
-        if outputs_lib.is_several(y_pred) or isinstance(self.loss_fn, outputs_lib.OutputsSpec):
-            return self._several(y_pred).values(batch.y, y_pred, batch.weight)
-        return losses_lib.align(losses_lib.loss_values(self.loss_fn, batch.y, y_pred),
-                                batch.weight)
+        with errors.explained("loss", y=batch.y, y_pred=y_pred,
+                              what=errors.label("loss", self.loss_fn)):
+            if outputs_lib.is_several(y_pred) or isinstance(self.loss_fn,
+                                                            outputs_lib.OutputsSpec):
+                return self._several(y_pred).values(batch.y, y_pred, batch.weight)
+            return losses_lib.align(losses_lib.loss_values(self.loss_fn, batch.y, y_pred),
+                                    batch.weight)
 
     def _several(self, y_pred) -> outputs_lib.Outputs:
         """Several outputs: the losses and metrics paired with them at the first trace."""
@@ -208,10 +215,12 @@ class Steps:
     def _batch_totals(self, values, batch: Batch, y_pred) -> dict[str, Any]:
         totals = {"loss": {"sum": jnp.sum(values * batch.weight),
                            "weight": jnp.sum(batch.weight)}}
-        for metric in self.metrics:
-            totals[metric.name] = metric.totals(batch.y, y_pred, batch.mask)
-        for metric in self.loss_metrics + self.weighted_metrics:
-            totals[metric.name] = metric.totals(batch.y, y_pred, batch.weight)
+        weighted = [(m, batch.mask) for m in self.metrics] + [
+            (m, batch.weight) for m in self.loss_metrics + self.weighted_metrics]
+        for metric, weight in weighted:
+            with errors.explained("loss", y=batch.y, y_pred=y_pred,
+                                  what=errors.label("metric", metric)):
+                totals[metric.name] = metric.totals(batch.y, y_pred, weight)
         return totals
 
     def _train_batch(self, state: TrainState, batch: Batch) -> TrainState:
