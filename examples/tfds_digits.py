@@ -10,7 +10,6 @@ import tempfile
 
 import grain
 import jax.numpy as jnp
-import tensorflow_datasets as tfds
 from flax import nnx
 
 import easyfit as ef
@@ -39,7 +38,8 @@ def compiled_model() -> ef.Model:
 
 
 def main() -> None:
-    data_dir = digits.prepare(tempfile.mkdtemp())
+    data_dir = digits.prepare(tempfile.mkdtemp())  # easyfit imports TensorFlow, quietly
+    import tensorflow_datasets as tfds
 
     # 1. tfds.load: a tf.data pipeline, batched (the last partial batch is padded and masked).
     train = tfds.load("digits", split="train", data_dir=data_dir, as_supervised=True)

@@ -6,8 +6,10 @@ hidden first, so it cannot take device memory from JAX.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 from easyfit.data.adapters import IterableAdapter, Keys
 
@@ -23,6 +25,25 @@ def is_tf_dataset(obj: Any) -> bool:
     return type(obj).__module__.startswith("tensorflow") and hasattr(obj, "element_spec")
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
+    """Silences what native code writes to stderr meanwhile: TensorFlow's C++ start-up lines
+    (absl's "All log messages before absl::InitializeLog()", oneDNN's notice), which
+    ``TF_CPP_MIN_LOG_LEVEL`` does not reach. Python exceptions still propagate."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def import_tensorflow():
     """Imports TensorFlow with its GPUs hidden (JAX keeps all device memory).
 
@@ -31,7 +52,8 @@ def import_tensorflow():
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow as tf
+        with _quiet_native_stderr(enabled="tensorflow" not in sys.modules):
+            import tensorflow as tf
     except ImportError:
         raise ImportError("tf.data input needs TensorFlow: pip install 'easyfit[tfds]'") from None
     try:

@@ -15,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 
 import numpy as np
@@ -85,9 +87,16 @@ def prepare(data_dir: str, file_formats: tuple[str, ...] = ("tfrecord", "array_r
         (add ``/array_record`` for the ArrayRecord copy, see :func:`data_dir_for`).
     """
     digits = _builder_class()
-    for file_format in file_formats:
-        builder = digits(data_dir=data_dir_for(data_dir, file_format), file_format=file_format)
-        builder.download_and_prepare()
+    tfds = _tfds()
+    tfds.display_progress_bar(False)  # a few thousand rows: bars would only add noise
+    try:
+        for file_format in file_formats:
+            builder = digits(data_dir=data_dir_for(data_dir, file_format),
+                             file_format=file_format)
+            with contextlib.redirect_stdout(io.StringIO()):  # "Downloading and preparing..."
+                builder.download_and_prepare()
+    finally:
+        tfds.display_progress_bar(True)
     return data_dir
 
 
