@@ -231,7 +231,7 @@ class Model(ModelTools):
             validation_steps=validation_steps)
         history = History()
         callback_list = fit_callbacks(self, callbacks, history, verbose, epochs, train.steps,
-                                      validation is not None)
+                                      validation is not None, train.batch_size)
         # As Keras: a callback with batch hooks of its own sees every batch.
         trainer.dispatch.every_batch = callback_list.needs_every_batch()
         try:

@@ -50,7 +50,8 @@ class Callback:
 
     Attributes:
         model: the :class:`~easyfit.Model` being trained (set by ``fit``).
-        params: ``{"epochs", "steps", "verbose"}`` of the running ``fit``.
+        params: ``{"epochs", "steps", "verbose", "do_validation", "batch_size"}`` of the
+            running ``fit``.
         every_batch: ``True`` (the default) if this callback's train batch hooks must run on
             every batch: ``steps_per_execution="auto"`` then keeps one step per dispatch.
             Set it to ``False`` when once per dispatch is enough (the hooks then get the

@@ -149,7 +149,7 @@ def _verbosity(verbose: int | str) -> int:
 
 def fit_callbacks(model: "Model", callbacks: Sequence[Callback] | None, history: History,
                   verbose: int | str, epochs: int, steps: int | None,
-                  do_validation: bool = False) -> CallbackList:
+                  do_validation: bool = False, batch_size: int | None = None) -> CallbackList:
     """``fit``'s callbacks in Keras's order: the progress display first (one per job), the
     user's, History (it records what they set), then checkpointing (``runs_last``: it
     saves everyone's state after the epoch)."""
@@ -160,7 +160,7 @@ def fit_callbacks(model: "Model", callbacks: Sequence[Callback] | None, history:
                *(c for c in user if c not in savers), history, *savers]
     return CallbackList(ordered, model=model,
                         params={"epochs": epochs, "steps": steps, "verbose": verbose,
-                                "do_validation": do_validation})
+                                "do_validation": do_validation, "batch_size": batch_size})
 
 
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,

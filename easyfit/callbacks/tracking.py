@@ -1,0 +1,201 @@
+"""What experiment trackers log, and the callback that MLflow and W&B loggers build on.
+
+:class:`TrackerCallback` decides *when* to log (each epoch's logs; the running training
+logs every ``log_every_n_steps`` steps, read only then; the final weights at the end) and
+*who* logs (the chief process only); a subclass says *how*, in four methods:
+:meth:`~TrackerCallback.start_run`, :meth:`~TrackerCallback.log_metrics`,
+:meth:`~TrackerCallback.log_directory` and :meth:`~TrackerCallback.end_run`.
+:func:`hyperparameters` is what a run records of ``compile`` and ``fit``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from easyfit.callbacks.base import Callback
+from easyfit.distribute.hosts import is_chief
+from easyfit.recipes import recipe_of
+
+__all__ = ["TrackerCallback", "hyperparameters", "plain"]
+
+
+def plain(value: Any) -> bool | int | float | str | None:
+    """``value`` as a tracker stores it: numbers, strings, booleans and ``None`` as they are,
+    anything else (a schedule, a mask function, a tuple) as its text.
+
+    Example:
+        >>> plain(0.1), plain((1, 2))
+        (0.1, '(1, 2)')
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy / JAX scalar
+        return value.item()
+    return str(value)
+
+
+def _name(obj: Any) -> str:
+    return str(getattr(obj, "name", None) or getattr(obj, "__name__", None) or type(obj).__name__)
+
+
+def hyperparameters(model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a run, as one flat dict: the optimizer (``"optimizer"``, its name,
+    and ``"optimizer.<argument>"`` for each argument of the ``ef.optimizers`` function that
+    built it), ``compile``'s loss, metrics, precision and the rest, ``fit``'s epochs, steps
+    and batch size (from the callbacks' ``params``), and the module and how many parameters
+    and devices it trains with. ``None`` values are left out.
+
+    Args:
+        model: the compiled :class:`~easyfit.Model`, its training state built (from
+            ``on_train_begin`` on).
+        params: the callbacks' ``params`` of the running ``fit``.
+
+    Returns:
+        ``{name: number | string | bool}``.
+    """
+    trainer = model.trainer
+    options = trainer.options
+    optimizer = options.optimizer
+    values: dict[str, Any] = {"optimizer": None if optimizer is None else optimizer.name}
+    recipe = recipe_of(optimizer)
+    for key, value in (recipe["args"] if recipe else {}).items():
+        values[f"optimizer.{key}"] = value
+    state = trainer.state
+    values.update({
+        "loss": None if options.loss is None else _name(options.loss),
+        "metrics": ", ".join(m.name for m in options.metrics) or None,
+        "weighted_metrics": ", ".join(m.name for m in options.weighted_metrics) or None,
+        "steps_per_execution": options.steps_per_execution,
+        "seed": options.seed,
+        "precision": options.precision,
+        "gradient_accumulation_steps": options.accumulation_steps,
+        "remat": options.remat,
+        "ema_momentum": None if options.ema is None else options.ema.momentum,
+        "epochs": params.get("epochs"),
+        "steps_per_epoch": params.get("steps"),
+        "batch_size": params.get("batch_size"),
+        "validation": params.get("do_validation"),
+        "module": type(trainer.module).__name__ if trainer.has_module else None,
+        "num_params": None if state is None else
+        sum(int(leaf.size) for leaf in jax.tree.leaves(state.params)),
+        "distribution": type(trainer.distribution).__name__,
+        "processes": jax.process_count(),
+        "devices": jax.device_count(),
+    })
+    return {key: plain(value) for key, value in values.items() if value is not None}
+
+
+class TrackerCallback(Callback):
+    """Base class of the experiment-tracker callbacks (:class:`~easyfit.callbacks.MLflowLogger`,
+    :class:`~easyfit.callbacks.WandbLogger`); subclass it for another tracker.
+
+    Only the chief process (``ef.distribute.is_chief()``) logs. At ``on_train_begin`` it
+    starts (or joins) a run and logs :func:`hyperparameters`; at each epoch end it logs the
+    epoch's ``logs`` (loss, metrics, ``val_*``, ``learning_rate``) at step ``epoch``; with
+    ``log_every_n_steps`` it also logs the running training logs at the global step, read
+    from the device only then (at the end of the first dispatch that reaches N steps since
+    the last write); at ``on_train_end`` it logs the final weights if asked, then ends the
+    run if it started it. A ``fit`` that raises ends such a run as failed.
+
+    Args:
+        log_every_n_steps: also log the training logs every this many steps (``None``:
+            once per epoch only). Each write makes the host wait for the device once.
+        log_checkpoints: at the end of training, save the final weights
+            (``model.save_weights``) into a temporary directory and log it as an artifact
+            (single-process runs; with several processes, log a ``ModelCheckpoint``
+            directory yourself after ``fit``).
+        log_hyperparameters: log :func:`hyperparameters` when training starts.
+
+    Attributes:
+        active: whether this process logs to an open run now.
+    """
+
+    every_batch = False  # once per dispatch is enough
+    observer = True      # reads logs only
+
+    def __init__(self, log_every_n_steps: int | None = None, log_checkpoints: bool = False,
+                 log_hyperparameters: bool = True):
+        super().__init__()
+        if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int)
+                                              or log_every_n_steps < 1):
+            raise ValueError(f"log_every_n_steps must be a positive int or None; got "
+                             f"{log_every_n_steps!r}.")
+        self.log_every_n_steps = log_every_n_steps
+        self.log_checkpoints = log_checkpoints
+        self.log_hyperparameters = log_hyperparameters
+        self.active = False
+        self.last_logged_step = 0
+
+    # -- what a tracker implements ----------------------------------------------------------
+    def start_run(self, hyperparameters: dict[str, Any]) -> None:
+        """Starts or joins the run, and records ``hyperparameters`` (empty if not asked)."""
+        raise NotImplementedError
+
+    def log_metrics(self, metrics: dict[str, float], step: int, kind: str) -> None:
+        """Logs ``metrics`` at ``step``: ``kind`` is ``"epoch"`` (step = epoch) or ``"batch"``
+        (step = training steps taken)."""
+        raise NotImplementedError
+
+    def log_directory(self, path: str, name: str) -> None:
+        """Logs the files under ``path`` as an artifact called ``name``."""
+        raise NotImplementedError
+
+    def end_run(self, failed: bool) -> None:
+        """Ends the run if this callback started it (``failed``: ``fit`` raised)."""
+        raise NotImplementedError
+
+    # -- hooks ------------------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        self.active = is_chief()
+        if not self.active:
+            return
+        self.last_logged_step = self.model.trainer.step_count
+        self.start_run(hyperparameters(self.model, self.params)
+                       if self.log_hyperparameters else {})
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.active or self.log_every_n_steps is None:
+            return
+        step = self.model.trainer.step_count
+        if step - self.last_logged_step >= self.log_every_n_steps:
+            self.last_logged_step = step
+            self.log_metrics({key: float(value) for key, value in dict(logs or {}).items()},
+                             step, "batch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.active:
+            self.log_metrics({key: float(value) for key, value in (logs or {}).items()},
+                             epoch, "epoch")
+
+    def on_train_end(self, logs=None):
+        if not self.active:
+            return
+        if self.log_checkpoints:
+            self.log_final_weights()
+        self.active = False
+        self.end_run(failed=False)
+
+    def log_final_weights(self) -> None:
+        """Saves the model's weights into a temporary directory and logs it as the artifact
+        ``"weights"`` (one process only: a multi-process save needs a shared directory)."""
+        if jax.process_count() > 1:
+            warnings.warn(f"{type(self).__name__}(log_checkpoints=True) logs the final weights "
+                          "of single-process runs only; log a ModelCheckpoint directory after "
+                          "fit instead.", stacklevel=2)
+            return
+        with tempfile.TemporaryDirectory(prefix="easyfit-weights-") as tmp:
+            path = os.path.join(tmp, "weights")
+            self.model.save_weights(path)
+            self.log_directory(path, "weights")
+
+    def close(self) -> None:
+        """Ends a run left open by a ``fit`` that raised (``fit`` calls this at its end)."""
+        if self.active:
+            self.active = False
+            self.end_run(failed=True)
