@@ -352,17 +352,23 @@ class DivergenceCheck:
             return
         self.enabled = False  # once per fit
         warnings.warn(self.message(loss, epoch, step, logs.get("learning_rate")),
-                      DivergenceWarning, stacklevel=3)
+                      DivergenceWarning, stacklevel=_user_level())
 
     def message(self, loss: float, epoch: int, step: int, lr: float | None) -> str:
         """The warning's text."""
-        since = "" if self.last_step is None else f" (it was finite at step {self.last_step})"
-        rate = "" if lr is None else f" (it is {lr:.3g} now)"
-        return (f"model.fit: the training loss is {loss} at the end of epoch {epoch + 1}, "
-                f"step {step}{since}: training diverged, and the weights are likely NaN now. "
-                f"Usual causes: the learning rate is too high{rate}: try it 10x lower, or "
-                f"clip gradients (clipnorm=1.0); labels out of range for the loss; NaN or inf "
-                f"in the inputs{self._data_hint()}. To stop at the first bad step, add "
+        since = "" if self.last_step is None else f"; it was finite at step {self.last_step}"
+        rate = "" if lr is None else f" (it is {lr:.3g})"
+        found = self._data_hint()  # the data shows it: that cause first
+        causes = [found or "NaN or inf in the inputs",
+                  f"the learning rate is too high{rate}: try it 10x lower, or clip gradients "
+                  "(clipnorm=1.0)", ("labels out of range for the loss: class ids must lie in 0 .. outputs - 1"
+                   + self._label_range())]
+        if not found:
+            causes.append(causes.pop(0))
+        value = "NaN" if math.isnan(loss) else str(loss)
+        return (f"model.fit: the training loss is {value} at the end of epoch {epoch + 1} "
+                f"(step {step}{since}): training diverged, and the weights are likely NaN "
+                f"now. Likely causes: {'; '.join(causes)}. To stop at the first bad step, add "
                 "ef.callbacks.TerminateOnNaN() to the callbacks.")
 
     def _data_hint(self) -> str:
@@ -372,8 +378,21 @@ class DivergenceCheck:
             for leaf in jax.tree.leaves(getattr(self.data, name, None)):
                 leaf = np.asarray(leaf)
                 if leaf.dtype.kind == "f" and not np.isfinite(leaf).all():
-                    found.append(f"{name} holds {int((~np.isfinite(leaf)).sum())} NaN or inf "
-                                 "values")
-                elif name == "y" and leaf.dtype.kind in "iu" and leaf.size:
-                    found.append(f"y holds integers from {leaf.min()} to {leaf.max()}")
-        return f" (here: {'; '.join(found)})" if found else ""
+                    found.append(f"`{name}` holds {int((~np.isfinite(leaf)).sum())} NaN or "
+                                 "inf values: clean or drop those rows")
+        return ", ".join(found)
+
+
+    def _label_range(self) -> str:
+        labels = jax.tree.leaves(getattr(self.data, "y", None))
+        if len(labels) != 1 or np.asarray(labels[0]).dtype.kind not in "iu" or not labels[0].size:
+            return ""
+        return f" (`y` holds {labels[0].min()} to {labels[0].max()})"
+
+
+def _user_level() -> int:
+    """``stacklevel`` for a warning about the user's call: the first frame outside easyfit."""
+    frame, level = inspect.currentframe(), 0
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("easyfit"):
+        frame, level = frame.f_back, level + 1
+    return max(level, 1)

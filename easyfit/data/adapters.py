@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from easyfit.data.consistency import StreamSpec
 from easyfit.data.batch import (Batch, check_sample_weight, make_batch, sample_weights, scale_rows,
                                 stack, take_rows)
 
@@ -356,13 +357,11 @@ class IterableAdapter(DataAdapter):
 
     def batches(self, epoch: int) -> Iterator[tuple[Batch, int]]:
         count = 0
+        first = StreamSpec(self._parts(self._sample))  # later batches keep its shapes
         for element in self._elements(epoch):
             parts = self._parts(element)
+            first.check(parts, count, epoch, self.batch_size)
             size = _rows(parts[0])
-            if size > self.batch_size:
-                raise ValueError(f"Batch {count} has {size} rows, more than the first batch's "
-                                 f"{self.batch_size}. Yield batches of at most the first size "
-                                 "(only the last may be smaller).")
             x, y, weight = _local_rows(parts, self.process_index, self.process_count)
             local = _rows(x)
             if local == 0:  # a short last batch left this process no row: all padding

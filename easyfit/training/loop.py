@@ -23,11 +23,13 @@ import numpy as np
 from easyfit.callbacks.base import Callback, CallbackList, LazyLogs
 from easyfit.callbacks.history import History
 from easyfit.callbacks.progress import ProgressBar
+from easyfit.callbacks.simple import TerminateOnNaN
 from easyfit.data.adapters import DataAdapter
 from easyfit.data.batch import Batch
 from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch, is_chief
+from easyfit.errors import DivergenceCheck
 from easyfit.training.dispatch_plan import regroup
 from easyfit.training.ema_weights import finalize_average, has_average
 from easyfit.training.steps_per_dispatch import StepTimer
@@ -192,6 +194,9 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
         timer = plan.timer or plan.start_timer(trainer.steps.train, trainer.distribution, train,
                                                trainer.state, train.sample_batch())
     dispatch = _Dispatcher(trainer)
+    # a NaN loss is reported once, from the epoch-end logs the host reads anyway (no sync)
+    divergence = DivergenceCheck(
+        not any(isinstance(c, TerminateOnNaN) for c in callbacks.callbacks), train)
     feeds = _epoch_feeds(trainer, train, range(start_epoch, epochs), start_batch, timer)
     upcoming = None  # the next epoch's chunks, when its first one is already dispatched
     early = None     # that first chunk
@@ -241,6 +246,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                     and not model.stop_training and callbacks.observers_only()):
                 upcoming, early = _start_next_epoch(trainer, feeds, dispatch)
             logs = _floats(epoch_logs, names)
+            divergence.check(logs, epoch, trainer.step_count)
             if validates:
                 model.stop_evaluating = False
                 val_logs = evaluate_loop(trainer, validation, callbacks,  # on_test_* hooks fire, as Keras
