@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import warnings
 from typing import Any
 
@@ -113,6 +114,12 @@ class Checkpoints:
             keep.append(policies.BestN(get_metric_fn=_rank,
                                        reverse=True, n=keep_best,
                                        keep_checkpoints_without_metrics=False))
+        # the outermost directory this store creates: removed again if it saves nothing, so a
+        # fit that fails before its first save leaves no empty checkpoint directory behind
+        self.created: str | None = None
+        parent = self.directory
+        while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+            self.created, parent = parent, os.path.dirname(parent)
         try:
             os.makedirs(self.directory, exist_ok=True)
             probe = os.path.join(self.directory, f".easyfit-write-test-{jax.process_index()}")
@@ -254,7 +261,10 @@ class Checkpoints:
         """Waits for background writes, then releases the manager."""
         try:
             self.manager.wait_until_finished()
+            unused = self.created is not None and not self.manager.all_steps()
             self.manager.close()
+            if unused:
+                shutil.rmtree(self.created, ignore_errors=True)
         except OSError as error:
             try:
                 self.manager.close()

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from easyfit import memory as memory_lib
+from easyfit import arguments, memory as memory_lib
 from easyfit.model_tools import ModelTools
 from easyfit import precision as precision_lib
 from easyfit.callbacks import Callback, CallbackList, History
@@ -75,9 +75,7 @@ class Model(ModelTools):
 
     def __init__(self, module: Any, sample_input: Any = None,
                  distribution: Distribution | None = None):
-        if distribution is not None and not isinstance(distribution, Distribution):
-            raise TypeError(f"distribution must be an ef.distribute strategy (DataParallel, "
-                            f"FSDP, ModelParallel); got {type(distribution).__name__}.")
+        arguments.check_distribution(distribution)
         distribution = distribution or DataParallel()
         if is_factory(module):
             module = distribution.create(module)
@@ -172,6 +170,7 @@ class Model(ModelTools):
         Example:
             >>> model.compile(optimizer=ef.optimizers.adamw(3e-4), loss="mse")  # doctest: +SKIP
         """
+        arguments.check_compile(locals())
         self.trainer.configure(resolve_options(
             optimizer, loss, metrics, weighted_metrics, steps_per_execution, seed, augment,
             precision, float32_layers, gradient_accumulation_steps, remat,
@@ -222,6 +221,7 @@ class Model(ModelTools):
             The :class:`~easyfit.callbacks.History`, also stored as ``model.history``.
         """
         self._require_compiled("train the model (fit)")
+        callbacks, shuffle = arguments.check_fit(locals())
         trainer = self.trainer
         train, validation = fit_inputs(
             x, y, batch_size=batch_size, sample_weight=sample_weight, class_weight=class_weight,
@@ -229,6 +229,7 @@ class Model(ModelTools):
             epochs=epochs - initial_epoch, keys=(x_key, y_key), validation_split=validation_split,
             validation_data=validation_data, validation_batch_size=validation_batch_size,
             validation_steps=validation_steps)
+        arguments.check_inputs(trainer.options.loss, batch_size, train, validation)
         history = History()
         callback_list = fit_callbacks(self, callbacks, history, verbose, epochs, train.steps,
                                       validation is not None, train.batch_size)
@@ -266,8 +267,10 @@ class Model(ModelTools):
             {'loss': 0.08, 'accuracy': 0.975}
         """
         self._require_compiled("evaluate the model")
+        callbacks = arguments.check_evaluate(locals())
         data = adapt(x, y, batch_size=batch_size, sample_weight=sample_weight, steps=steps,
                      keys=(x_key, y_key))
+        arguments.check_inputs(self.trainer.options.loss, batch_size, data)
         self._prepare(data)
         self.stop_evaluating = False
         logs = evaluate_loop(self.trainer, data, CallbackList(callbacks or [], model=self),
@@ -283,7 +286,9 @@ class Model(ModelTools):
             >>> model.predict(x_test).shape   # doctest: +SKIP
             (360, 10)
         """
+        callbacks = arguments.check_predict(locals())
         data = adapt(x, batch_size=batch_size, steps=steps, with_y=False, keys=(x_key, None))
+        arguments.check_inputs(None, batch_size, data)
         self._prepare(data)
         self.stop_predicting = False
         return predict_loop(self.trainer, data, CallbackList(callbacks or [], model=self),
@@ -331,6 +336,7 @@ class Model(ModelTools):
         """Loads weights from a checkpoint directory (of :meth:`save_weights`,
         ``ModelCheckpoint`` or ``BackupAndRestore``): ``step``, else the best by the
         monitored value, else the latest. Refuses a checkpoint of a different model."""
+        arguments.check_load_path(path, "load_weights")
         weights_lib.load_weights(self.trainer, path, step)
 
     # -- the whole model on disk (see easyfit.saving, easyfit.export) ---------------------------

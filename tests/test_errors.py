@@ -69,11 +69,6 @@ def test_bad_optimizer_and_loss_types():
         _model(loss=3)
 
 
-def test_bad_steps_per_execution():
-    with pytest.raises(ValueError, match=r"steps_per_execution"):
-        _model(steps_per_execution=0)
-
-
 def test_duplicate_metric_names_are_named_apart_as_keras_does_not_refused():
     x = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
     model = _model(metrics=["accuracy", "accuracy"], weighted_metrics=["accuracy"])
@@ -168,12 +163,6 @@ def test_validation_split_with_a_list_of_batches(data):
         _model().fit(batches, validation_split=0.2, verbose=0)
 
 
-def test_validation_split_out_of_range(data):
-    x, y = data
-    with pytest.raises(ValueError, match=r"validation_split"):
-        _model().fit(x, y, validation_split=1.5, verbose=0)
-
-
 def test_fit_without_targets(data):
     x, _ = data
     with pytest.raises(ValueError, match=r"targets.*`y`"):
@@ -214,24 +203,6 @@ def test_generator_without_steps_per_epoch(data):
 def test_unsupported_input_type():
     with pytest.raises(TypeError, match=r"Unsupported input type int"):
         _model().fit(3, verbose=0)
-
-
-def test_bad_batch_size(data):
-    x, y = data
-    with pytest.raises(ValueError, match=r"batch_size must be positive"):
-        _model().fit(x, y, batch_size=-1, verbose=0)
-
-
-def test_bad_verbose(data):
-    x, y = data
-    with pytest.raises(ValueError, match=r"verbose"):
-        _model().fit(x, y, verbose=5)
-
-
-def test_callbacks_must_be_callbacks(data):
-    x, y = data
-    with pytest.raises(TypeError, match=r"Callback"):
-        _model().fit(x, y, verbose=0, callbacks=[lambda: None])
 
 
 def test_optax_optimizer_without_visible_learning_rate(data):

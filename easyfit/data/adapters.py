@@ -80,8 +80,11 @@ class DataAdapter:
             be read before this one ends (arrays; re-iterable inputs, which start over each
             epoch); not so for a generator, whose batches read ahead would be lost if
             training stops.
+        role: the argument the input came from (``"x"``, ``"validation_data"``), named in
+            the note added to an error raised by the user's iterator.
     """
 
+    role: str = "x"
     batch_size: int
     steps: int | None
     exhausted: bool = False
@@ -230,9 +233,8 @@ class ArrayAdapter(DataAdapter):
             yield chunk, [size] * full + [last] * (last > 0)
 
     def split(self, validation_split: float) -> tuple["ArrayAdapter", "ArrayAdapter"]:
-        """Keras's ``validation_split``: the last fraction of rows, taken before shuffling."""
-        if not 0.0 < validation_split < 1.0:
-            raise ValueError(f"validation_split must be in (0, 1), got {validation_split}.")
+        """Keras's ``validation_split`` (in (0, 1), checked by ``fit``): the last fraction of
+        rows, taken before shuffling."""
         cut = int(self.num_rows * (1.0 - validation_split))
         if cut == 0 or cut == self.num_rows:
             raise ValueError(f"validation_split={validation_split} of {self.num_rows} rows leaves "
@@ -322,6 +324,10 @@ class IterableAdapter(DataAdapter):
             first = next(source)
         except StopIteration:
             raise ValueError("The input is empty: the iterable yielded no batch.") from None
+        except Exception as error:  # the user's own exception, with where it was raised
+            error.add_note(f"(raised by the input's iterator ({type(self.data).__name__}) "
+                           f"while reading its first batch)")
+            raise
         self._first = self._sample = first
         x, _, _ = _unpack(first, self.with_y, self.keys)
         return _rows(_numeric(x, "x"))
@@ -344,15 +350,25 @@ class IterableAdapter(DataAdapter):
         return make_batch(*local, _rows(local[0]), self.local_batch_size)
 
     def _elements(self, epoch: int) -> Iterator[Any]:
+        start = 0  # the batch number in this epoch of the next element read
         if self._first is not None:
-            first, self._first = self._first, None
+            first, self._first, start = self._first, None, 1
             yield first
         elif not self.one_shot:
             epoch_iter = getattr(self.data, "epoch_iter", None)  # sources reshuffled per epoch
             self._iterator = epoch_iter(epoch) if epoch_iter else iter(self.data)
         # A plain loop, not `yield from`: ending an epoch early must not close the user's
         # generator, whose next epoch continues where this one stopped.
-        for element in self._iterator:
+        for index in itertools.count(start):
+            try:
+                element = next(self._iterator)
+            except StopIteration:
+                return
+            except Exception as error:  # the user's own exception, with where it was raised
+                when = "" if self.role == "validation_data" else f" of epoch {epoch + 1}"
+                error.add_note(f"(raised by the iterator of `{self.role}` "
+                               f"({type(self.data).__name__}) while reading batch {index}{when})")
+                raise
             yield element
 
     def batches(self, epoch: int) -> Iterator[tuple[Batch, int]]:

@@ -29,7 +29,19 @@ def fit_inputs(x: Any, y: Any, *, batch_size: int | None, sample_weight: Any,
         return train.split(validation_split) if validation_split else (train, None)
     batch_size = validation_batch_size or train.batch_size
     data = validation_data
-    if isinstance(data, tuple) and 2 <= len(data) <= 3 and is_arrays(data[0]):
-        return train, ArrayAdapter(data[0], data[1], data[2] if len(data) == 3 else None,
-                                   batch_size=batch_size, steps=validation_steps)
-    return train, adapt(data, batch_size=batch_size, steps=validation_steps, keys=keys)
+    try:
+        if (isinstance(data, tuple) and 2 <= len(data) <= 3 and is_arrays(data[0])) or (
+                isinstance(data, list) and 2 <= len(data) <= 3  # [x_val, y_val], as Keras
+                and all(is_arrays(d) and not isinstance(d, tuple) for d in data)):
+            validation = ArrayAdapter(data[0], data[1], data[2] if len(data) == 3 else None,
+                                      batch_size=batch_size, steps=validation_steps)
+        else:
+            validation = adapt(data, batch_size=batch_size, steps=validation_steps, keys=keys)
+    except Exception as error:
+        if getattr(error, "__notes__", None):  # the user's iterator raised it: say which one
+            error.add_note("(that input is `validation_data`)")
+        elif isinstance(error, (TypeError, ValueError)):  # the checks of x, named for validation
+            error.args = (f"validation_data: {error}",)  # the same error object and traceback
+        raise
+    validation.role = "validation_data"
+    return train, validation

@@ -144,9 +144,7 @@ def _start_next_epoch(trainer: "Trainer", feeds: Iterator, dispatch: _Dispatcher
 def _verbosity(verbose: int | str) -> int:
     if verbose == "auto":
         return 1 if sys.stdout.isatty() else 2
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"verbose must be 'auto', 0, 1 or 2; got {verbose!r}.")
-    return int(verbose)
+    return int(verbose)  # checked by easyfit.arguments before fit starts
 
 
 def fit_callbacks(model: "Model", callbacks: Sequence[Callback] | None, history: History,

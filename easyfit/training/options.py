@@ -63,19 +63,13 @@ def resolve_options(optimizer: Any, loss: Any, metrics: Sequence[Any] | None,
                     float32_layers: Sequence[type], gradient_accumulation_steps: int,
                     remat: bool | str, ema_momentum: float | None = None,
                     loss_weights: Any = None) -> TrainingOptions:
-    """``compile``'s arguments checked and resolved (names to objects); one clear error
-    naming the argument otherwise. Per-output arguments (:mod:`easyfit.outputs`) become
-    an :class:`~easyfit.outputs.OutputsSpec` loss, the metrics inside it."""
+    """``compile``'s arguments resolved (names to objects; the plain values were checked by
+    :func:`easyfit.arguments.check_compile`); one clear error naming the argument otherwise.
+    Per-output arguments (:mod:`easyfit.outputs`) become an
+    :class:`~easyfit.outputs.OutputsSpec` loss, the metrics inside it."""
     if loss is None:
         raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy' "
                          "or a callable (y_true, y_pred) -> per-example loss.")
-    if steps_per_execution != "auto" and (not isinstance(steps_per_execution, int)
-                                          or steps_per_execution < 1):
-        raise ValueError(f"steps_per_execution must be 'auto' or a positive int, got "
-                         f"{steps_per_execution!r}.")
-    if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
-        raise ValueError(f"gradient_accumulation_steps must be a positive int, got "
-                         f"{gradient_accumulation_steps!r}.")
     compute_dtype = precision_lib.compute_dtype(precision)
     if remat:
         remat_lib.policy(remat)  # refuses an unknown policy now
