@@ -153,22 +153,20 @@ def _path_of(root: Any, layer: Any) -> str:
     return type(layer).__name__
 
 
-def _fed_x(value: Any, x: Any) -> Any:
-    """The leaf of ``x`` that ``value`` is (or is a reshape of, as Conv adds a batch axis to
-    an input without one), or ``None``: then the layer is not the first."""
+def _fed_x(value: Any, x: Any) -> tuple[str, Any] | None:
+    """``(name, leaf)``: the leaf of ``x`` that ``value`` is (or is a reshape of, as Conv adds
+    a batch axis to an input without one), or ``None``: then the layer is not the first."""
     shape = tuple(getattr(value, "shape", ()))
-    for leaf in jax.tree.leaves(x):
-        if leaf is value:
-            return leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(x):
         own = tuple(getattr(leaf, "shape", ()))
-        if own and len(shape) >= len(own) and shape[len(shape) - len(own):] == own \
-                and all(size == 1 for size in shape[:len(shape) - len(own)]):
-            return leaf
+        if leaf is value or (own and len(shape) >= len(own) and shape[len(shape) - len(own):]
+                             == own and all(size == 1 for size in shape[:len(shape) - len(own)])):
+            return "x" + jax.tree_util.keystr(path), leaf
     return None
 
 
-def _input_hint(layer: Any, leaf: Any, where: str) -> str | None:
-    """The headline's cause when the first layer, ``where``, refused ``leaf`` of x."""
+def _input_hint(layer: Any, x: str, leaf: Any, where: str) -> str | None:
+    """The headline's cause when the first layer, ``where``, refused ``leaf``, named ``x``."""
     expects = getattr(layer, "in_features", None)
     shape = tuple(getattr(leaf, "shape", ()))
     if expects is None or not shape:
@@ -177,27 +175,27 @@ def _input_hint(layer: Any, leaf: Any, where: str) -> str | None:
     got = shape[-1]
     if kernel is None:  # Linear-like: features on the last axis
         if len(shape) == 1:
-            return (f"x reached the module with one axis only, shape {shape}: the first axis "
+            return (f"{x} reached the module with one axis only, shape {shape}: the first axis "
                     f"is always the batch, so each example is a single number, but {where} "
                     f"expects {expects} features. If you passed one example, add its batch "
-                    f"axis: x[None] (shape (1, {expects})) or x.reshape(1, -1).")
+                    f"axis: {x}[None] (shape (1, {expects})) or {x}.reshape(1, -1).")
         if len(shape) > 2 and math.prod(shape[1:]) == expects:
-            return (f"x has shape {shape}, but {where} expects {expects} features per "
-                    f"example: flatten each example first, x.reshape(len(x), -1) (or in the "
+            return (f"{x} has shape {shape}, but {where} expects {expects} features per "
+                    f"example: flatten each example first, {x}.reshape(len({x}), -1) (or in the "
                     f"module's __call__).")
-        return (f"x has {got} features where {where} expects {expects}. Build the module "
+        return (f"{x} has {got} features where {where} expects {expects}. Build the module "
                 f"for {got} input features, or pass the {expects} columns it was built for.")
     spatial = len(kernel)
     if len(shape) == spatial + 1 and expects in (1, 3) and got != expects:
-        return (f"the images in x have no channel axis: shape {shape}, where {where} "
+        return (f"the images in {x} have no channel axis: shape {shape}, where {where} "
                 f"expects (batch, {', '.join(map(str, shape[1:]))}, {expects}), channels last. "
-                f"Add the axis: x[..., None]" + (" (or repeat it to 3 channels)."
+                f"Add the axis: {x}[..., None]" + (" (or repeat it to 3 channels)."
                                                 if expects == 3 else "."))
     if len(shape) == spatial + 2 and shape[1] == expects and got != expects:
         order = (0, *range(2, spatial + 2), 1)
-        return (f"x of shape {shape} looks channels-first, but Flax's Conv takes channels "
-                f"last: (batch, ..., {expects}). Transpose it: x.transpose{order}.")
-    return (f"x has {got} channels (its last axis, shape {shape}) where {where} expects "
+        return (f"{x} of shape {shape} looks channels-first, but Flax's Conv takes channels "
+                f"last: (batch, ..., {expects}). Transpose it: {x}.transpose{order}.")
+    return (f"{x} has {got} channels (its last axis, shape {shape}) where {where} expects "
             f"{expects}. Pass images with {expects} channels, channels last.")
 
 
@@ -207,9 +205,9 @@ def _module_error(error: BaseException, call: str, module: Any, x: Any) -> Modul
     if found is not None:
         layer, value = found
         path, kind = _path_of(module, layer), type(layer).__name__
-        leaf = _fed_x(value, x)
-        hint = None if leaf is None else _input_hint(layer, leaf,
-                                                     f"the first layer (`{path}`, {kind})")
+        fed = _fed_x(value, x)
+        hint = None if fed is None else _input_hint(layer, *fed,
+                                                    f"the first layer (`{path}`, {kind})")
         if hint is not None:
             return ModuleInputError(f"{call}: {hint} The module received {received}.\n\n"
                                     f"{_details(error)}")
