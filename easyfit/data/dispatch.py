@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from easyfit.data import grain_dataset, tf_dataset
+from easyfit.data import grain_dataset, huggingface, tf_dataset
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, IterableAdapter, Keys
 
 __all__ = ["adapt", "is_arrays"]
@@ -47,16 +47,18 @@ def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any =
         raise ValueError("sample_weight and class_weight are for array inputs; yield "
                          "(x, y, sample_weight) from the dataset instead.")
     common = dict(batch_size=batch_size, steps=steps, with_y=with_y, keys=keys, epochs=epochs)
-    # Neither module imports TensorFlow or grain until such an input arrives.
+    # No module imports TensorFlow, grain or datasets until such an input arrives.
     if tf_dataset.is_tf_dataset(x):
         return tf_dataset.tf_dataset_adapter(x, **common, **process)
+    if huggingface.is_hf_dataset(x):  # before iterables: a Dataset iterates over rows
+        return huggingface.hf_adapter(x, shuffle=shuffle, seed=seed, **common, **process)
     if grain_dataset.is_grain(x) or grain_dataset.is_random_access(x):
         return grain_dataset.grain_adapter(x, shuffle=shuffle, seed=seed, **common, **process)
     if isinstance(x, Iterable) and not isinstance(x, (str, bytes)):
         return IterableAdapter(x, steps, with_y, epochs, keys, **process)
     raise TypeError(f"Unsupported input type {type(x).__name__}: pass numpy arrays (or a dict "
-                    "of arrays), a tf.data.Dataset, a grain dataset, a tfds.data_source, or an "
-                    "iterable of (x, y) batches.")
+                    "of arrays), a tf.data.Dataset, a grain dataset, a tfds.data_source, a "
+                    "Hugging Face dataset, or an iterable of (x, y) batches.")
 
 
 def is_arrays(x: Any) -> bool:
