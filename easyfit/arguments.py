@@ -8,10 +8,11 @@ flattens ``callbacks``), ``batch_size`` with an input that batches itself is ign
 a warning here when it differs from the input's own batches), ``shuffle="batch"`` shuffles.
 
 Example:
+    >>> check_callbacks(None), len(check_callbacks(Callback()))  # one callback, as Keras
+    ([], 1)
     >>> check_batch_size("batch_size", 0)
     Traceback (most recent call last):
-    ...
-    ValueError: batch_size must be a positive int (rows per step), or None for the default 32; got 0.
+    ValueError: batch_size must be a positive int (rows per step), or None for the default ...
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ class Model(ModelTools):
             remat: ``True`` or a ``jax.checkpoint_policies`` name: recompute each top-level
                 layer's activations in the backward pass (less memory, more compute).
             ema_momentum: keep an exponential moving average of the weights with this
-                momentum, for any optimizer (as Keras's ``use_ema=True,
+                momentum (in [0, 1)), for any optimizer (as Keras's ``use_ema=True,
                 ema_momentum=...``, which ``ef.optimizers`` functions also take): ``fit``
                 ends with the weights set to the average; ``ef.callbacks.SwapEMAWeights``
                 evaluates with it during training.
@@ -196,29 +196,36 @@ class Model(ModelTools):
             x: numpy arrays (or a dict of arrays), or an iterable of ``(x, y)`` /
                 ``(x, y, sample_weight)`` batches.
             y: targets, with array ``x`` only.
-            batch_size: rows per step for arrays (default 32); the last partial batch is
-                padded and masked, so the step compiles once.
-            epochs: index of the last epoch (Keras semantics with ``initial_epoch``).
+            batch_size: rows per step for arrays, a positive int (default 32); the last
+                partial batch is padded and masked, so the step compiles once. An input that
+                batches itself keeps its batches (as Keras; a warning if they differ).
+            epochs: index of the last epoch, an int >= 0 (Keras semantics with
+                ``initial_epoch``; ``0`` trains nothing).
             verbose: ``"auto"`` (a bar on a terminal, a line per epoch otherwise), 0, 1, 2.
-            callbacks: ``ef.callbacks.Callback`` instances.
-            validation_split: last fraction of the arrays held out (before shuffling).
+            callbacks: ``ef.callbacks.Callback`` instances, or one callback (as Keras).
+            validation_split: the last fraction in [0, 1) of the arrays held out (unshuffled).
             validation_data: ``(x_val, y_val[, sample_weight])`` arrays or an iterable.
-            shuffle: reshuffle array rows each epoch (seeded by ``compile(seed=)``).
-            class_weight: ``{class: weight}`` multiplying each row's loss weight.
-            sample_weight: per-row loss weights (0 means "not in the batch").
-            initial_epoch: epoch to start from (for resuming).
-            steps_per_epoch: batches per epoch (required for one-shot generators). With
-                arrays and fewer batches than the data has, epochs continue through the data
-                as Keras's do (an epoch ends early where a pass over the data ends).
-            validation_steps: batches per validation pass.
-            validation_batch_size: defaults to ``batch_size``.
-            validation_freq: validate every N epochs, or at the listed (1-based) epochs.
+            shuffle: reshuffle array rows each epoch (seeded by ``compile(seed=)``): a bool
+                (Keras's ``"batch"`` shuffles rows too).
+            class_weight: ``{class index: weight >= 0}`` multiplying each row's loss
+                weight; each key a class that ``y`` holds.
+            sample_weight: per-row loss weights >= 0, not all 0 (0 means "not in the batch").
+            initial_epoch: epoch to start from (for resuming), an int >= 0.
+            steps_per_epoch: batches per epoch, a positive int (required for one-shot
+                generators). With arrays and fewer batches than the data has, epochs
+                continue through the data as Keras's do (an epoch ends where a pass ends).
+            validation_steps: batches per validation pass, a positive int.
+            validation_batch_size: a positive int; defaults to ``batch_size``.
+            validation_freq: validate every N epochs (an int >= 1), or at the listed epochs.
             x_key: for datasets of dicts (``tfds`` without ``as_supervised``): the input's key
                 (or a list of keys, giving a dict input).
             y_key: the label's key in those dicts.
 
         Returns:
             The :class:`~easyfit.callbacks.History`, also stored as ``model.history``.
+
+        Raises:
+            TypeError, ValueError: an argument outside the above, before any work.
         """
         self._require_compiled("train the model (fit)")
         callbacks, shuffle = arguments.check_fit(locals())
@@ -256,7 +263,9 @@ class Model(ModelTools):
                  steps: int | None = None, callbacks: Sequence[Callback] | None = None,
                  return_dict: bool = False, x_key: Any = None,
                  y_key: Any = None) -> float | list[float] | dict[str, float]:
-        """Loss and metrics over the data, in eval mode (dropout off, BatchNorm frozen).
+        """Loss and metrics over the data, in eval mode (dropout off, BatchNorm frozen); the
+        arguments as :meth:`fit`'s of the same names, checked the same way (``steps``: a
+        positive int).
 
         Returns:
             The loss if there are no metrics, else ``[loss, *metrics]``; a dict with
@@ -280,7 +289,8 @@ class Model(ModelTools):
     def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = "auto",
                 steps: int | None = None,
                 callbacks: Sequence[Callback] | None = None, x_key: Any = None) -> Any:
-        """Model outputs as numpy, one row per input row, in eval mode.
+        """Model outputs as numpy, one row per input row, in eval mode; the arguments as
+        :meth:`evaluate`'s.
 
         Example:
             >>> model.predict(x_test).shape   # doctest: +SKIP
