@@ -237,14 +237,14 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                               "repeat, or pass steps_per_epoch x epochs batches at most.",
                               stacklevel=3)
                 break
-            epoch_logs = trainer.train_logs()
+            epoch_logs, epoch_steps = trainer.train_logs(), trainer.step_count
             validates = validation is not None and _validates(epoch, validation_freq)
             upcoming = None
             if (epoch + 1 < epochs and not validates and timer is None and train.pure_epochs
                     and not model.stop_training and callbacks.observers_only()):
                 upcoming, early = _start_next_epoch(trainer, feeds, dispatch)
             logs = _floats(epoch_logs, names)
-            divergence.check(logs, epoch, trainer.step_count)
+            divergence.check(logs, epoch, epoch_steps)
             if validates:
                 model.stop_evaluating = False
                 val_logs = evaluate_loop(trainer, validation, callbacks,  # on_test_* hooks fire, as Keras
