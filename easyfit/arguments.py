@@ -240,9 +240,9 @@ def check_fit(args: Mapping[str, Any]) -> tuple[list[Callback], bool]:
                       "the epoch to start from")
     epochs, initial = args.get("epochs", 1), args.get("initial_epoch", 0)
     if epochs > 0 and initial >= epochs:
-        _note("initial_epoch", f"fit(epochs={epochs}, initial_epoch={initial}) trains nothing: "
-                               f"epochs is the index of the last epoch (Keras), so pass "
-                               f"epochs={initial} + the number of epochs to train.")
+        warnings.warn(f"fit(epochs={epochs}, initial_epoch={initial}) trains nothing: epochs is "
+                      f"the index of the last epoch (Keras), so pass epochs={initial} + the "
+                      f"number of epochs to train.", UserWarning, stacklevel=3)
     _positive("steps_per_epoch", args.get("steps_per_epoch"),
               "None for a whole pass over the data", " (batches per epoch)")
     _validation(args)
@@ -308,7 +308,8 @@ def check_load_path(path: Any, what: str) -> None:
 
 
 def _note(key: str, message: str) -> None:
-    """A warning given once per process for ``key``."""
+    """A warning given once per process for ``key`` (pointing at the user's call of
+    ``fit``/``evaluate``, three calls up)."""
     if key not in _noted:
         _noted.add(key)
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warnings.warn(message, UserWarning, stacklevel=5)

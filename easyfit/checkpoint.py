@@ -88,7 +88,8 @@ class Checkpoints:
     """A directory of checkpoint steps managed by an orbax ``CheckpointManager``.
 
     Args:
-        directory: where steps are written (created if missing).
+        directory: where steps are written (created if missing; removed again by
+            :meth:`close` if no step was saved there, so a failed run leaves nothing).
         keep_latest: newest steps kept (at least 1: the newest is never deleted).
         keep_best: best steps kept by ``metric`` (``None``: no best-based retention).
         mode: ``"min"`` or ``"max"``: which metric values are best; given (or with

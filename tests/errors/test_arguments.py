@@ -222,7 +222,8 @@ def test_a_single_callback_and_nested_lists_are_accepted_as_keras_flattens_them(
     assert model.evaluate(X, Y, callbacks=one, verbose=0) > 0
 
 
-def test_keras_spellings_that_are_accepted():
+def test_keras_spellings_that_are_accepted(monkeypatch):
+    monkeypatch.setattr(arguments, "_noted", set())  # notes are given once per process
     model = _model()
     with pytest.warns(UserWarning, match="shuffle='batch' shuffles rows"):
         model.fit(X, Y, shuffle="batch", verbose=0)
