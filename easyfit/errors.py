@@ -25,6 +25,7 @@ import warnings
 from typing import Any, Iterator
 
 import jax
+import flax.errors
 import numpy as np
 from flax import nnx
 
@@ -124,8 +125,10 @@ def _is_library_error(error: BaseException) -> bool:
     JAX removes its own frames from a traceback that crosses its API (and says so in a note),
     so an error raised inside ``x @ w`` may end in the user's frame: the note tells it apart.
     """
-    if not isinstance(error, (TypeError, ValueError, IndexError)) or isinstance(
-            error, (ModuleInputError, LossInputError, ModuleOutputError)):
+    shapes = (TypeError, ValueError, IndexError, flax.errors.ScopeParamShapeError)  # Linen's
+    if not isinstance(error, shapes) or isinstance(error, (
+            ModuleInputError, LossInputError, ModuleOutputError,  # explained already
+            jax.errors.JAXTypeError, jax.errors.JAXIndexError)):  # tracing: JAX explains those
         return False
     frames = _frames(error)
     if frames and _from_library(frames[0]):
@@ -140,8 +143,8 @@ def _failing_layer(error: BaseException) -> tuple[Any, Any] | None:
     """``(layer, its input)``: the innermost Flax layer on the traceback, if any."""
     for frame in _frames(error):
         layer = frame.f_locals.get("self")
-        if isinstance(layer, nnx.Module) and _from_library(frame):
-            value = frame.f_locals.get("inputs", frame.f_locals.get("x"))
+        value = frame.f_locals.get("inputs", frame.f_locals.get("x"))
+        if isinstance(layer, nnx.Module) and _from_library(frame) and hasattr(value, "shape"):
             return layer, value
     return None
 

@@ -4,6 +4,8 @@ as the module received them and the likely cause, with JAX's text as a last "Det
 
 from __future__ import annotations
 
+import flax.linen as linen
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -240,3 +242,34 @@ def test_easyfits_own_loss_error_passes_through(data, tmp_path):
                      untouched=tmp_path) as info:
         model.fit(x, np.eye(3, dtype=np.float32)[y % 3], batch_size=8, verbose=0)
     assert not isinstance(info.value, LossInputError)
+
+
+class Branches(nnx.Module):  # Python control flow on a traced value: JAX's own error stays
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.l1 = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l1(x) if x.sum() > 0 else self.l1(-x)
+
+
+def test_tracing_errors_pass_through_as_jax_explains_them(data, tmp_path):
+    x, _ = data
+    model = _model(Branches(rngs=nnx.Rngs(0)))
+    with pytest.raises(jax.errors.TracerBoolConversionError) as info:
+        model.predict(x, verbose=0)
+    assert not isinstance(info.value, ModuleInputError)
+
+
+def test_a_linen_module_given_other_features(data, tmp_path):
+    class Dense(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.Dense(4)(x)
+
+    x, _ = data
+    model = ef.Model(Dense(), sample_input=x[:2])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    with clear_error(ModuleInputError, r"model\.predict\b", r"x float32 \(8, 5\)",
+                     r"batch on the first axis", r"Details: ScopeParamShapeError: .*\(5, 4\)",
+                     untouched=tmp_path):
+        model.predict(np.zeros((8, 5), np.float32), batch_size=8, verbose=0)
