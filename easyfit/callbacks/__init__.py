@@ -16,6 +16,6 @@ from easyfit.callbacks.tracking import TrackerCallback
 from easyfit.callbacks.wandb_logger import WandbLogger
 
 __all__ = ["BackupAndRestore", "CSVLogger", "Callback", "CallbackList", "EarlyStopping", "History",
-           "LambdaCallback", "LazyLogs", "LearningRateScheduler", "MLflowLogger", "ModelCheckpoint",
-           "Profiler", "ProgressBar", "ReduceLROnPlateau", "SwapEMAWeights", "TensorBoard",
-           "TerminateOnNaN", "TrackerCallback", "WandbLogger"]
+           "LambdaCallback", "LazyLogs", "LearningRateScheduler", "MLflowLogger",
+           "ModelCheckpoint", "Profiler", "ProgressBar", "ReduceLROnPlateau", "SwapEMAWeights",
+           "TensorBoard", "TerminateOnNaN", "TrackerCallback", "WandbLogger"]

@@ -29,7 +29,7 @@ class MLflowLogger(TrackerCallback):
     (``loss``, metrics, ``val_*``, ``learning_rate``), optionally the running training logs
     every ``log_every_n_steps`` steps (as ``batch_<name>`` at the global step), the
     ``compile`` and ``fit`` settings as params (see
-    :func:`~easyfit.callbacks.tracking.hyperparameters`), and with ``log_checkpoints`` the
+    ``easyfit.callbacks.tracking.hyperparameters``), and with ``log_checkpoints`` the
     final weights as the artifact directory ``weights``. Only the chief process logs.
 
     The run is ``run`` if given (an ``mlflow.ActiveRun``, an ``mlflow.entities.Run`` or a
@@ -57,9 +57,11 @@ class MLflowLogger(TrackerCallback):
         client: the ``mlflow.MlflowClient`` used.
 
     Example:
-        >>> logger = MLflowLogger(tracking_uri="file:///tmp/mlruns",  # doctest: +SKIP
-        ...                       experiment_name="mnist", log_every_n_steps=100)
-        >>> model.fit(x, y, epochs=3, callbacks=[logger])  # doctest: +SKIP
+        ```python
+        logger = MLflowLogger(tracking_uri="sqlite:///mlflow.db", experiment_name="mnist",
+                              log_every_n_steps=100, log_checkpoints=True)
+        model.fit(x, y, epochs=3, callbacks=[logger])
+        ```
     """
 
     def __init__(self, run: Any = None, *, tracking_uri: str | None = None,

@@ -1,11 +1,11 @@
 """What experiment trackers log, and the callback that MLflow and W&B loggers build on.
 
-:class:`TrackerCallback` decides *when* to log (each epoch's logs; the running training
+``TrackerCallback`` decides *when* to log (each epoch's logs; the running training
 logs every ``log_every_n_steps`` steps, read only then; the final weights at the end) and
 *who* logs (the chief process only); a subclass says *how*, in four methods:
-:meth:`~TrackerCallback.start_run`, :meth:`~TrackerCallback.log_metrics`,
-:meth:`~TrackerCallback.log_directory` and :meth:`~TrackerCallback.end_run`.
-:func:`hyperparameters` is what a run records of ``compile`` and ``fit``.
+``start_run``, ``log_metrics``,
+``log_directory`` and ``end_run``.
+``hyperparameters`` is what a run records of ``compile`` and ``fit``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def hyperparameters(model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     and devices it trains with. ``None`` values are left out.
 
     Args:
-        model: the compiled :class:`~easyfit.Model`, its training state built (from
+        model: the compiled ``ef.Model``, its training state built (from
             ``on_train_begin`` on).
         params: the callbacks' ``params`` of the running ``fit``.
 
@@ -92,11 +92,13 @@ def hyperparameters(model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class TrackerCallback(Callback):
-    """Base class of the experiment-tracker callbacks (:class:`~easyfit.callbacks.MLflowLogger`,
-    :class:`~easyfit.callbacks.WandbLogger`); subclass it for another tracker.
+    """Base class of the experiment-tracker callbacks
+    ([MLflowLogger][easyfit.callbacks.MLflowLogger],
+    [WandbLogger][easyfit.callbacks.WandbLogger]); subclass it for another tracker.
 
     Only the chief process (``ef.distribute.is_chief()``) logs. At ``on_train_begin`` it
-    starts (or joins) a run and logs :func:`hyperparameters`; at each epoch end it logs the
+    starts (or joins) a run and logs the ``compile`` and ``fit`` settings
+    (``easyfit.callbacks.tracking.hyperparameters``); at each epoch end it logs the
     epoch's ``logs`` (loss, metrics, ``val_*``, ``learning_rate``) at step ``epoch``; with
     ``log_every_n_steps`` it also logs the running training logs at the global step, read
     from the device only then (at the end of the first dispatch that reaches N steps since
@@ -110,7 +112,7 @@ class TrackerCallback(Callback):
             (``model.save_weights``) into a temporary directory and log it as an artifact
             (single-process runs; with several processes, log a ``ModelCheckpoint``
             directory yourself after ``fit``).
-        log_hyperparameters: log :func:`hyperparameters` when training starts.
+        log_hyperparameters: log those settings when training starts.
 
     Attributes:
         active: whether this process logs to an open run now.

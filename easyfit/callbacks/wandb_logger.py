@@ -23,7 +23,7 @@ class WandbLogger(TrackerCallback):
     ``val_*``, ``learning_rate``), optionally the running training logs every
     ``log_every_n_steps`` steps as ``batch/<name>`` against ``batch/step`` (the global
     step), the ``compile`` and ``fit`` settings into ``run.config`` (see
-    :func:`~easyfit.callbacks.tracking.hyperparameters`), and with ``log_checkpoints`` the
+    ``easyfit.callbacks.tracking.hyperparameters``), and with ``log_checkpoints`` the
     final weights as a ``model`` artifact. Only the chief process logs.
 
     The run is ``run`` if given (what ``wandb.init()`` returned), else the current run
@@ -47,8 +47,10 @@ class WandbLogger(TrackerCallback):
         wandb_run: the run logged to (set when training begins).
 
     Example:
-        >>> logger = WandbLogger(project="mnist", mode="offline")  # doctest: +SKIP
-        >>> model.fit(x, y, epochs=3, callbacks=[logger])  # doctest: +SKIP
+        ```python
+        logger = WandbLogger(project="mnist", mode="offline", log_every_n_steps=100)
+        model.fit(x, y, epochs=3, callbacks=[logger])
+        ```
     """
 
     def __init__(self, run: Any = None, *, project: str | None = None, name: str | None = None,

@@ -6,7 +6,7 @@ A ``datasets.Dataset`` has random access, so it is fed as numpy arrays are: the 
 by ``x_key`` / ``y_key`` (only those), shuffled each epoch from ``compile``'s seed (the same
 order as arrays of those columns would get), the last batch padded, each process taking its
 block of rows of every global batch, and an interrupted epoch resumed at its exact batch.
-Columns that fit in :data:`MATERIALIZE_BYTES` are read into memory once (then they train as
+Columns that fit in ``MATERIALIZE_BYTES`` are read into memory once (then they train as
 arrays do, held on the devices when small); larger ones stay in the dataset's memory-mapped
 Arrow files and each chunk of batches reads its rows from there.
 
@@ -87,7 +87,7 @@ def _parts(table: dict[str, Any], x_key: Any, y_key: str | None) -> tuple[Any, A
 
 class HFDatasetAdapter(DataAdapter):
     """A ``datasets.Dataset`` too large to read into memory, read a chunk of batches at a
-    time, in the order an :class:`~easyfit.data.ArrayAdapter` of its columns would use
+    time, in the order an ``ArrayAdapter`` of its columns would use
     (so training matches the in-memory path bit for bit).
 
     Args:
