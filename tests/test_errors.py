@@ -115,9 +115,10 @@ def test_one_hot_labels_of_the_wrong_width(data):
 def test_input_that_does_not_fit_the_module(data):
     _, y = data
     x = np.zeros((40, 5), np.float32)  # the module takes 8 features
-    # JAX's own shape error, raised at once (not a hang or a silent broadcast); it names
-    # both feature sizes
-    with pytest.raises((TypeError, ValueError), match=r"\(5,\).*\(8,\)"):
+    # raised at once (not a hang or a silent broadcast), in the user's terms: both feature
+    # sizes and the layer; JAX's own text follows as a "Details" line (easyfit.errors)
+    with pytest.raises(ValueError, match=r"(?s)x has 5 features where the first layer "
+                       r"\(`l1`, Linear\) expects 8.*Details: .*\(5,\).*\(8,\)"):
         _model().fit(x, y, batch_size=8, verbose=0)
 
 
