@@ -158,7 +158,7 @@ def test_hook_order_params_and_logs_for_one_epoch():
                      ("on_train_batch_begin", 2), ("on_train_batch_end", 2),
                      ("on_epoch_end", 0), ("on_train_end",)]
     assert rec.params_seen == {"epochs": 1, "steps": 3, "verbose": 0,
-                               "do_validation": False}
+                               "do_validation": False, "batch_size": 20}
     batch_logs = rec.calls[3][2]
     assert list(batch_logs) == ["loss", "accuracy", "learning_rate"]
     epoch_logs = rec.calls[-2][2]
@@ -188,7 +188,7 @@ def test_train_hooks_and_val_logs_with_validation_and_steps_per_execution():
         assert set(logs) == {"loss", "accuracy", "learning_rate", "val_loss", "val_accuracy"}
         assert all(isinstance(v, float) for v in logs.values())
     assert rec.params_seen == {"epochs": 2, "steps": 4, "verbose": 0,
-                               "do_validation": True}
+                               "do_validation": True, "batch_size": 20}
 
 
 def test_batch_logs_are_the_running_epoch_means():
