@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from easyfit import callbacks as callbacks_lib
 from easyfit.callbacks.base import Callback
 from easyfit.data.adapters import ArrayAdapter, DataAdapter
 from easyfit.data.dispatch import is_arrays
@@ -87,19 +88,30 @@ def check_callbacks(callbacks: Any) -> list[Callback]:
         else:
             flat.append(item)
     for index, callback in enumerate(flat):
-        if isinstance(callback, Callback):
-            continue
-        kind = type(callback)
-        hint = ("wrap a function in ef.callbacks.LambdaCallback(on_epoch_end=fn)"
-                if callable(callback) and not isinstance(callback, type) else
-                "pass an instance, e.g. EarlyStopping() rather than EarlyStopping"
-                if isinstance(callback, type) else
-                f"use ef.callbacks.{kind.__name__} (Keras callbacks do not run here)"
-                if kind.__module__.split(".")[0] in ("keras", "tf_keras", "tensorflow") else
-                "subclass ef.callbacks.Callback")
-        raise TypeError(f"callbacks[{index}] is {kind.__name__} {callback!r:.60}, not an "
-                        f"ef.callbacks.Callback instance; {hint}.")
+        if not isinstance(callback, Callback):
+            what, fix = _not_a_callback(callback)
+            raise TypeError(f"callbacks[{index}] is {what}, not an ef.callbacks.Callback "
+                            f"instance; {fix}.")
     return flat
+
+
+def _not_a_callback(value: Any) -> tuple[str, str]:
+    """What ``value`` is, and how to pass it as a callback."""
+    kind = type(value)
+    library = kind.__module__.split(".")[0]
+    if isinstance(value, type):
+        return (f"the class {value.__name__}",
+                f"pass an instance, {value.__name__}(...), rather than the class")
+    if callable(value):
+        return (f"the function {getattr(value, '__name__', kind.__name__)}",
+                "wrap a function in ef.callbacks.LambdaCallback(on_epoch_end=fn)")
+    if library in ("keras", "tf_keras", "tensorflow"):
+        fix = (f"use ef.callbacks.{kind.__name__}" if hasattr(callbacks_lib, kind.__name__)
+               else "subclass ef.callbacks.Callback")
+        return f"a Keras {kind.__name__}", f"{fix} (Keras callbacks do not run here)"
+    what = (f"the value {value!r:.40}" if library == "builtins" else
+            f"an object of class {kind.__name__}")
+    return what, "subclass ef.callbacks.Callback"
 
 
 def check_distribution(distribution: Any) -> None:
