@@ -58,7 +58,15 @@ def test_missing_library_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r'pip install "easyfit\[wandb\]"'):
         ef.callbacks.WandbLogger()
     with pytest.raises(ValueError, match="log_every_n_steps"):
-        ef.callbacks.tracking.TrackerCallback(log_every_n_steps=0)
+        ef.callbacks.TrackerCallback(log_every_n_steps=0)
+
+
+def test_no_batch_hook_unless_steps_are_logged():
+    # without log_every_n_steps, fit has no train batch hook to call (nothing read mid-epoch)
+    assert not ef.callbacks.CallbackList([ef.callbacks.TrackerCallback()]).wants(
+        "on_train_batch_end")
+    every = ef.callbacks.CallbackList([ef.callbacks.TrackerCallback(log_every_n_steps=5)])
+    assert every.wants("on_train_batch_end") and not every.needs_every_batch()
 
 
 # ---------------------------------------------------------------------------------------

@@ -133,6 +133,8 @@ class TrackerCallback(Callback):
         self.log_hyperparameters = log_hyperparameters
         self.active = False
         self.last_logged_step = 0
+        if log_every_n_steps is not None:  # else no batch hook: fit reads nothing mid-epoch
+            self.on_train_batch_end = self.log_running
 
     # -- what a tracker implements ----------------------------------------------------------
     def start_run(self, hyperparameters: dict[str, Any]) -> None:
@@ -161,7 +163,9 @@ class TrackerCallback(Callback):
         self.start_run(hyperparameters(self.model, self.params)
                        if self.log_hyperparameters else {})
 
-    def on_train_batch_end(self, batch, logs=None):
+    def log_running(self, batch: int, logs: Any = None) -> None:
+        """The train batch hook when ``log_every_n_steps`` is set: logs the running
+        training ``logs`` if that many steps passed since the last write."""
         if not self.active or self.log_every_n_steps is None:
             return
         step = self.model.trainer.step_count
