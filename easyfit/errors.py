@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import linecache
 import math
 import types
 import warnings
@@ -120,20 +121,30 @@ def _from_library(frame: types.FrameType) -> bool:
 
 
 def _is_library_error(error: BaseException) -> bool:
-    """Whether JAX, Flax or numpy raised ``error`` (not easyfit's checks, not the user's code).
+    """Whether JAX or numpy refused a shape or dtype in ``error``: not a deliberate ``raise``
+    of Flax, easyfit or the user's code (those say what they mean), nor JAX's tracing errors.
 
     JAX removes its own frames from a traceback that crosses its API (and says so in a note),
     so an error raised inside ``x @ w`` may end in the user's frame: the note tells it apart.
     """
-    shapes = (TypeError, ValueError, IndexError, flax.errors.ScopeParamShapeError)  # Linen's
-    if not isinstance(error, shapes) or isinstance(error, (
+    if isinstance(error, flax.errors.ScopeParamShapeError):  # Linen's kernel of other shape
+        return True
+    if not isinstance(error, (TypeError, ValueError, IndexError)) or isinstance(error, (
             ModuleInputError, LossInputError, ModuleOutputError,  # explained already
             jax.errors.JAXTypeError, jax.errors.JAXIndexError)):  # tracing: JAX explains those
         return False
-    frames = _frames(error)
-    if frames and _from_library(frames[0]):
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    top = tb.tb_frame.f_globals.get("__name__", "").split(".")[0]
+    if top in ("jax", "jaxlib", "numpy"):
         return True
-    return any("JAX" in note for note in getattr(error, "__notes__", ()))
+    line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip()
+    if line.startswith("raise"):  # a deliberate error, e.g. Flax's Dropout without rngs
+        return False
+    return top in _LIBRARIES or any("JAX" in note for note in getattr(error, "__notes__", ()))
 
 
 # -- the module could not be applied -------------------------------------------------------
@@ -356,39 +367,26 @@ class DivergenceCheck:
                       DivergenceWarning, stacklevel=_user_level())
 
     def message(self, loss: float, epoch: int, step: int, lr: float | None) -> str:
-        """The warning's text."""
+        """The warning's text: the epoch, the step and the usual causes (the one the input
+        arrays show first)."""
         since = "" if self.last_step is None else f"; it was finite at step {self.last_step}"
-        rate = "" if lr is None else f" (it is {lr:.3g})"
-        found = self._data_hint()  # the data shows it: that cause first
-        causes = [found or "NaN or inf in the inputs",
-                  f"the learning rate is too high{rate}: try it 10x lower, or clip gradients "
-                  "(clipnorm=1.0)", ("labels out of range for the loss: class ids must lie in 0 .. outputs - 1"
-                   + self._label_range())]
-        if not found:
-            causes.append(causes.pop(0))
+        causes = [f"the learning rate is too high{'' if lr is None else f' (it is {lr:.3g})'}: "
+                  "try it 10x lower, or clip gradients (clipnorm=1.0)",
+                  "labels out of range for the loss: class ids must lie in 0 .. outputs - 1",
+                  "NaN or inf in the inputs"]
+        for name in ("x", "y"):  # arrays: NaN counted, the label range shown
+            for leaf in map(np.asarray, jax.tree.leaves(getattr(self.data, name, None))):
+                bad = int((~np.isfinite(leaf)).sum()) if leaf.dtype.kind == "f" else 0
+                if bad:
+                    causes.insert(0, f"`{name}` holds {bad} NaN or inf values: clean or drop "
+                                     "those rows")
+                elif name == "y" and leaf.dtype.kind in "iu" and leaf.size:
+                    causes[-2] += f" (`y` holds {leaf.min()} to {leaf.max()})"
         value = "NaN" if math.isnan(loss) else str(loss)
         return (f"model.fit: the training loss is {value} at the end of epoch {epoch + 1} "
                 f"(step {step}{since}): training diverged, and the weights are likely NaN "
                 f"now. Likely causes: {'; '.join(causes)}. To stop at the first bad step, add "
                 "ef.callbacks.TerminateOnNaN() to the callbacks.")
-
-    def _data_hint(self) -> str:
-        """What the array inputs show (NaN counts, the label range), if they are arrays."""
-        found = []
-        for name in ("x", "y"):
-            for leaf in jax.tree.leaves(getattr(self.data, name, None)):
-                leaf = np.asarray(leaf)
-                if leaf.dtype.kind == "f" and not np.isfinite(leaf).all():
-                    found.append(f"`{name}` holds {int((~np.isfinite(leaf)).sum())} NaN or "
-                                 "inf values: clean or drop those rows")
-        return ", ".join(found)
-
-
-    def _label_range(self) -> str:
-        labels = jax.tree.leaves(getattr(self.data, "y", None))
-        if len(labels) != 1 or np.asarray(labels[0]).dtype.kind not in "iu" or not labels[0].size:
-            return ""
-        return f" (`y` holds {labels[0].min()} to {labels[0].max()})"
 
 
 def _user_level() -> int:

@@ -273,3 +273,20 @@ def test_a_linen_module_given_other_features(data, tmp_path):
                      r"batch on the first axis", r"Details: ScopeParamShapeError: .*\(5, 4\)",
                      untouched=tmp_path):
         model.predict(np.zeros((8, 5), np.float32), batch_size=8, verbose=0)
+
+
+class NoRngs(nnx.Module):  # Flax's own deliberate error (Dropout without rngs) stays as it is
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.l1 = nnx.Linear(8, 4, rngs=rngs)
+        self.drop = nnx.Dropout(0.5)
+
+    def __call__(self, x):
+        return self.drop(self.l1(x))
+
+
+def test_flax_own_errors_pass_through(data, tmp_path):
+    x, y = data
+    with clear_error(ValueError, "no `rngs` argument was provided to Dropout",
+                     untouched=tmp_path) as info:
+        _model(NoRngs(rngs=nnx.Rngs(0))).fit(x, y, batch_size=8, verbose=0)
+    assert not isinstance(info.value, ModuleInputError)
