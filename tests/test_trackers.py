@@ -69,6 +69,38 @@ def test_no_batch_hook_unless_steps_are_logged():
     assert every.wants("on_train_batch_end") and not every.needs_every_batch()
 
 
+class Recorder(ef.callbacks.TrackerCallback):
+    """A tracker that records what it is asked to log."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = []
+
+    def start_run(self, hyperparameters):
+        self.calls.append(("start", sorted(hyperparameters)))
+
+    def log_metrics(self, metrics, step, kind):
+        self.calls.append((kind, step, sorted(metrics)))
+
+    def log_directory(self, path, name):
+        self.calls.append(("directory", name))
+
+    def end_run(self, failed):
+        self.calls.append(("end", failed))
+
+
+def test_only_the_chief_logs(monkeypatch):
+    x, y = data()
+    chief = Recorder(log_every_n_steps=3)
+    model_of().fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[chief])
+    assert [c[0] for c in chief.calls] == ["start", "batch", "epoch", "batch", "epoch", "end"]
+    assert chief.calls[2] == ("epoch", 0, ["accuracy", "learning_rate", "loss"])
+    monkeypatch.setattr(ef.callbacks.tracking, "is_chief", lambda: False)
+    worker = Recorder(log_every_n_steps=3, log_checkpoints=True)
+    model_of().fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[worker])
+    assert worker.calls == []
+
+
 # ---------------------------------------------------------------------------------------
 # MLflow
 # ---------------------------------------------------------------------------------------
