@@ -196,35 +196,47 @@ def _validation(args: Mapping[str, Any]) -> None:
                         f"{freq!r:.60}.")
 
 
-def _weights(args: Mapping[str, Any]) -> None:
-    """``class_weight`` against the labels, and the values of ``sample_weight``."""
-    class_weight, y = args.get("class_weight"), args.get("y")
-    if class_weight is not None and not isinstance(class_weight, Mapping):
-        raise TypeError(f"class_weight must be a dict {{class index: weight}}, e.g. "
-                        f"{{0: 1.0, 1: 5.0}}; got {type(class_weight).__name__}.")
-    for key, weight in (class_weight or {}).items():
-        if not _is_int(key) and not (isinstance(key, float) and key.is_integer()):
-            raise TypeError(f"class_weight keys must be class indices (ints), as the labels "
-                            f"y hold them; got the key {key!r:.40}.")
+def _class_weight(class_weight: Any, y: Any) -> dict[int, float] | None:
+    """``class_weight`` checked against the labels, its keys as ints (Keras's ``int(key)``:
+    ``"0"`` is class 0); Keras's ``ValueError`` for what it refuses."""
+    if class_weight is None:
+        return None
+    if not isinstance(class_weight, Mapping):
+        raise ValueError(f"class_weight must be a dict {{class index: weight}}, e.g. "
+                         f"{{0: 1.0, 1: 5.0}}; got {type(class_weight).__name__}.")
+    cleaned = {}
+    for key, weight in class_weight.items():
+        try:
+            cls = int(key)
+        except (TypeError, ValueError):
+            cls = None
+        if cls is None or isinstance(key, bool) or (isinstance(key, float) and key != cls):
+            raise ValueError(f"class_weight keys must be class indices (ints), as the labels "
+                             f"y hold them; got the key {key!r:.40}.")
         if not isinstance(weight, numbers.Real) or isinstance(weight, bool):
-            raise TypeError(f"class_weight values must be numbers; class {key} has "
-                            f"{weight!r:.40} ({type(weight).__name__}).")
+            raise ValueError(f"class_weight values must be numbers; class {key} has "
+                             f"{weight!r:.40} ({type(weight).__name__}).")
         if not weight >= 0 or not np.isfinite(weight):
             raise ValueError(f"class_weight values must be finite and 0 or more; class {key} "
                              f"has {weight!r}.")
-    if class_weight and isinstance(y, (np.ndarray, list)) and np.asarray(y).dtype.kind in "biuf":
+        cleaned[cls] = float(weight)
+    if cleaned and isinstance(y, (np.ndarray, list)) and np.asarray(y).dtype.kind in "biuf":
         labels = np.asarray(y)
         if labels.ndim > 1 and labels.shape[-1] > 1:  # one-hot: the classes are the columns
             classes = set(range(labels.shape[-1]))
         else:
             classes = {int(v) for v in np.unique(np.round(labels))}
-        unknown = sorted(int(k) for k in class_weight if int(k) not in classes)
-        if unknown:
+        unknown = sorted(k for k in cleaned if k not in classes)
+        if unknown:  # Keras ignores them: a weight that would never apply is a mistake
             shown = sorted(classes)[:20]
             raise ValueError(f"class_weight has key(s) {unknown} that are not classes of y "
                              f"(classes found: {shown}{' ...' * (len(classes) > 20)}). Key "
                              f"class_weight by the class indices that y holds.")
-    weight = args.get("sample_weight")
+    return cleaned
+
+
+def _sample_weight(weight: Any) -> None:
+    """The values of ``sample_weight`` (its shape is the adapter's to check)."""
     if weight is None or not isinstance(weight, (np.ndarray, list)):
         return
     values = np.asarray(weight)
@@ -239,11 +251,12 @@ def _weights(args: Mapping[str, Any]) -> None:
                          "give the rows to learn from a weight above 0.")
 
 
-def check_fit(args: Mapping[str, Any]) -> tuple[list[Callback], bool]:
+def check_fit(args: Mapping[str, Any]) -> tuple[list[Callback], bool, dict[int, float] | None]:
     """Checks ``fit``'s arguments (``args``: its ``locals()``).
 
     Returns:
-        The callbacks as a flat list, and ``shuffle`` as a bool.
+        The callbacks as a flat list, ``shuffle`` as a bool and ``class_weight`` keyed by
+        int class indices.
     """
     check_batch_size("batch_size", args.get("batch_size"))
     _non_negative_int("epochs", args.get("epochs", 1),
@@ -258,16 +271,18 @@ def check_fit(args: Mapping[str, Any]) -> tuple[list[Callback], bool]:
     _positive("steps_per_epoch", args.get("steps_per_epoch"),
               "None for a whole pass over the data", " (batches per epoch)")
     _validation(args)
-    _weights(args)
+    class_weight = _class_weight(args.get("class_weight"), args.get("y"))
+    _sample_weight(args.get("sample_weight"))
     check_verbose(args.get("verbose", "auto"))
-    return check_callbacks(args.get("callbacks")), _shuffle(args.get("shuffle", True))
+    return (check_callbacks(args.get("callbacks")), _shuffle(args.get("shuffle", True)),
+            class_weight)
 
 
 def check_evaluate(args: Mapping[str, Any]) -> list[Callback]:
     """Checks ``evaluate``'s arguments (its ``locals()``); returns the callbacks as a list."""
     check_batch_size("batch_size", args.get("batch_size"))
     _positive("steps", args.get("steps"), "None for the whole input", " (batches to run)")
-    _weights(args)
+    _sample_weight(args.get("sample_weight"))
     check_verbose(args.get("verbose", "auto"))
     return check_callbacks(args.get("callbacks"))
 

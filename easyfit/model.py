@@ -228,7 +228,7 @@ class Model(ModelTools):
             TypeError, ValueError: an argument outside the above, before any work.
         """
         self._require_compiled("train the model (fit)")
-        callbacks, shuffle = arguments.check_fit(locals())
+        callbacks, shuffle, class_weight = arguments.check_fit(locals())
         trainer = self.trainer
         train, validation = fit_inputs(
             x, y, batch_size=batch_size, sample_weight=sample_weight, class_weight=class_weight,

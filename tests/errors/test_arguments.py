@@ -88,11 +88,11 @@ FIT_CASES = {
                                    ["class_weight", r"\[7\]", r"\[0, 1, 2, 3\]"]),
     "class_weight negative": (dict(class_weight={0: -1.0}), ValueError,
                               ["class_weight", "-1.0", "0 or more"]),
-    "class_weight not a number": (dict(class_weight={0: "high"}), TypeError,
+    "class_weight not a number": (dict(class_weight={0: "high"}), ValueError,
                                   ["class_weight", "'high'", "numbers"]),
-    "class_weight str key": (dict(class_weight={"cat": 2.0}), TypeError,
+    "class_weight str key": (dict(class_weight={"cat": 2.0}), ValueError,
                              ["class_weight", "'cat'", "class indices"]),
-    "class_weight list": (dict(class_weight=[1.0, 2.0]), TypeError,
+    "class_weight list": (dict(class_weight=[1.0, 2.0]), ValueError,
                           ["class_weight", "list", r"\{0: 1.0, 1: 5.0\}"]),
     "sample_weight negative": (dict(sample_weight=np.r_[np.ones(39), -2.0]), ValueError,
                                ["sample_weight", "row 39", "-2.0", "0 or more"]),
@@ -245,3 +245,10 @@ def test_batch_size_ignored_by_an_input_that_batches_itself_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.fit(batches, batch_size=8, verbose=0)  # the same size: nothing to say
+
+
+def test_class_weight_keys_as_strings_are_read_as_keras_reads_them():
+    by_str, by_int = _model(), _model()
+    h_str = by_str.fit(X, Y, class_weight={"0": 2.0, "3": 0.5}, shuffle=False, verbose=0)
+    h_int = by_int.fit(X, Y, class_weight={0: 2.0, 3: 0.5}, shuffle=False, verbose=0)
+    assert h_str.history["loss"] == h_int.history["loss"]
