@@ -40,14 +40,16 @@ def test_sigterm_at_a_random_step_backs_up_that_step_and_the_rerun_matches(tmp_p
 
     proc = subprocess.Popen([sys.executable, SCRIPT, str(tmp_path / "resumed.npz"), str(backup),
                              "0", str(never)], env=dict(env, REPORT_STEPS="1"), cwd=HERE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []  # one pipe for both streams: a full stderr pipe would block the child
     for line in proc.stdout:
+        seen.append(line)
         if line.startswith("step ") and int(line.split()[1]) >= target:
             proc.send_signal(signal.SIGTERM)  # from outside, as a scheduler sends it
             break
-    rest, errors = proc.communicate(timeout=240)
-    assert proc.returncode == 143, errors
-    assert "SIGTERM received" in errors and "run the same script again" in errors
+    output = "".join(seen) + proc.communicate(timeout=240)[0]
+    assert proc.returncode == 143, output[-3000:]
+    assert "SIGTERM received" in output and "run the same script again" in output
     assert not (tmp_path / "resumed.npz").exists()
     saved = Checkpoints(backup, async_save=False).steps()
     assert len(saved) == 1 and target <= saved[0] < total, (saved, target)
