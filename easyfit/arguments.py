@@ -299,8 +299,10 @@ def check_inputs(loss: Any, batch_size: int | None, *inputs: DataAdapter | None)
     for data, name in zip(inputs, ("x", "validation_data")):
         if data is None:
             continue
+        # one batch smaller than batch_size: maybe a small unbatched input, batched with it
+        whole = bool(batch_size) and data.steps == 1 and data.batch_size < batch_size
         if name == "x" and batch_size is not None and not isinstance(data, ArrayAdapter) \
-                and data.batch_size != batch_size:
+                and data.batch_size != batch_size and not whole:
             warnings.warn(f"batch_size={batch_size} is ignored: the input yields batches of "
                           f"its own ({data.batch_size} rows in the first). As in Keras, "
                           f"batch_size applies to arrays and unbatched datasets; batch the "
