@@ -64,13 +64,9 @@ def call_name() -> str:
     when ``fit`` is validating; ``easyfit`` outside any."""
     frame, name, validating = inspect.currentframe(), None, False
     while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module.startswith("easyfit"):
-            code = frame.f_code.co_name
-            if code in _CALLS:
-                name = code
-            elif code == "evaluate_loop":
-                validating = True
+        code = frame.f_code.co_name if _ours(frame) else ""
+        name = code if code in _CALLS else name
+        validating = validating or code == "evaluate_loop"
         frame = frame.f_back
     if name is None:
         return "easyfit"
@@ -116,6 +112,10 @@ def _frames(error: BaseException) -> list[types.FrameType]:
     return frames[::-1]
 
 
+def _ours(frame: types.FrameType) -> bool:
+    return frame.f_globals.get("__name__", "").partition(".")[0] == "easyfit"
+
+
 def _from_library(frame: types.FrameType) -> bool:
     return frame.f_globals.get("__name__", "").split(".")[0] in _LIBRARIES
 
@@ -136,12 +136,11 @@ def _is_library_error(error: BaseException) -> bool:
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    if tb is None:
-        return False
-    top = tb.tb_frame.f_globals.get("__name__", "").split(".")[0]
+    top = "" if tb is None else tb.tb_frame.f_globals.get("__name__", "").split(".")[0]
     if top in ("jax", "jaxlib", "numpy"):
         return True
-    line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip()
+    line = "" if tb is None else linecache.getline(tb.tb_frame.f_code.co_filename,
+                                                   tb.tb_lineno).strip()
     if line.startswith("raise"):  # a deliberate error, e.g. Flax's Dropout without rngs
         return False
     return top in _LIBRARIES or any("JAX" in note for note in getattr(error, "__notes__", ()))
@@ -392,6 +391,6 @@ class DivergenceCheck:
 def _user_level() -> int:
     """``stacklevel`` for a warning about the user's call: the first frame outside easyfit."""
     frame, level = inspect.currentframe(), 0
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("easyfit"):
+    while frame is not None and _ours(frame):
         frame, level = frame.f_back, level + 1
     return max(level, 1)
