@@ -33,7 +33,8 @@ from easyfit.distribute import Distribution
 from easyfit.precision import PRECISIONS
 
 __all__ = ["check_batch_size", "check_callbacks", "check_compile", "check_distribution",
-           "check_evaluate", "check_fit", "check_inputs", "check_load_path", "check_predict"]
+           "check_evaluate", "check_fit", "check_inputs", "check_load_path", "check_predict",
+           "check_verbose"]
 
 _SPARSE = "sparse_categorical_crossentropy"
 _noted: set[str] = set()  # one-time notes already given in this process
@@ -55,7 +56,8 @@ def _positive(name: str, value: Any, default: str = "None", extra: str = "") -> 
 
 
 def check_batch_size(name: str, value: Any) -> None:
-    """``batch_size`` (or ``validation_batch_size``): ``None`` or a positive int."""
+    """``batch_size`` (or ``validation_batch_size``, the ``name`` given): ``None`` or a
+    positive int; ``TypeError`` for a non-int (a bool included), ``ValueError`` below 1."""
     _positive(name, value, "None for the default 32", " (rows per step)")
 
 
@@ -68,7 +70,8 @@ def _non_negative_int(name: str, value: Any, meaning: str) -> None:
 
 
 def check_verbose(value: Any) -> None:
-    """``verbose``: ``"auto"``, 0, 1 or 2 (``True``/``False`` count as 1/0, as in Keras)."""
+    """``verbose``: ``"auto"``, 0, 1 or 2 (``True``/``False`` count as 1/0, as in Keras);
+    ``ValueError`` for any other value."""
     if not (value == "auto" or (isinstance(value, (numbers.Integral, np.bool_))
                                 and value in (0, 1, 2))):
         raise ValueError(f"verbose must be 'auto', 0 (silent), 1 (progress bar) or 2 (one line "
@@ -77,7 +80,15 @@ def check_verbose(value: Any) -> None:
 
 def check_callbacks(callbacks: Any) -> list[Callback]:
     """``callbacks`` as a flat list: ``None``, one callback, or a (nested) list or tuple of
-    them, as Keras 3 accepts (it flattens the argument)."""
+    them, as Keras 3 accepts (it flattens the argument).
+
+    Returns:
+        The callbacks, in order.
+
+    Raises:
+        TypeError: an item is not an ``ef.callbacks.Callback`` instance (the message says
+            what it is: a function, a class, a Keras callback, a value).
+    """
     if callbacks is None:
         return []
     flat, stack = [], [callbacks]
@@ -115,7 +126,8 @@ def _not_a_callback(value: Any) -> tuple[str, str]:
 
 
 def check_distribution(distribution: Any) -> None:
-    """``ef.Model(distribution=...)``: ``None`` or an ``ef.distribute`` strategy instance."""
+    """``ef.Model(distribution=...)``: ``None`` or an ``ef.distribute`` strategy instance;
+    ``TypeError`` for anything else (a strategy class not called included)."""
     if distribution is None or isinstance(distribution, Distribution):
         return
     if isinstance(distribution, type) and issubclass(distribution, Distribution):
@@ -128,7 +140,16 @@ def check_distribution(distribution: Any) -> None:
 
 def check_compile(args: Mapping[str, Any]) -> None:
     """``compile``'s ``steps_per_execution``, ``precision``, ``remat``, ``seed``,
-    ``gradient_accumulation_steps`` and ``ema_momentum`` (``args``: its ``locals()``)."""
+    ``gradient_accumulation_steps`` and ``ema_momentum``. (Names of optimizers, losses,
+    metrics and remat policies are checked where they are resolved.)
+
+    Args:
+        args: ``compile``'s ``locals()``.
+
+    Raises:
+        TypeError, ValueError: the first argument outside what it accepts, named with the
+            value given.
+    """
     spe = args.get("steps_per_execution", "auto")
     if not (isinstance(spe, str) and spe == "auto") and not (_is_int(spe) and spe >= 1):
         raise ValueError(f"steps_per_execution must be 'auto' or a positive int (train steps "
@@ -252,11 +273,20 @@ def _sample_weight(weight: Any) -> None:
 
 
 def check_fit(args: Mapping[str, Any]) -> tuple[list[Callback], bool, dict[int, float] | None]:
-    """Checks ``fit``'s arguments (``args``: its ``locals()``).
+    """Checks ``fit``'s arguments: batch sizes, epochs, steps, the validation arguments,
+    ``class_weight`` against ``y``, ``sample_weight``'s values, ``verbose``, ``callbacks``
+    and ``shuffle``.
+
+    Args:
+        args: ``fit``'s ``locals()``.
 
     Returns:
         The callbacks as a flat list, ``shuffle`` as a bool and ``class_weight`` keyed by
         int class indices.
+
+    Raises:
+        TypeError, ValueError: the first argument outside what it accepts, named with the
+            value given.
     """
     check_batch_size("batch_size", args.get("batch_size"))
     _non_negative_int("epochs", args.get("epochs", 1),
@@ -279,7 +309,8 @@ def check_fit(args: Mapping[str, Any]) -> tuple[list[Callback], bool, dict[int, 
 
 
 def check_evaluate(args: Mapping[str, Any]) -> list[Callback]:
-    """Checks ``evaluate``'s arguments (its ``locals()``); returns the callbacks as a list."""
+    """Checks ``evaluate``'s arguments (``args``: its ``locals()``) as :func:`check_fit`
+    checks those of the same names; returns the callbacks as a flat list."""
     check_batch_size("batch_size", args.get("batch_size"))
     _positive("steps", args.get("steps"), "None for the whole input", " (batches to run)")
     _sample_weight(args.get("sample_weight"))
@@ -288,14 +319,24 @@ def check_evaluate(args: Mapping[str, Any]) -> list[Callback]:
 
 
 def check_predict(args: Mapping[str, Any]) -> list[Callback]:
-    """Checks ``predict``'s arguments (its ``locals()``); returns the callbacks as a list."""
+    """Checks ``predict``'s arguments (``args``: its ``locals()``) as :func:`check_evaluate`
+    does; returns the callbacks as a flat list."""
     return check_evaluate({k: v for k, v in args.items() if k not in ("y", "sample_weight")})
 
 
 def check_inputs(loss: Any, batch_size: int | None, *inputs: DataAdapter | None) -> None:
     """Checks the inputs once adapted: ``batch_size`` that an input which batches itself
-    ignores (a warning, as Keras ignores it too), and labels that ``loss`` cannot take
-    (fractional class ids given to sparse categorical cross-entropy)."""
+    ignores (a warning, as Keras ignores it too), and labels that ``loss`` cannot take.
+
+    Args:
+        loss: the compiled loss (``None`` for ``predict``).
+        batch_size: the ``batch_size`` argument.
+        *inputs: the adapted ``x`` and, for ``fit``, ``validation_data`` (or ``None``).
+
+    Raises:
+        ValueError: fractional class ids given to ``sparse_categorical_crossentropy``
+            (integral floats get a one-time note: the loss casts them).
+    """
     for data, name in zip(inputs, ("x", "validation_data")):
         if data is None:
             continue
@@ -326,7 +367,15 @@ def _sparse_labels(labels: Any, name: str) -> None:
 
 
 def check_load_path(path: Any, what: str) -> None:
-    """A directory to read from exists (so reading creates nothing)."""
+    """A directory to read from exists (so reading creates nothing).
+
+    Args:
+        path: the directory.
+        what: the call, for the message (``"load_weights"``).
+
+    Raises:
+        TypeError: not a path. FileNotFoundError: missing, or a file.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what} takes a directory path (str or os.PathLike); got "
                         f"{type(path).__name__}.")
