@@ -10,9 +10,8 @@ without its batch axis, images without a channel axis), with JAX's own text as a
 own checks or by the user's code pass through as they are.
 
 Example:
-    >>> with explained("module", x=jnp.zeros((8, 5))):   # doctest: +SKIP
-    ...     module(x)
-    ValueError: model.fit: x has 5 features where the first layer (`l1`, Linear) expects 8 ...
+    >>> with explained("module", x=x, module=module):   # doctest: +SKIP
+    ...     module(x)   # ModuleInputError: model.fit: x has 5 features where the first ...
 """
 
 from __future__ import annotations
@@ -196,8 +195,9 @@ def _input_hint(layer: Any, x: str, leaf: Any, where: str) -> str | None:
             return (f"{x} has shape {shape}, but {where} expects {expects} features per "
                     f"example: flatten each example first, {x}.reshape(len({x}), -1) (or in the "
                     f"module's __call__).")
-        return (f"{x} has {got} features where {where} expects {expects}. Build the module "
-                f"for {got} input features, or pass the {expects} columns it was built for.")
+        return None if got == expects else (
+            f"{x} has {got} features where {where} expects {expects}. Build the module for "
+            f"{got} input features, or pass the {expects} columns it was built for.")
     spatial = len(kernel)
     if len(shape) == spatial + 1 and expects in (1, 3) and got != expects:
         return (f"the images in {x} have no channel axis: shape {shape}, where {where} "
@@ -208,8 +208,9 @@ def _input_hint(layer: Any, x: str, leaf: Any, where: str) -> str | None:
         order = (0, *range(2, spatial + 2), 1)
         return (f"{x} of shape {shape} looks channels-first, but Flax's Conv takes channels "
                 f"last: (batch, ..., {expects}). Transpose it: {x}.transpose{order}.")
-    return (f"{x} has {got} channels (its last axis, shape {shape}) where {where} expects "
-            f"{expects}. Pass images with {expects} channels, channels last.")
+    return None if got == expects else (
+        f"{x} has {got} channels (its last axis, shape {shape}) where {where} expects "
+        f"{expects}. Pass images with {expects} channels, channels last.")
 
 
 def _module_error(error: BaseException, call: str, module: Any, x: Any) -> ModuleInputError:
@@ -226,11 +227,13 @@ def _module_error(error: BaseException, call: str, module: Any, x: Any) -> Modul
                                     f"{_details(error)}")
         expects = getattr(layer, "in_features", None)
         what = f", built for {expects} input features" if expects is not None else ""
+        cause = (f"x does not have the shape `{path}` was built for" if fed is not None else
+                 f"the layers before `{path}` give it another shape than it was built for: "
+                 "check the sizes in the module's __init__ against its __call__")
         return ModuleInputError(
             f"{call}: the module's layer `{path}` ({kind}{what}) cannot take its input of "
-            f"shape {_spec(value)}. The module received {received}. Likely cause: the layers "
-            f"before `{path}` give it a different shape than it was built for: check the "
-            f"sizes in the module's __init__ against its __call__.\n\n{_details(error)}")
+            f"shape {_spec(value)}. The module received {received}. Likely cause: {cause}."
+            f"\n\n{_details(error)}")
     return ModuleInputError(
         f"{call}: the module cannot be applied to the first batch: it received {received}. "
         "Check that x matches what the module expects: the batch on the first axis (one "
@@ -290,10 +293,10 @@ def _loss_hint(y: Any, y_pred: Any) -> str:
     if len(ys) == len(ps) - 1 and integral and ps:
         return (f"y holds class ids where the outputs have {ps[-1]} columns: use "
                 f"loss='sparse_categorical_crossentropy', or one-hot y to {ps[-1]} classes.")
-    if len(ys) == len(ps) and ys[-1] != ps[-1]:
+    if ys and len(ys) == len(ps) and ys[-1] != ps[-1]:
         return (f"y has {ys[-1]} values per example where the module outputs {ps[-1]}: make "
                 f"its last layer output {ys[-1]}, or pass labels of shape {ps}.")
-    if len(ys) == len(ps) + 1 and ys[-1] == 1:
+    if ys and len(ys) == len(ps) + 1 and ys[-1] == 1:
         return "y has an extra axis of size 1: pass y.squeeze(-1) (or y[..., 0])."
     return f"Pass labels shaped as the outputs, {ps}, or a loss that takes y's shape {ys}."
 
