@@ -10,7 +10,7 @@ a warning here when it differs from the input's own batches), ``shuffle="batch"`
 Example:
     >>> check_callbacks(None), len(check_callbacks(Callback()))  # one callback, as Keras
     ([], 1)
-    >>> check_batch_size("batch_size", 0)
+    >>> check_batch_size("batch_size", 0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ValueError: batch_size must be a positive int (rows per step), or None for the default ...
 """
