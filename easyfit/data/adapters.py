@@ -373,7 +373,7 @@ class IterableAdapter(DataAdapter):
 
     def batches(self, epoch: int) -> Iterator[tuple[Batch, int]]:
         count = 0
-        first = StreamSpec(self._parts(self._sample))  # later batches keep its shapes
+        first = StreamSpec(self._parts(self._sample), self.role)  # later batches: its shapes
         for element in self._elements(epoch):
             parts = self._parts(element)
             first.check(parts, count, epoch, self.batch_size)

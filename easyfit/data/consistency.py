@@ -49,10 +49,11 @@ class StreamSpec:
     Args:
         first: the first batch as ``(x, y, sample_weight)`` numpy trees (``y`` and
             ``sample_weight`` may be ``None``).
+        role: the argument the input came from (``"x"``, ``"validation_data"``).
     """
 
-    def __init__(self, first: tuple[Any, Any, Any]):
-        self.first = first
+    def __init__(self, first: tuple[Any, Any, Any], role: str = "x"):
+        self.first, self.role = first, role
         leaves, self.treedef = jax.tree.flatten(first)
         self.specs = [(leaf.shape[1:], leaf.dtype) for leaf in leaves]
 
@@ -83,7 +84,8 @@ class StreamSpec:
         raise ValueError(self._explain(parts, batch, epoch))
 
     def _explain(self, parts: tuple[Any, Any, Any], batch: int, epoch: int) -> str:
-        where = f"Batch {batch} (counting from 0) of epoch {epoch + 1}"
+        where = (f"Batch {batch} (counting from 0) of epoch {epoch + 1}" if self.role == "x"
+                 else f"Batch {batch} (counting from 0) of `{self.role}`")
         rule = ("Every batch must have the structure, shapes and dtypes of the first: the "
                 "step is compiled for them, and only the last batch may have fewer rows.")
         for name, now, first in zip(_PARTS, parts, self.first):

@@ -109,7 +109,8 @@ def test_evaluate_and_predict_streams(call, tmp_path):
 
 def test_validation_stream_that_changes(tmp_path):
     validation = [(_x(), _y()), (_x(features=5), _y())]
-    with clear_error(ValueError, r"Batch 1\b", "`x`", r"\(8, 5\)", untouched=tmp_path):
+    with clear_error(ValueError, r"Batch 1 \(counting from 0\) of `validation_data`", "`x`",
+                     r"\(8, 5\)", untouched=tmp_path):
         _model().fit([(_x(), _y())], validation_data=validation, verbose=0)
 
 
