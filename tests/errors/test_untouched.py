@@ -196,3 +196,13 @@ def test_a_callback_failing_after_steps_surfaces_unwrapped(tmp_path, hook):
     assert type(info.value) is UserBug and f"Boom.{hook}" in _notes(info)
     assert not (tmp_path / "runs").exists()  # the user's callback failed before any save
     assert _same(_weights(module), before)
+
+
+def test_a_first_batch_the_module_cannot_take_creates_nothing(tmp_path):
+    module, model = _model()
+    before = _weights(module)
+    with clear_error((TypeError, ValueError), r"\b5\b", r"\b8\b", untouched=tmp_path):
+        model.fit(np.zeros((40, 5), np.float32), Y, batch_size=8, verbose=0,
+                  callbacks=_savers(tmp_path))  # the module takes 8 features
+    assert not (tmp_path / "runs").exists()
+    assert _same(_weights(module), before) and _same(_weights(model.module), before)
