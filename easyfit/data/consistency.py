@@ -97,7 +97,7 @@ class StreamSpec:
             if jax.tree.structure(now) != jax.tree.structure(first):
                 return (f"{where} changed structure: `{name}` is {_structure(now)} where the "
                         f"first batch's was {_structure(first)}. {rule}")
-        rows = jax.tree.leaves(parts[0])[0].shape[0]
+        rows = jax.tree.leaves(parts)[0].shape[0]  # x's rows (x comes first)
         for name, now, first in zip(_PARTS, parts, self.first):
             pairs = zip(jax.tree_util.tree_leaves_with_path(now), jax.tree.leaves(first))
             for (path, leaf), before in pairs:
