@@ -1,6 +1,6 @@
 """easyfit: Keras-style compile / fit / evaluate / predict for Flax modules on JAX.
 
-Example:
+Examples:
     >>> import easyfit as ef
     >>> model = ef.Model(module)                                      # doctest: +SKIP
     >>> model.compile("adamw", "sparse_categorical_crossentropy", ["accuracy"])  # doctest: +SKIP

@@ -7,7 +7,7 @@ kept: ``epochs=0`` trains nothing, a single callback is accepted as a list of on
 flattens ``callbacks``), ``batch_size`` with an input that batches itself is ignored (with
 a warning here when it differs from the input's own batches), ``shuffle="batch"`` shuffles.
 
-Example:
+Examples:
     >>> check_callbacks(None), len(check_callbacks(Callback()))  # one callback, as Keras
     ([], 1)
     >>> check_batch_size("batch_size", 0)  # doctest: +ELLIPSIS
@@ -309,7 +309,7 @@ def check_fit(args: Mapping[str, Any]) -> tuple[list[Callback], bool, dict[int, 
 
 
 def check_evaluate(args: Mapping[str, Any]) -> list[Callback]:
-    """Checks ``evaluate``'s arguments (``args``: its ``locals()``) as :func:`check_fit`
+    """Checks ``evaluate``'s arguments (``args``: its ``locals()``) as `check_fit`
     checks those of the same names; returns the callbacks as a flat list."""
     check_batch_size("batch_size", args.get("batch_size"))
     _positive("steps", args.get("steps"), "None for the whole input", " (batches to run)")
@@ -319,7 +319,7 @@ def check_evaluate(args: Mapping[str, Any]) -> list[Callback]:
 
 
 def check_predict(args: Mapping[str, Any]) -> list[Callback]:
-    """Checks ``predict``'s arguments (``args``: its ``locals()``) as :func:`check_evaluate`
+    """Checks ``predict``'s arguments (``args``: its ``locals()``) as `check_evaluate`
     does; returns the callbacks as a flat list."""
     return check_evaluate({k: v for k, v in args.items() if k not in ("y", "sample_weight")})
 

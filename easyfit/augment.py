@@ -10,7 +10,7 @@ Keras has the same ideas as layers (``RandomTranslation``, ``RandomCrop``, ``Ran
 the fill modes keep Keras's names. Unlike Keras's ``RandomTranslation``, shifts are given in
 pixels, not as fractions of the image size.
 
-Example:
+Examples:
     >>> import easyfit as ef
     >>> model.compile("adamw", "sparse_categorical_crossentropy", ["accuracy"],
     ...               augment=ef.augment.compose(ef.augment.random_translation(4),
@@ -52,7 +52,7 @@ def random_translation(max_shift: int | tuple[int, int], *, fill_mode: str = "co
     Returns:
         An augmentation ``fn((x, y), rng) -> (x, y)`` for ``compile(augment=...)``.
 
-    Example:
+    Examples:
         >>> fn = ef.augment.random_translation(2, fill_mode="nearest")  # doctest: +SKIP
         >>> x, y = fn((images, labels), jax.random.key(0))               # doctest: +SKIP
     """

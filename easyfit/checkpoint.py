@@ -51,7 +51,7 @@ def split_arrays(obj: Any, arrays: dict[str, Any]) -> Any:
 
 
 def join_arrays(obj: Any, arrays: dict[str, Any]) -> Any:
-    """Inverse of :func:`split_arrays`."""
+    """Inverse of `split_arrays`."""
     if isinstance(obj, dict):
         if set(obj) == {"__array__"}:
             return np.asarray(arrays[obj["__array__"]])
@@ -89,7 +89,7 @@ class Checkpoints:
 
     Args:
         directory: where steps are written (created if missing; removed again by
-            :meth:`close` if no step was saved there, so a failed run leaves nothing).
+            `close` if no step was saved there, so a failed run leaves nothing).
         keep_latest: newest steps kept (at least 1: the newest is never deleted).
         keep_best: best steps kept by ``metric`` (``None``: no best-based retention).
         mode: ``"min"`` or ``"max"``: which metric values are best; given (or with
@@ -97,7 +97,7 @@ class Checkpoints:
         async_save: return from ``save`` once arrays are copied to host; write in the
             background.
 
-    Example:
+    Examples:
         >>> store = Checkpoints("runs/ckpt", keep_latest=1, keep_best=3, mode="min")  # doctest: +SKIP
     """
 
@@ -199,7 +199,7 @@ class Checkpoints:
 
         Tries ``step`` (default: the latest) and, if that step is damaged, each older step in
         turn, warning about every one skipped. Returns ``None`` when there is no checkpoint.
-        Raises :class:`CheckpointError` when a checkpoint belongs to a different model.
+        Raises `CheckpointError` when a checkpoint belongs to a different model.
         """
         ocp = _orbax()
         candidates = self.steps()

@@ -5,10 +5,11 @@ runs in a process. With a persistent cache, the compiled programs are written to
 directory and read back by later processes that build the same programs, so a second run of
 the same script starts training without waiting for XLA.
 
-The cache is off unless asked for: call :func:`set_cache_dir`, or set the environment
+The cache is off unless asked for: call [`set_cache_dir`][easyfit.config.set_cache_dir], or set
+the environment
 variable ``EASYFIT_CACHE_DIR`` before ``import easyfit`` (read at import; touches no device).
 
-Example:
+Examples:
     >>> import easyfit as ef
     >>> ef.config.set_cache_dir("~/.cache/easyfit-xla")   # doctest: +SKIP
     >>> ef.config.cache_dir()                              # doctest: +SKIP
@@ -52,7 +53,7 @@ def set_cache_dir(path: str | os.PathLike | None, *, min_compile_time_secs: floa
         min_entry_size_bytes: programs smaller than this are not written; -1 caches all
             sizes (and stops JAX from picking a size for the file system).
 
-    Example:
+    Examples:
         >>> ef.config.set_cache_dir("/tmp/xla-cache")  # doctest: +SKIP
         >>> model.fit(x, y, epochs=3)  # run the script again: no compile  # doctest: +SKIP
         >>> ef.config.set_cache_dir(None)  # off again  # doctest: +SKIP
@@ -86,7 +87,7 @@ def cache_dir() -> str | None:
     (``jax.config.update("jax_compilation_cache_dir", ...)``, ``JAX_COMPILATION_CACHE_DIR``)
     shows as well.
 
-    Example:
+    Examples:
         >>> ef.config.cache_dir() is None     # the default               # doctest: +SKIP
         True
     """

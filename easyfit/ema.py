@@ -3,7 +3,8 @@
 Keras's ``use_ema``: after every training step the optimizer updates an average of the
 weights, ``average = momentum * average + (1 - momentum) * weights``. As in Keras the first
 step copies the weights (its momentum is 0) and there is no bias correction. The average
-lives in the optax state (:class:`EmaState`, made by :func:`weight_ema`), so the jitted,
+lives in the optax state ([`EmaState`][easyfit.ema.EmaState], made by
+[`weight_ema`][easyfit.ema.weight_ema]), so the jitted,
 donated train step updates it on the device, and checkpoints and exact resume
 (``BackupAndRestore``) hold it with the rest of the optimizer state.
 
@@ -13,7 +14,7 @@ an optax one included). At the end of ``fit`` the weights are overwritten by the
 (Keras's ``finalize_variable_values``); ``ef.callbacks.SwapEMAWeights`` evaluates (and
 checkpoints) with the average during training.
 
-Example:
+Examples:
     >>> import optax, jax.numpy as jnp
     >>> tx = weight_ema(optax.sgd(1.0), momentum=0.5)
     >>> params = {"w": jnp.zeros(2)}
@@ -68,7 +69,7 @@ class EMA:
 
 
 class EmaState(NamedTuple):
-    """State of :func:`weight_ema`.
+    """State of [`weight_ema`][easyfit.ema.weight_ema].
 
     Attributes:
         count: steps taken (Keras's ``optimizer.iterations``); the first step copies.
@@ -99,7 +100,7 @@ def weight_ema(inner: optax.GradientTransformation, momentum: float = 0.99,
         overwrite_frequency: steps between overwrites of the weights by the average.
 
     Returns:
-        An optax transformation whose state is :class:`EmaState`.
+        An optax transformation whose state is [`EmaState`][easyfit.ema.EmaState].
     """
     EMA(momentum, overwrite_frequency)  # validates
 
@@ -133,7 +134,7 @@ def _is_ema(node: Any) -> bool:
 
 
 def find(opt_state: Any) -> EmaState | None:
-    """The :class:`EmaState` inside an optimizer state, or ``None`` (no EMA)."""
+    """The [`EmaState`][easyfit.ema.EmaState] inside an optimizer state, or ``None`` (no EMA)."""
     for node in jax.tree.leaves(opt_state, is_leaf=_is_ema):
         if isinstance(node, EmaState):
             return node

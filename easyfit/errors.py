@@ -1,7 +1,7 @@
 """Errors in the user's terms: a module, loss or metric that cannot take the data, a loss
 that diverges.
 
-The steps apply the user's module, loss and metrics inside :func:`explained` (only while
+The steps apply the user's module, loss and metrics inside `explained` (only while
 they are traced: it costs nothing once compiled). When JAX or Flax refuses the shapes, the
 error raised instead names the call (``model.fit``), the shapes and dtypes the module
 received, and the likely cause (features that do not match the first layer, an example
@@ -9,7 +9,7 @@ without its batch axis, images without a channel axis), with JAX's own text as a
 "Details" line; the original stays chained (``raise ... from``). Errors raised by easyfit's
 own checks or by the user's code pass through as they are.
 
-Example:
+Examples:
     >>> with explained("module", x=x, module=module):   # doctest: +SKIP
     ...     module(x)   # ModuleInputError: model.fit: x has 5 features where the first ...
 """
@@ -82,7 +82,7 @@ def _spec(leaf: Any) -> str:
 def describe(tree: Any, name: str = "x", limit: int = 5) -> str:
     """``x float32 (8, 5)``, or ``x['a'] float32 (8, 5), x['b'] int32 (8,)`` for a dict.
 
-    Example:
+    Examples:
         >>> describe({"a": np.zeros((8, 5), np.float32)})
         "x['a'] float32 (8, 5)"
     """
@@ -269,7 +269,7 @@ def check_outputs(y_pred: Any) -> None:
 def label(kind: str, fn: Any) -> str:
     """How a message names a loss or metric: ``loss `mse```, ``metric `accuracy```.
 
-    Example:
+    Examples:
         >>> label("loss", lambda y_true, y_pred: y_pred)
         'loss (your function)'
     """

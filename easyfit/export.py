@@ -1,7 +1,8 @@
-"""Run an exported model: :func:`load_exported` reads what ``model.export(path)`` wrote.
+"""Run an exported model: [`load_exported`][easyfit.export.load_exported] reads what
+``model.export(path)`` wrote.
 
 An export is a directory holding the model's inference function (eval mode: dropout off,
-BatchNorm on its running statistics) serialized with :mod:`jax.export`, with a symbolic
+BatchNorm on its running statistics) serialized with `jax.export`, with a symbolic
 batch dimension, so any batch size runs without recompiling Python code, and its weights:
 
 - ``easyfit_export.json``: the format and version, the inputs' and outputs' shapes
@@ -13,7 +14,7 @@ This module imports only ``jax``, ``numpy`` and the standard library: the proces
 serves the model needs neither the model's Python code nor Flax modules nor easyfit's
 training code.
 
-Example:
+Examples:
     >>> model.export("runs/served", sample_input=x_test[:1])   # doctest: +SKIP
     >>> serve = ef.load_exported("runs/served")                # doctest: +SKIP
     >>> serve(x_test).shape                                    # doctest: +SKIP
@@ -75,13 +76,14 @@ def load_exported(path: str | Path) -> ExportedModel:
         path: the export directory.
 
     Returns:
-        An :class:`ExportedModel`: call it on numpy arrays of any batch size.
+        An [`ExportedModel`][easyfit.export.ExportedModel]: call it on numpy arrays of any batch
+        size.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is not an easyfit export (or one from a newer easyfit).
 
-    Example:
+    Examples:
         >>> serve = load_exported("runs/served")    # doctest: +SKIP
         >>> probabilities = serve(images)           # doctest: +SKIP
     """

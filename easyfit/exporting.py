@@ -1,10 +1,11 @@
 """Write a model's inference function for serving: ``model.export(path)``.
 
 The function is the model in eval mode (dropout off, BatchNorm on its running statistics,
-the compiled precision), as ``model.predict`` runs it, lowered with :mod:`jax.export`
-with a symbolic batch dimension. :func:`easyfit.export.load_exported` runs it in a process
+the compiled precision), as ``model.predict`` runs it, lowered with `jax.export`
+with a symbolic batch dimension. [`easyfit.export.load_exported`][easyfit.export.load_exported]
+runs it in a process
 that has neither the model's code nor Flax modules nor easyfit's training code; the files
-are described in :mod:`easyfit.export`.
+are described in [`easyfit.export`][easyfit.export].
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def export_model(model: "Model", path: str | os.PathLike, sample_input: Any,
 
     Args:
         model: the model (compiled or not).
-        path: a directory, created if missing (see :mod:`easyfit.export` for its files).
+        path: a directory, created if missing (see [`easyfit.export`][easyfit.export] for its
+            files).
         sample_input: an input batch (array or pytree of arrays, e.g. ``x_test[:1]``): its
             shapes and dtypes, the first dimension being the batch.
         platforms: where the export may run (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``);

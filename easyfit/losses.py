@@ -8,7 +8,7 @@ per example (padding rows 0), or per token when ``sample_weight`` has shape ``(B
 padding mask). Values with more axes than the weight are averaged over the extra ones first.
 Any callable with the same signature works as a loss.
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> loss = SparseCategoricalCrossentropy()
     >>> loss(jnp.array([0, 1]), jnp.array([[2.0, 0.0], [0.0, 2.0]])).shape
@@ -65,7 +65,7 @@ class SparseCategoricalCrossentropy(Loss):
     Args:
         from_logits: ``y_pred`` are logits (default) rather than probabilities.
 
-    Example:
+    Examples:
         >>> loss = SparseCategoricalCrossentropy(from_logits=True)
     """
 
@@ -105,7 +105,7 @@ class CategoricalCrossentropy(Loss):
         from_logits: ``y_pred`` are logits (default) rather than probabilities.
         label_smoothing: mix labels with the uniform distribution by this amount.
 
-    Example:
+    Examples:
         >>> loss = CategoricalCrossentropy(label_smoothing=0.1)
     """
 
@@ -148,7 +148,7 @@ class BinaryCrossentropy(Loss):
     Args:
         from_logits: ``y_pred`` are logits (default) rather than probabilities.
 
-    Example:
+    Examples:
         >>> loss = BinaryCrossentropy()
     """
 
@@ -171,7 +171,7 @@ class BinaryCrossentropy(Loss):
 class MeanSquaredError(Loss):
     """Mean of squared errors over each example's values.
 
-    Example:
+    Examples:
         >>> loss = MeanSquaredError()
     """
 
@@ -185,7 +185,7 @@ class MeanSquaredError(Loss):
 class MeanAbsoluteError(Loss):
     """Mean of absolute errors over each example's values.
 
-    Example:
+    Examples:
         >>> loss = MeanAbsoluteError()
     """
 
@@ -199,7 +199,7 @@ class MeanAbsoluteError(Loss):
 class Huber(Loss):
     """Huber loss: quadratic below ``delta``, linear above.
 
-    Example:
+    Examples:
         >>> loss = Huber(delta=1.0)
     """
 
@@ -226,7 +226,7 @@ LOSSES: dict[str, Callable[[], Loss]] = {
 def get(loss: str | LossFn) -> LossFn:
     """Resolves what ``compile(loss=...)`` accepts: a Keras name or a callable.
 
-    Example:
+    Examples:
         >>> get("mse").name
         'mse'
     """
@@ -244,7 +244,7 @@ def get(loss: str | LossFn) -> LossFn:
 def loss_values(loss_fn: LossFn, y_true, y_pred) -> jax.Array:
     """Calls a loss and checks that it returns values per example (or per token).
 
-    Example:
+    Examples:
         >>> loss_values(get("mse"), jnp.zeros((2, 3)), jnp.ones((2, 3))).shape
         (2,)
     """
@@ -264,7 +264,7 @@ def align(values: jax.Array, weight: jax.Array, what: str = "The loss") -> jax.A
     ``(B, T)`` keep one value per token. A zero weight means "not in the batch", so its
     value is replaced by 0: a padding token's label may be anything (even out of range).
 
-    Example:
+    Examples:
         >>> align(jnp.ones((2, 3)), jnp.ones(2)).shape
         (2,)
     """

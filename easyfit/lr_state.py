@@ -1,10 +1,12 @@
 """The learning rate held in the optimizer state, where callbacks read and set it.
 
-:func:`scale_by_learning_rate` is the last link of every ``ef.optimizers`` chain; its state,
-:class:`LearningRateState`, holds the schedule's position and a factor, so the rate can be
+[`scale_by_learning_rate`][easyfit.lr_state.scale_by_learning_rate] is the last link of every
+``ef.optimizers`` chain; its state,
+[`LearningRateState`][easyfit.lr_state.LearningRateState], holds the schedule's position and a
+factor, so the rate can be
 read and changed between steps without a recompile.
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> tx = scale_by_learning_rate(None, initial=0.5)
     >>> float(scheduled_rate(None, tx.init({"w": jnp.zeros(2)})))
@@ -23,7 +25,8 @@ __all__ = ["LearningRateState", "scale_by_learning_rate", "scheduled_rate"]
 
 
 class LearningRateState(NamedTuple):
-    """State of :func:`scale_by_learning_rate`: ``lr = schedule(count) * scale``."""
+    """State of [`scale_by_learning_rate`][easyfit.lr_state.scale_by_learning_rate]: ``lr =
+    schedule(count) * scale``."""
 
     count: jax.Array
     scale: jax.Array

@@ -7,7 +7,7 @@ exactly, so the epoch value over padded batches equals the value over the real r
 Sequence outputs count per token: accuracy over ``(B, T, V)`` logits is token accuracy, and
 in ``weighted_metrics`` a ``(B, T)`` sample weight (a padding mask) weights each token.
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> acc = get("accuracy")
     >>> t = acc.totals(jnp.array([0, 1]), jnp.array([[2.0, 0.0], [2.0, 0.0]]), jnp.ones(2))
@@ -232,7 +232,7 @@ class Mean(Metric):
         name: the log key; the function's name by default.
         direction: ``"up"`` if larger is better, ``"down"`` if smaller is (for ``mode="auto"``).
 
-    Example:
+    Examples:
         >>> m = Mean(lambda y, p: (p - y) ** 2, name="se")
     """
 
@@ -262,7 +262,7 @@ METRICS: dict[str, Callable[[], Metric]] = {
 def get(metric: str | Metric | Callable, from_logits: bool = True) -> Metric:
     """Resolves what ``compile(metrics=[...])`` accepts; the log key is the name given.
 
-    Example:
+    Examples:
         >>> get("mae").name
         'mae'
     """
@@ -292,7 +292,7 @@ def named_apart(metrics: Sequence[Metric], weighted_metrics: Sequence[Metric]
     (``metrics=["accuracy"], weighted_metrics=["accuracy"]`` logs ``accuracy`` and
     ``weighted_accuracy``). Renamed metrics are copies: the objects passed keep their names.
 
-    Example:
+    Examples:
         >>> plain, weighted = named_apart([get("accuracy")], [get("accuracy")])
         >>> tuple(m.name for m in plain + weighted)
         ('accuracy', 'weighted_accuracy')

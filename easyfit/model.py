@@ -2,10 +2,10 @@
 
 The facade only: it resolves and checks arguments, holds what users read (``history``,
 ``stop_training``, ``optimizer``, ``module``) and hands the work to the
-:class:`~easyfit.training.trainer.Trainer` (``model.trainer``), which owns the live
-training, and to the loops in :mod:`easyfit.training.loop`.
+[`Trainer`][easyfit.training.trainer.Trainer] (``model.trainer``), which owns the live
+training, and to the loops in `easyfit.training.loop`.
 
-Example:
+Examples:
     >>> import easyfit as ef, numpy as np
     >>> from flax import nnx
     >>> model = ef.Model(nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
@@ -62,13 +62,13 @@ class Model(ModelTools):
         stop_evaluating: set to ``True`` from a callback to end ``evaluate`` (or ``fit``'s
             validation) after the batch; reset when each evaluation starts, as Keras.
         stop_predicting: the same for ``predict``.
-        history: the :class:`~easyfit.callbacks.History` of the last ``fit``.
+        history: the [`History`][easyfit.callbacks.History] of the last ``fit``.
         compiled: whether ``compile`` has been called (as Keras's ``model.compiled``).
-        trainer: the :class:`~easyfit.training.trainer.Trainer` that owns the live training
+        trainer: the [`Trainer`][easyfit.training.trainer.Trainer] that owns the live training
             (the training state, the compiled steps, checkpoint contents); for callbacks
             and tools that need more than Keras's surface.
 
-    Example:
+    Examples:
         >>> model = Model(MyModule(rngs=nnx.Rngs(0)))            # doctest: +SKIP
         >>> model.compile("adamw", "sparse_categorical_crossentropy", ["accuracy"])  # doctest: +SKIP
     """
@@ -105,7 +105,8 @@ class Model(ModelTools):
         return weights_lib.get_weights(self.module)
 
     def set_weights(self, weights: Sequence[Any]) -> None:
-        """Sets the weights from a list shaped as :meth:`get_weights` returns; training
+        """Sets the weights from a list shaped as
+        [`get_weights`][easyfit.model.Model.get_weights] returns; training
         continues from them."""
         weights_lib.set_weights(self.module, weights)
 
@@ -167,7 +168,7 @@ class Model(ModelTools):
                 keyed by output name (or a list in output order); the total loss is
                 ``sum(loss_weights[o] * loss[o])``. A keyword here (Keras takes it third).
 
-        Example:
+        Examples:
             >>> model.compile(optimizer=ef.optimizers.adamw(3e-4), loss="mse")  # doctest: +SKIP
         """
         arguments.check_compile(locals())
@@ -222,7 +223,7 @@ class Model(ModelTools):
             y_key: the label's key in those dicts.
 
         Returns:
-            The :class:`~easyfit.callbacks.History`, also stored as ``model.history``.
+            The [`History`][easyfit.callbacks.History], also stored as ``model.history``.
 
         Raises:
             TypeError, ValueError: an argument outside the above, before any work.
@@ -264,14 +265,15 @@ class Model(ModelTools):
                  return_dict: bool = False, x_key: Any = None,
                  y_key: Any = None) -> float | list[float] | dict[str, float]:
         """Loss and metrics over the data, in eval mode (dropout off, BatchNorm frozen); the
-        arguments as :meth:`fit`'s of the same names, checked the same way (``steps``: a
+        arguments as [`fit`][easyfit.model.Model.fit]'s of the same names, checked the same way
+        (``steps``: a
         positive int).
 
         Returns:
             The loss if there are no metrics, else ``[loss, *metrics]``; a dict with
             ``return_dict=True``, as Keras.
 
-        Example:
+        Examples:
             >>> model.evaluate(x_test, y_test, return_dict=True)   # doctest: +SKIP
             {'loss': 0.08, 'accuracy': 0.975}
         """
@@ -290,9 +292,9 @@ class Model(ModelTools):
                 steps: int | None = None,
                 callbacks: Sequence[Callback] | None = None, x_key: Any = None) -> Any:
         """Model outputs as numpy, one row per input row, in eval mode; the arguments as
-        :meth:`evaluate`'s.
+        [`evaluate`][easyfit.model.Model.evaluate]'s.
 
-        Example:
+        Examples:
             >>> model.predict(x_test).shape   # doctest: +SKIP
             (360, 10)
         """
@@ -314,7 +316,7 @@ class Model(ModelTools):
             That batch's loss if there are no metrics, else ``[loss, *metrics]``; a dict
             with ``return_dict=True`` (no learning rate, as Keras).
 
-        Example:
+        Examples:
             >>> model.train_on_batch(x[:32], y[:32], return_dict=True)   # doctest: +SKIP
             {'loss': 2.28, 'accuracy': 0.16}
         """
@@ -339,11 +341,13 @@ class Model(ModelTools):
     # -- weights on disk -----------------------------------------------------------------------
     def save_weights(self, path: str) -> None:
         """Writes the weights (parameters, batch statistics, RNG state) to a checkpoint
-        directory; :meth:`load_weights` on a model built by the same code restores them."""
+        directory; [`load_weights`][easyfit.model.Model.load_weights] on a model built by the
+        same code restores them."""
         weights_lib.save_weights(self.trainer, path)
 
     def load_weights(self, path: str, step: int | None = None) -> None:
-        """Loads weights from a checkpoint directory (of :meth:`save_weights`,
+        """Loads weights from a checkpoint directory (of
+        [`save_weights`][easyfit.model.Model.save_weights],
         ``ModelCheckpoint`` or ``BackupAndRestore``): ``step``, else the best by the
         monitored value, else the latest. Refuses a checkpoint of a different model."""
         arguments.check_load_path(path, "load_weights")
@@ -352,14 +356,15 @@ class Model(ModelTools):
     # -- the whole model on disk (see easyfit.saving, easyfit.export) ---------------------------
     def save(self, path: str, overwrite: bool = True) -> None:
         """Writes the whole model to a directory: weights, optimizer state and the compile
-        configuration; :func:`easyfit.load_model` brings it back, ready to continue ``fit``.
+        configuration; [`easyfit.load_model`][easyfit.load_model] brings it back, ready to
+        continue ``fit``.
 
         Args:
             path: a directory (created if missing).
             overwrite: replace an earlier save at ``path``; anything else there is never
                 replaced (``FileExistsError``).
 
-        Example:
+        Examples:
             >>> model.save("runs/model")                                  # doctest: +SKIP
             >>> model = ef.load_model("runs/model", module=MLP(rngs=nnx.Rngs(0)))  # doctest: +SKIP
         """
@@ -368,8 +373,10 @@ class Model(ModelTools):
     def export(self, path: str, sample_input: Any = None, platforms: Sequence[str] | None = None,
                polymorphic_batch: bool = True, overwrite: bool = True) -> None:
         """Writes the inference function (eval mode) for serving, as a ``jax.export``
-        artifact with a symbolic batch dimension; :func:`easyfit.load_exported` runs it
-        without the model's code (see :func:`easyfit.exporting.export_model`).
+        artifact with a symbolic batch dimension;
+        [`easyfit.load_exported`][easyfit.load_exported] runs it
+        without the model's code (see
+        [`easyfit.exporting.export_model`][easyfit.exporting.export_model]).
 
         Args:
             path: a directory (created if missing).
@@ -379,7 +386,7 @@ class Model(ModelTools):
             polymorphic_batch: any batch size (default), or only ``sample_input``'s.
             overwrite: replace an earlier export at ``path`` (never anything else).
 
-        Example:
+        Examples:
             >>> model.export("runs/served", sample_input=x_test[:1])   # doctest: +SKIP
             >>> ef.load_exported("runs/served")(x_test).shape            # doctest: +SKIP
             (360, 10)

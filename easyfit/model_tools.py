@@ -1,5 +1,6 @@
 """The tools a ``Model`` offers beside Keras's API: the learning-rate finder, the memory
-estimate, the batch-size finder and the summary table (a mixin of :class:`easyfit.Model`)."""
+estimate, the batch-size finder and the summary table (a mixin of
+[`easyfit.Model`][easyfit.Model])."""
 
 from __future__ import annotations
 
@@ -13,18 +14,19 @@ __all__ = ["ModelTools"]
 
 
 class ModelTools:
-    """Methods of :class:`easyfit.Model` that choose settings or describe the model; they use
+    """Methods of [`easyfit.Model`][easyfit.Model] that choose settings or describe the model;
+    they use
     the model's public surface (``trainer``, ``module``, ``distribution``)."""
 
     # -- choosing the learning rate ------------------------------------------------------------
     def find_lr(self, x: Any, y: Any = None, min_lr: float = 1e-7, max_lr: float = 1.0,
                 steps: int = 100, batch_size: int | None = None,
                 **options: Any) -> "lr_finder.LRFinderResult":
-        """The learning-rate range test (see :func:`easyfit.tune.lr_finder.find_lr`): trains a
+        """The learning-rate range test (see `easyfit.tune.lr_finder.find_lr`): trains a
         copy of the state for ``steps`` batches while the rate grows from ``min_lr`` to
         ``max_lr``; the model's weights and optimizer are left as they were.
 
-        Example:
+        Examples:
             >>> result = model.find_lr(x_train, y_train)   # doctest: +SKIP
             >>> result.suggestion, result.plot("lr.png")   # doctest: +SKIP
         """
@@ -41,7 +43,7 @@ class ModelTools:
             x: a few input rows (needed only before the model has seen data).
             y: matching targets.
 
-        Example:
+        Examples:
             >>> print(model.estimate_memory(256, x_train[:2], y_train[:2]))  # doctest: +SKIP
         """
         return memory_lib.estimate_memory(self, batch_size, x, y)
@@ -51,7 +53,7 @@ class ModelTools:
         """The largest batch size whose compiled train step fits ``budget_bytes`` per device
         (default: the device's capacity), found from compiled estimates, with no trial runs.
 
-        Example:
+        Examples:
             >>> model.find_batch_size(x_train[:2], y_train[:2], budget_bytes=2 * 2**30)  # doctest: +SKIP
             1024
         """
@@ -61,7 +63,8 @@ class ModelTools:
         """Prints (and returns) a table of the module's layers, parameter shapes and sizes;
         on several devices also the mesh and each sharded parameter's partition spec; with
         ``batch_size``, the per-device memory estimate of training at that batch size
-        (:meth:`estimate_memory`; the model must have seen data)."""
+        ([`estimate_memory`][easyfit.model_tools.ModelTools.estimate_memory]; the model must
+        have seen data)."""
         text = summarize_placed(self.module, self.distribution, self.trainer.params_sharding)
         if batch_size is not None:
             text += "\n" + str(self.estimate_memory(batch_size))

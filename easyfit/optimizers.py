@@ -1,12 +1,13 @@
 """Optimizers: optax chains whose learning rate is readable and settable while training.
 
 Every easyfit optimizer is ``clip -> update rule -> weight decay -> learning rate``, the last
-link being :func:`scale_by_learning_rate`, which keeps the learning rate in the optimizer
+link being [`scale_by_learning_rate`][easyfit.optimizers.scale_by_learning_rate], which keeps
+the learning rate in the optimizer
 state. Callbacks can therefore read and change it between steps without a recompile, and
 ``fit`` logs it as ``lr``. Any ``optax.GradientTransformation`` works too; its learning rate
 is visible only when it was built with ``optax.inject_hyperparams``.
 
-Example:
+Examples:
     >>> import easyfit as ef
     >>> opt = ef.optimizers.adamw(learning_rate=ef.schedules.warmup_cosine(1e-3, warmup=0.1),
     ...                           weight_decay=1e-4, clipnorm=1.0)
@@ -34,7 +35,8 @@ __all__ = ["LearningRateState", "OPTIMIZERS", "Optimizer", "adagrad", "adam", "a
 
 # optax 0.2.8's inject_hyperparams returns the "stateful" state class; older ones the other.
 _INJECTED = tuple(getattr(optax, name) for name in
-                  ("InjectStatefulHyperparamsState", "InjectHyperparamsState") if hasattr(optax, name))
+                  ("InjectStatefulHyperparamsState", "InjectHyperparamsState") if hasattr(optax,
+                  name))
 
 
 def _is_lr_node(node: Any) -> bool:
@@ -44,13 +46,15 @@ def _is_lr_node(node: Any) -> bool:
 class Optimizer:
     """An optax transformation plus what easyfit needs to know about its learning rate.
 
-    Build one with :func:`sgd`, :func:`adam`, :func:`adamw`, ... or wrap any optax
-    transformation with :meth:`from_optax`. It builds the optax transformation and knows
+    Build one with [`sgd`][easyfit.optimizers.sgd], [`adam`][easyfit.optimizers.adam],
+    [`adamw`][easyfit.optimizers.adamw], ... or wrap any optax
+    transformation with [`from_optax`][easyfit.optimizers.Optimizer.from_optax]. It builds the
+    optax transformation and knows
     where the learning rate sits in its state; after ``model.compile``,
     ``model.optimizer.learning_rate`` reads and writes the rate in the live training state,
     as in Keras.
 
-    Example:
+    Examples:
         >>> opt = sgd(learning_rate=0.1, momentum=0.9)
         >>> opt.learning_rate
         0.1
@@ -87,10 +91,11 @@ class Optimizer:
             total_steps: batches in the whole run (resolves schedule fractions), or ``None``.
             accumulation_steps: average the gradients of this many batches per update
                 (``optax.MultiSteps``); schedules then count updates, not batches.
-            loss_scaling: wrap in :func:`easyfit.precision.dynamic_loss_scaling` (float16).
-            ema: keep a moving average of the weights (:func:`easyfit.ema.weight_ema`,
+            loss_scaling: wrap in `easyfit.precision.dynamic_loss_scaling` (float16).
+            ema: keep a moving average of the weights
+                ([`easyfit.ema.weight_ema`][easyfit.ema.weight_ema],
                 updated every batch, as Keras); ``compile`` passes this optimizer's own
-                :attr:`ema` unless it was given ``ema_momentum``.
+                [`ema`][easyfit.ema] unless it was given ``ema_momentum``.
         """
         if self._transform is None:
             transform = self._base
@@ -118,7 +123,8 @@ class Optimizer:
         return optax.chain(*self._clip, self._rule, scale_by_learning_rate(schedule, initial))
 
     def reset(self) -> None:
-        """Forgets the built transformation, so the next :meth:`build` resolves anew (a new
+        """Forgets the built transformation, so the next
+        [`build`][easyfit.optimizers.Optimizer.build] resolves anew (a new
         ``compile`` may ask for other accumulation or loss scaling, a new run length)."""
         self._transform, self._lr_fn = None, None
 
@@ -128,12 +134,12 @@ class Optimizer:
 
     @property
     def use_ema(self) -> bool:
-        """Whether it keeps a moving average of the weights (:attr:`ema`), as Keras's."""
+        """Whether it keeps a moving average of the weights ([`ema`][easyfit.ema]), as Keras's."""
         return self.ema is not None
 
     @property
     def transform(self) -> optax.GradientTransformation:
-        """The optax transformation (after :meth:`build`)."""
+        """The optax transformation (after [`build`][easyfit.optimizers.Optimizer.build])."""
         if self._transform is None:
             raise RuntimeError("The optimizer is built by fit(); it has no transformation yet.")
         return self._transform
@@ -196,7 +202,8 @@ class Optimizer:
 
         An easyfit optimizer is rebuilt with the schedule (``lr_in_state`` is ``True``: the
         whole sweep runs on the device); an optax optimizer built with ``inject_hyperparams``
-        keeps its own transformation, and each rate is set with :meth:`with_lr` between steps.
+        keeps its own transformation, and each rate is set with
+        [`with_lr`][easyfit.optimizers.Optimizer.with_lr] between steps.
         """
         if self._rule is not None:
             return self._with_schedule(schedule), True
@@ -257,7 +264,7 @@ def sgd(learning_rate: float | Schedule = 0.01, momentum: float = 0.9, nesterov:
         ema_overwrite_frequency: overwrite the weights with the average every this many
             steps during training (``None``: only at the end of ``fit``).
 
-    Example:
+    Examples:
         >>> opt = sgd(0.1, momentum=0.0)
     """
     rule = [optax.trace(decay=momentum, nesterov=nesterov)] if momentum else []
@@ -272,7 +279,7 @@ def adam(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.
          ema_overwrite_frequency: int | None = None) -> Optimizer:
     """Adam (decoupled weight decay if ``weight_decay`` is set, as Keras).
 
-    Example:
+    Examples:
         >>> opt = adam(3e-4)
     """
     rule = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
@@ -299,11 +306,12 @@ def adamw(learning_rate: float | Schedule = 1e-3, weight_decay: float = 1e-4, b1
         weight_decay_mask: optax mask (pytree or ``params -> pytree`` of bools) of what decays.
         clipnorm: clip gradients to this global norm.
         clipvalue: clip each gradient element.
-        use_ema: keep an exponential moving average of the weights (see :func:`sgd`).
+        use_ema: keep an exponential moving average of the weights (see
+            [`sgd`][easyfit.optimizers.sgd]).
         ema_momentum: the average's momentum.
         ema_overwrite_frequency: steps between overwrites of the weights by the average.
 
-    Example:
+    Examples:
         >>> opt = adamw(ef.schedules.warmup_cosine(peak=1e-3, warmup=0.05), clipnorm=1.0)  # doctest: +SKIP
     """
     rule = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
@@ -319,7 +327,7 @@ def rmsprop(learning_rate: float | Schedule = 1e-3, rho: float = 0.9, momentum: 
             ema_overwrite_frequency: int | None = None) -> Optimizer:
     """RMSprop with Keras's defaults.
 
-    Example:
+    Examples:
         >>> opt = rmsprop()
     """
     rule = [optax.scale_by_rms(decay=rho, eps=eps)]
@@ -337,7 +345,7 @@ def adagrad(learning_rate: float | Schedule = 1e-3, initial_accumulator_value: f
             ema_overwrite_frequency: int | None = None) -> Optimizer:
     """Adagrad with Keras's defaults.
 
-    Example:
+    Examples:
         >>> opt = adagrad(0.01)
     """
     rule = [optax.scale_by_rss(initial_accumulator_value=initial_accumulator_value, eps=eps)]
@@ -353,7 +361,7 @@ def lion(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.
          ema_overwrite_frequency: int | None = None) -> Optimizer:
     """Lion (sign of the interpolated momentum), Keras's defaults.
 
-    Example:
+    Examples:
         >>> opt = lion(1e-4, weight_decay=1e-2)
     """
     rule = [optax.scale_by_lion(b1=b1, b2=b2)]
@@ -373,9 +381,10 @@ OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
 
 
 def get(optimizer: str | Optimizer | optax.GradientTransformation) -> Optimizer:
-    """Resolves what ``compile(optimizer=...)`` accepts into an :class:`Optimizer`.
+    """Resolves what ``compile(optimizer=...)`` accepts into an
+    [`Optimizer`][easyfit.optimizers.Optimizer].
 
-    Example:
+    Examples:
         >>> get("adamw").name
         'adamw'
     """

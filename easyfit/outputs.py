@@ -23,7 +23,7 @@ What ``compile`` accepts, per argument:
 outputs, a tuple / list in output order. One ``sample_weight`` per example weights every
 output's loss (and the weighted metrics); per-output sample weights are not supported.
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> spec = OutputsSpec(loss={"a": "mse", "b": "mae"}, loss_weights={"b": 0.5})
     >>> outputs = bind(spec, [], [], {"a": jnp.zeros(2), "b": jnp.zeros(2)})
@@ -55,7 +55,7 @@ __all__ = ["OutputLoss", "OutputMetric", "Outputs", "OutputsSpec", "bind", "is_p
 def is_several(y_pred: Any) -> bool:
     """Whether a module's output is several outputs (a dict, tuple or list of arrays).
 
-    Example:
+    Examples:
         >>> is_several({"a": jnp.zeros(1)}), is_several(jnp.zeros(1))
         (True, False)
     """
@@ -71,7 +71,7 @@ def is_per_output(loss: Any, loss_weights: Any, metrics: Any, weighted_metrics: 
     """Whether ``compile``'s arguments give something per output (a dict, or a list of
     losses, weights or metric lists), rather than one loss and one list of metrics.
 
-    Example:
+    Examples:
         >>> is_per_output("mse", None, ["mae"], None), is_per_output({"a": "mse"}, None, None, None)
         (False, True)
     """
@@ -96,7 +96,7 @@ def scaled(loss_fn: LossFn, weight: float | None) -> LossFn:
     """``loss_fn`` times ``weight`` (``compile(loss_weights=0.2)`` of one output); the loss
     itself when ``weight`` is ``None``.
 
-    Example:
+    Examples:
         >>> float(scaled(losses_lib.get("mse"), 0.5)(jnp.zeros((1, 2)), jnp.ones((1, 2)))[0])
         0.5
     """
@@ -125,7 +125,8 @@ def _check_metrics(metrics: Any, what: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class OutputsSpec:
     """``compile``'s per-output arguments, checked and kept until the module's outputs are
-    known (at the first trace of a step), where :func:`bind` pairs them with the outputs.
+    known (at the first trace of a step), where [`bind`][easyfit.outputs.bind] pairs them with
+    the outputs.
 
     Attributes:
         loss: a loss for every output, or a dict / list of them (names or callables).
@@ -213,7 +214,8 @@ def _metric_lists(metrics: Any, names: list[str], from_dict: bool, what: str) ->
 
 
 class Outputs:
-    """Losses, loss weights and metrics paired with a module's outputs (see :func:`bind`).
+    """Losses, loss weights and metrics paired with a module's outputs (see
+    [`bind`][easyfit.outputs.bind]).
 
     Attributes:
         names: the outputs' names, in order (sorted dict keys, or ``output_1``, ...).
@@ -335,7 +337,8 @@ def bind(loss: OutputsSpec | LossFn, metrics: Sequence[Metric],
 
     Args:
         loss: ``compile``'s per-output arguments, or one loss for every output.
-        metrics: with one loss (not an :class:`OutputsSpec`), metrics for every output.
+        metrics: with one loss (not an [`OutputsSpec`][easyfit.outputs.OutputsSpec]), metrics
+            for every output.
         weighted_metrics: as ``metrics``, weighted by sample weight.
         y_pred: the module's outputs, a dict or tuple of arrays.
     """

@@ -8,7 +8,7 @@ and its global state are never touched, the backend a user selected stays as it 
 works without a display, and a figure is freed as soon as nothing refers to it. Jupyter
 shows a returned figure inline; in a script, pass ``path`` to write a PNG.
 
-Example:
+Examples:
     >>> from easyfit.plots import plot_history
     >>> history = model.fit(x, y, epochs=20, validation_split=0.1)  # doctest: +SKIP
     >>> fig = plot_history(history, "curves.png")                   # doctest: +SKIP
@@ -154,7 +154,7 @@ def plot_history(history: Mapping[str, Sequence[float]] | Any,
 
     Args:
         history: a dict of per-epoch lists (``history.history``), or the
-            :class:`~easyfit.callbacks.History` that ``fit`` returned (read through its
+            [`History`][easyfit.callbacks.History] that ``fit`` returned (read through its
             ``history`` dict and ``epochs_of``).
         path: where to save the figure as a PNG; nothing is saved when ``None``.
         epochs: optional, per key of ``history``, the 0-based epochs of its values (as
@@ -168,7 +168,7 @@ def plot_history(history: Mapping[str, Sequence[float]] | Any,
         ImportError: matplotlib is missing (``pip install 'easyfit[plots]'``).
         ValueError: the history holds nothing to plot.
 
-    Example:
+    Examples:
         >>> from easyfit.plots import plot_history
         >>> history = model.fit(x, y, epochs=10, validation_split=0.2)  # doctest: +SKIP
         >>> fig = plot_history(history, "curves.png")                   # doctest: +SKIP
@@ -253,7 +253,7 @@ def plot_lr_finder(result: Any, path: str | os.PathLike[str] | None = None) -> F
     Raises:
         ImportError: matplotlib is missing (``pip install 'easyfit[plots]'``).
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> from easyfit.plots import plot_lr_finder
         >>> lrs = np.geomspace(1e-5, 1.0, 50)

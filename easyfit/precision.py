@@ -5,9 +5,9 @@ stored weights'). easyfit sets ``dtype`` on the layers of a *view* of your modul
 the jitted steps (your module is not changed): matmuls and convolutions run in the low
 type, reading float32 weights; normalisation layers stay in float32; the model's output is
 cast to float32 before the loss; parameters, gradients and optimizer state stay float32.
-float16 also needs loss scaling (its range is small): :func:`dynamic_loss_scaling`.
+float16 also needs loss scaling (its range is small): `dynamic_loss_scaling`.
 
-Example:
+Examples:
     >>> model.compile("adamw", "sparse_categorical_crossentropy", precision="bfloat16")  # doctest: +SKIP
 """
 
@@ -56,7 +56,7 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
 
 
 class LossScaleState(NamedTuple):
-    """State of :func:`dynamic_loss_scaling`."""
+    """State of `dynamic_loss_scaling`."""
 
     scale: jax.Array       # the loss is multiplied by this before differentiating
     good_steps: jax.Array  # finite steps since the scale last changed
@@ -73,7 +73,7 @@ def dynamic_loss_scaling(inner: optax.GradientTransformation, initial_scale: flo
     are not finite is skipped (no update, inner state kept) and halves the scale; after
     ``growth_interval`` finite steps in a row the scale doubles.
 
-    Example:
+    Examples:
         >>> tx = dynamic_loss_scaling(optax.adam(1e-3))
         >>> float(tx.init({"w": jnp.zeros(2)}).scale)
         32768.0

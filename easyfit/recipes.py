@@ -2,11 +2,13 @@
 
 ``Model.save`` stores an optimizer (and its learning-rate schedule) as the name of the
 ``ef.optimizers`` / ``ef.schedules`` function that built it and the arguments it was given:
-its *recipe*. :func:`recorded` wraps such a function so that every object it returns
-carries a ``recipe`` attribute; :func:`recipe_of` reads it (``None`` for objects made
+its *recipe*. [`recorded`][easyfit.recipes.recorded] wraps such a function so that every object
+it returns
+carries a ``recipe`` attribute; [`recipe_of`][easyfit.recipes.recipe_of] reads it (``None`` for
+objects made
 any other way, such as a bare ``optax`` transformation).
 
-Example:
+Examples:
     >>> import easyfit as ef
     >>> recipe_of(ef.optimizers.sgd(0.1, momentum=0.0))["factory"]
     'easyfit.optimizers.sgd'
@@ -27,7 +29,7 @@ def recorded(factory: Factory) -> Factory:
     """``factory``, with every object it returns carrying ``recipe``:
     ``{"factory": "<module>.<name>", "args": {argument: value, ...}}`` (defaults filled in).
 
-    Example:
+    Examples:
         >>> @recorded
         ... def make(rate: float = 0.1):
         ...     return type("Made", (), {})()
@@ -50,6 +52,7 @@ def recorded(factory: Factory) -> Factory:
 
 
 def recipe_of(obj: Any) -> dict[str, Any] | None:
-    """The recipe of an object made by a :func:`recorded` factory, else ``None``."""
+    """The recipe of an object made by a [`recorded`][easyfit.recipes.recorded] factory, else
+    ``None``."""
     recipe = getattr(obj, "recipe", None)
     return recipe if isinstance(recipe, dict) and "factory" in recipe else None

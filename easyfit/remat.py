@@ -7,7 +7,7 @@ layer's input and recomputes what is inside, trading compute for peak memory; gr
 the same. A policy name from ``jax.checkpoint_policies`` saves some values (e.g.
 ``"dots_with_no_batch_dims_saveable"`` keeps matmul results).
 
-Example:
+Examples:
     >>> model.compile("adamw", "mse", remat=True)   # doctest: +SKIP
 """
 

@@ -1,12 +1,12 @@
 """The on-disk form of a whole model, written by ``Model.save`` and read by
-:func:`easyfit.saving.load_model`.
+[`easyfit.saving.load_model`][easyfit.saving.load_model].
 
 A saved model is a directory holding:
 
 - ``easyfit_model.json``: what the model is, readable by a person: the format and its
   version, the module's class (for reference: the code itself is not stored), the path,
   shape and dtype of every weight, and the ``compile`` configuration;
-- ``state/``: an orbax checkpoint (:class:`easyfit.checkpoint.Checkpoints`) of the weights
+- ``state/``: an orbax checkpoint (`easyfit.checkpoint.Checkpoints`) of the weights
   (parameters, batch statistics, RNG streams) and, once ``fit`` has run, of the optimizer
   state and the step counter.
 
@@ -153,7 +153,7 @@ def compile_config(options: TrainingOptions) -> dict[str, Any]:
 
 # -- and back ------------------------------------------------------------------------------
 def _made(value: Any) -> Any:
-    """Inverse of :func:`_plain`: recipes are called (only ``ef.optimizers`` / ``ef.schedules``
+    """Inverse of `_plain`: recipes are called (only ``ef.optimizers`` / ``ef.schedules``
     functions)."""
     if isinstance(value, list):
         return [_made(v) for v in value]

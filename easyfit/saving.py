@@ -1,21 +1,24 @@
-"""Save a whole model and load it back: ``model.save(path)`` and :func:`load_model`.
+"""Save a whole model and load it back: ``model.save(path)`` and
+[`load_model`][easyfit.saving.load_model].
 
 ``model.save(path)`` writes everything needed to continue training or to serve: the weights
 (parameters, batch statistics, dropout RNG streams), the optimizer state and step counter
 (once ``fit`` has run), and the ``compile`` configuration (optimizer, loss and metrics by
-name and settings). :func:`load_model` rebuilds the model from your module code and that
+name and settings). [`load_model`][easyfit.saving.load_model] rebuilds the model from your
+module code and that
 directory; a ``fit`` after loading continues exactly as the saved model would have (bit for
 bit on the same machine).
 
 The Python code of the model is not stored (as with Keras's custom layers): pass the module
 again when loading, as an instance built as before or a function that builds it. A loss,
 metric, optimizer or ``augment`` that is your own Python code is not stored either; the
-saved configuration says so in a ``note``, and :func:`load_model` asks for it in
+saved configuration says so in a ``note``, and [`load_model`][easyfit.saving.load_model] asks
+for it in
 ``custom_objects`` (or load with ``compile=False`` and call ``model.compile`` yourself).
 
-For serving without any of this code, see :mod:`easyfit.export`.
+For serving without any of this code, see [`easyfit.export`][easyfit.export].
 
-Example:
+Examples:
     >>> model.save("runs/mnist-model")                                       # doctest: +SKIP
     >>> model = ef.load_model("runs/mnist-model", module=CNN(rngs=nnx.Rngs(0)))  # doctest: +SKIP
     >>> model.fit(x, y, epochs=5)          # continues where the saved model stopped  # doctest: +SKIP
@@ -49,7 +52,7 @@ def save_model(model: Model, path: str | os.PathLike, overwrite: bool = True) ->
             ``overwrite=False``.
         RuntimeError: a Linen model not initialised yet (nothing to save).
 
-    Example:
+    Examples:
         >>> ef.saving.save_model(model, "runs/model")   # doctest: +SKIP
     """
     saved_model.write(model, path, overwrite)
@@ -85,7 +88,7 @@ def load_model(path: str | os.PathLike, module: Any, compile: bool = True,
             saved weights (the mismatching paths are listed); or the model was compiled
             with Python code that is not stored and ``custom_objects`` lacks it.
 
-    Example:
+    Examples:
         >>> model = ef.load_model("runs/model", module=lambda: MLP(rngs=nnx.Rngs(0)))  # doctest: +SKIP
         >>> model = ef.load_model("runs/model", module=MLP(rngs=nnx.Rngs(0)),          # doctest: +SKIP
         ...                       custom_objects={"my_loss": my_loss})

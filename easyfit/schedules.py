@@ -4,7 +4,7 @@ A length given as an ``int`` counts optimizer steps; a ``float`` below 1 is a fr
 of the whole run and is resolved by ``Model.fit`` from ``epochs x steps_per_epoch``.
 Every schedule here resolves to a plain ``optax`` schedule, so the numbers are optax's.
 
-Example:
+Examples:
     >>> import easyfit as ef
     >>> sched = ef.schedules.warmup_cosine(peak=1e-3, warmup=0.1)
     >>> fn = sched.resolve(total_steps=100)      # what fit() does for you
@@ -69,7 +69,7 @@ class Schedule:
 def constant(value: float) -> Schedule:
     """A constant learning rate.
 
-    Example:
+    Examples:
         >>> float(constant(0.1).resolve(10)(5))
         0.1
     """
@@ -86,7 +86,7 @@ def warmup_cosine(peak: float, warmup: Length = 0.05, end: float = 0.0,
         end: the learning rate at the last step.
         init: the learning rate at step 0.
 
-    Example:
+    Examples:
         >>> s = warmup_cosine(peak=1.0, warmup=0.5).resolve(total_steps=10)
         >>> float(s(0)), float(s(5)), float(s(10))
         (0.0, 1.0, 0.0)
@@ -105,7 +105,7 @@ def warmup_cosine(peak: float, warmup: Length = 0.05, end: float = 0.0,
 def cosine(init: float, decay: Length = 1.0, end: float = 0.0) -> Schedule:
     """Cosine decay from ``init`` to ``end`` over ``decay`` (default: all of training).
 
-    Example:
+    Examples:
         >>> s = cosine(1.0).resolve(total_steps=4)
         >>> float(s(0)), float(s(4))
         (1.0, 0.0)
@@ -121,7 +121,7 @@ def cosine(init: float, decay: Length = 1.0, end: float = 0.0) -> Schedule:
 def linear(init: float, end: float, steps: Length = 1.0, begin: Length = 0) -> Schedule:
     """Linear change from ``init`` to ``end`` over ``steps``, starting at ``begin``.
 
-    Example:
+    Examples:
         >>> float(linear(1.0, 0.0, steps=10).resolve(None)(5))
         0.5
     """
@@ -137,7 +137,7 @@ def exponential(init: float, decay_rate: float, decay_steps: Length,
                 staircase: bool = False, end: float | None = None) -> Schedule:
     """``init * decay_rate ** (step / decay_steps)``, as Keras's ``ExponentialDecay``.
 
-    Example:
+    Examples:
         >>> float(exponential(1.0, 0.5, decay_steps=10).resolve(None)(10))
         0.5
     """
@@ -156,7 +156,7 @@ def piecewise(boundaries: Sequence[Length], values: Sequence[float]) -> Schedule
         boundaries: increasing step boundaries (ints, or fractions of training).
         values: one more value than boundaries.
 
-    Example:
+    Examples:
         >>> s = piecewise([5], [1.0, 0.1]).resolve(None)
         >>> float(s(4)), float(s(5))
         (1.0, 0.1)

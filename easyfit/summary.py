@@ -34,7 +34,7 @@ def summarize(module: nnx.Module, placement: dict[str, str] | None = None,
             shown next to its shape when given.
         mesh: a line describing the device mesh, printed under the title.
 
-    Example:
+    Examples:
         >>> print(summarize(nnx.Linear(2, 3, rngs=nnx.Rngs(0))))  # doctest: +SKIP
     """
     types = {path: type(layer).__name__ for path, layer in nnx.iter_modules(module, graph=GRAPH)}
@@ -71,7 +71,7 @@ def summarize(module: nnx.Module, placement: dict[str, str] | None = None,
 
 def summarize_placed(module: nnx.Module, distribution: Distribution,
                      params_sharding: Callable[[Any], Any]) -> str:
-    """:func:`summarize`, and on several devices the mesh and each sharded parameter's
+    """`summarize`, and on several devices the mesh and each sharded parameter's
     partition spec (``params_sharding(params)`` gives where training places them)."""
     if distribution.mesh.size == 1:
         return summarize(module)

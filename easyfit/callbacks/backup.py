@@ -42,7 +42,7 @@ class BackupAndRestore(Callback):
     SIGTERM``, as if the signal had ended it). Running the script again resumes from that
     step. Your own SIGTERM handler is put back when ``fit`` ends.
 
-    Example:
+    Examples:
         >>> cb = BackupAndRestore("runs/backup", save_freq=200)
     """
 

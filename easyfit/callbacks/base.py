@@ -1,6 +1,7 @@
 """Callback and CallbackList with Keras's hook names and ``logs`` semantics.
 
-Batch hooks receive ``logs`` as a :class:`LazyLogs`: its keys are known at once, but the
+Batch hooks receive ``logs`` as a [`LazyLogs`][easyfit.callbacks.base.LazyLogs]: its keys are
+known at once, but the
 values are pulled from the device only when a callback reads one. A callback that never
 looks at batch logs therefore never makes the host wait for the device.
 """
@@ -49,7 +50,7 @@ class Callback:
     """Base class for callbacks; override the hooks you need.
 
     Attributes:
-        model: the :class:`~easyfit.Model` being trained (set by ``fit``).
+        model: the [`Model`][easyfit.Model] being trained (set by ``fit``).
         params: ``{"epochs", "steps", "verbose", "do_validation", "batch_size"}`` of the
             running ``fit``.
         every_batch: ``True`` (the default) if this callback's train batch hooks must run on
@@ -62,7 +63,7 @@ class Callback:
             dispatches the next epoch's first step before it reads an epoch's logs, so the
             device does not wait for the host between epochs.
 
-    Example:
+    Examples:
         >>> class Stopper(Callback):
         ...     def on_epoch_end(self, epoch, logs=None):
         ...         if logs["loss"] < 0.1:
@@ -87,7 +88,7 @@ class Callback:
         return None
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`get_state` returned."""
+        """Restores what [`get_state`][easyfit.callbacks.base.Callback.get_state] returned."""
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
@@ -134,7 +135,7 @@ def _overrides(callback: Callback, hook: str) -> bool:
 class CallbackList:
     """Calls a hook on every callback, in order, skipping callbacks that do not override it.
 
-    Example:
+    Examples:
         >>> callbacks = CallbackList([Callback()])
         >>> callbacks.wants("on_train_batch_end")
         False
@@ -197,7 +198,8 @@ class CallbackList:
                 for nth, c in self._numbered()]
 
     def restore_states(self, states: list[dict[str, Any] | None]) -> None:
-        """Gives each callback its state from :meth:`states` of an earlier run (matched by
+        """Gives each callback its state from
+        [`states`][easyfit.callbacks.base.CallbackList.states] of an earlier run (matched by
         class name and occurrence; callbacks not found there keep theirs)."""
         saved = {(entry["class"], entry["nth"]): entry["state"] for entry in states if entry}
         for nth, callback in self._numbered():

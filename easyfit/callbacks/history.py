@@ -22,7 +22,7 @@ class History(Callback):
         epoch: the epoch indices recorded (0-based, as Keras; a run resumed with
             ``initial_epoch=5`` starts at 5).
 
-    Example:
+    Examples:
         >>> history = model.fit(x, y, epochs=3)  # doctest: +SKIP
         >>> history.history["loss"]              # doctest: +SKIP
         [0.91, 0.42, 0.30]
@@ -63,12 +63,12 @@ class History(Callback):
     def epochs_of(self, key: str) -> list[int]:
         """The 0-based epoch indices at which ``key`` was logged, one per value.
 
-        Equal to :attr:`epoch` except for keys not logged every epoch (``val_*`` keys with
+        Equal to `epoch` except for keys not logged every epoch (``val_*`` keys with
         ``validation_freq``). For a History filled by hand, the values are taken to be the
-        last epochs of :attr:`epoch` (or ``0, 1, ...`` when :attr:`epoch` is empty).
+        last epochs of `epoch` (or ``0, 1, ...`` when `epoch` is empty).
 
         Args:
-            key: a key of :attr:`history`.
+            key: a key of `history`.
 
         Returns:
             A list as long as ``history[key]``.
@@ -86,7 +86,7 @@ class History(Callback):
         on its own log-scale panel, the best epoch marked.
 
         Needs matplotlib (``pip install 'easyfit[plots]'``). See
-        :func:`easyfit.plots.plot_history`.
+        [`easyfit.plots.plot_history`][easyfit.plots.plot_history].
 
         Args:
             path: where to save a PNG; the figure is then closed (still returned).
@@ -94,7 +94,7 @@ class History(Callback):
         Returns:
             The ``matplotlib.figure.Figure``.
 
-        Example:
+        Examples:
             >>> history = model.fit(x, y, epochs=10, validation_split=0.1)  # doctest: +SKIP
             >>> history.plot("curves.png")                                  # doctest: +SKIP
         """
@@ -116,7 +116,7 @@ class History(Callback):
         Raises:
             ImportError: pandas is not installed (``pip install pandas``).
 
-        Example:
+        Examples:
             >>> history = model.fit(x, y, epochs=3, verbose=0)  # doctest: +SKIP
             >>> history.to_dataframe().columns.tolist()         # doctest: +SKIP
             ['loss', 'accuracy', 'learning_rate']

@@ -31,7 +31,7 @@ class ReduceLROnPlateau(Callback):
         cooldown: epochs to wait after a reduction before watching again.
         min_lr: lower bound on the learning rate.
 
-    Example:
+    Examples:
         >>> cb = ReduceLROnPlateau(factor=0.5, patience=2)
     """
 
@@ -92,7 +92,7 @@ class LearningRateScheduler(Callback):
             (Keras's older form, taken when the two-argument call raises ``TypeError``).
         verbose: 1 prints each change.
 
-    Example:
+    Examples:
         >>> cb = LearningRateScheduler(lambda epoch, lr: lr * 0.9 if epoch > 2 else lr)
     """
 

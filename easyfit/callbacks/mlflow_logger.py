@@ -56,7 +56,7 @@ class MLflowLogger(TrackerCallback):
         run_id: the run logged to (set when training begins).
         client: the ``mlflow.MlflowClient`` used.
 
-    Example:
+    Examples:
         ```python
         logger = MLflowLogger(tracking_uri="sqlite:///mlflow.db", experiment_name="mnist",
                               log_every_n_steps=100, log_checkpoints=True)

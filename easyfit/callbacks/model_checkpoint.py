@@ -35,7 +35,7 @@ class ModelCheckpoint(Callback):
         initial_value_threshold: the best value to beat before the first save, with
             ``save_best_only`` (as Keras).
 
-    Example:
+    Examples:
         >>> cb = ModelCheckpoint("runs/ckpt", monitor="val_accuracy", mode="max", keep_best=3)
     """
 

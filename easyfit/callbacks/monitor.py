@@ -18,7 +18,7 @@ class Monitor:
     asking for ``mode="min"`` or ``"max"``, raised when training starts. An unknown mode warns
     and falls back to ``"auto"``, as Keras.
 
-    Example:
+    Examples:
         >>> m = Monitor("val_loss")
         >>> m.improves(0.4, best=0.5)
         True
@@ -36,7 +36,7 @@ class Monitor:
 
     @property
     def mode(self) -> str:
-        """``"min"`` or ``"max"``; in ``"auto"`` mode, decided by :meth:`bind` or, without a
+        """``"min"`` or ``"max"``; in ``"auto"`` mode, decided by `bind` or, without a
         compiled model, from the name at first use."""
         if self._mode is None:
             self._mode = self._auto_mode(())

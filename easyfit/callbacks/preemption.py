@@ -17,10 +17,10 @@ class SignalWatch:
     """Records that ``signum`` arrived instead of dying of it, while installed.
 
     Installed only from the main thread (Python runs signal handlers there); elsewhere it
-    records nothing and the signal keeps its usual effect. :meth:`restore` puts the previous
+    records nothing and the signal keeps its usual effect. `restore` puts the previous
     handler (the user's own, or the default) back.
 
-    Example:
+    Examples:
         >>> watch = SignalWatch()
         >>> watch.install(); watch.received
         False

@@ -30,7 +30,7 @@ class Profiler(Callback):
     JAX writes the trace to ``log_dir/plugins/profile/<time>/``: ``*.xplane.pb`` for
     TensorBoard's profile plugin or XProf (``xprof --logdir log_dir``), ``*.trace.json.gz``
     for https://ui.perfetto.dev. Give it the ``log_dir`` of the
-    :class:`~easyfit.callbacks.TensorBoard` callback to see both in one run.
+    [`TensorBoard`][easyfit.callbacks.TensorBoard] callback to see both in one run.
 
     The callback does not wait for the device at each step: it reads the host's step
     counter, and waits once, before it stops the trace, so that the device work of the
@@ -45,7 +45,7 @@ class Profiler(Callback):
     Raises:
         ValueError: if ``steps`` is not ``0 <= start < stop`` or a step ``n >= 0``.
 
-    Example:
+    Examples:
         >>> cb = Profiler("runs/profile", steps=(10, 20))
         >>> model.fit(x, y, epochs=1, callbacks=[cb])  # doctest: +SKIP
     """

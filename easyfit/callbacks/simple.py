@@ -48,7 +48,7 @@ class LambdaCallback(Callback):
     Other keyword arguments become attributes, as Keras; one that starts with ``on_`` but is
     no hook (a typo, such as ``on_epoch_ends``) warns, since nothing would call it.
 
-    Example:
+    Examples:
         >>> cb = LambdaCallback(on_epoch_end=lambda epoch, logs: print(epoch, logs["loss"]))
     """
 
@@ -72,7 +72,7 @@ class CSVLogger(Callback):
         separator: the field separator.
         append: append to an existing file (e.g. when resuming) instead of overwriting.
 
-    Example:
+    Examples:
         >>> cb = CSVLogger("runs/log.csv", append=True)
     """
 

@@ -31,7 +31,7 @@ class SwapEMAWeights(Callback):
         ValueError: the optimizer keeps no moving average (raised when training starts,
             or when evaluation starts outside ``fit``).
 
-    Example:
+    Examples:
         >>> model.compile(ef.optimizers.sgd(0.1, use_ema=True, ema_momentum=0.99), "mse")  # doctest: +SKIP
         >>> model.fit(x, y, validation_data=(xv, yv),   # validation with the average  # doctest: +SKIP
         ...           callbacks=[ef.callbacks.SwapEMAWeights(swap_on_epoch=True),

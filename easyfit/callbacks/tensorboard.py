@@ -26,7 +26,7 @@ class TensorBoard(Callback):
         update_freq: ``"epoch"``, or write the running training logs every this many steps
             (each write waits for the device once).
 
-    Example:
+    Examples:
         >>> cb = TensorBoard("runs/tb", update_freq=100)
     """
 

@@ -29,7 +29,7 @@ def plain(value: Any) -> bool | int | float | str | None:
     """``value`` as a tracker stores it: numbers, strings, booleans and ``None`` as they are,
     anything else (a schedule, a mask function, a tuple) as its text.
 
-    Example:
+    Examples:
         >>> plain(0.1), plain((1, 2))
         (0.1, '(1, 2)')
     """

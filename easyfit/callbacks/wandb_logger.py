@@ -46,7 +46,7 @@ class WandbLogger(TrackerCallback):
     Attributes:
         wandb_run: the run logged to (set when training begins).
 
-    Example:
+    Examples:
         ```python
         logger = WandbLogger(project="mnist", mode="offline", log_every_n_steps=100)
         model.fit(x, y, epochs=3, callbacks=[logger])

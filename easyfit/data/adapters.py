@@ -1,9 +1,9 @@
 """Data adapters: any supported input -> fixed-shape host chunks of batches.
 
-An adapter yields, per epoch, chunks of ``k`` stacked :class:`~easyfit.data.batch.Batch`es
+An adapter yields, per epoch, chunks of ``k`` stacked [`Batch`][easyfit.data.batch.Batch]es
 (``k = steps_per_execution``) plus the number of real batches in each chunk. Every batch has
 the same shape; the last one of an epoch is padded and masked. Which adapter an input gets
-is decided by :func:`easyfit.data.dispatch.adapt`.
+is decided by [`easyfit.data.dispatch.adapt`][easyfit.data.dispatch.adapt].
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ class ArrayAdapter(DataAdapter):
         it, and an epoch ends early where a pass ends (10 batches at 4 per epoch give epochs
         of 4, 4, 2, then a new shuffled pass).
 
-        Example:
+        Examples:
             >>> data = ArrayAdapter(np.zeros((80, 1)), batch_size=8, steps=4)
             >>> [data.epoch_span(e) for e in range(4)]
             [(0, 0, 4), (0, 4, 4), (0, 8, 2), (1, 0, 4)]
@@ -208,7 +208,8 @@ class ArrayAdapter(DataAdapter):
         """One gather per chunk (not per batch): ``k * batch_size`` rows, then a reshape.
 
         With ``as_index``, ``x`` and ``y`` are the int32 row numbers instead of the rows, for
-        a step that gathers from :meth:`device_tables`.
+        a step that gathers from
+        [`device_tables`][easyfit.data.adapters.ArrayAdapter.device_tables].
         """
         data_pass, offset, steps = self.epoch_span(epoch)
         order, size = self._order(data_pass), self.batch_size

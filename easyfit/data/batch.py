@@ -75,7 +75,7 @@ def sample_weights(weight: Any) -> np.ndarray:
     """Sample weights as float32, per example ``(rows,)`` or per token ``(rows, T, ...)``;
     trailing axes of size 1 are dropped (Keras takes ``(rows, 1)`` too).
 
-    Example:
+    Examples:
         >>> sample_weights([[1], [0]]).shape
         (2,)
     """
@@ -107,7 +107,7 @@ def scale_rows(per_row: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """``weight`` (per row or per token) times one factor per row (``per_row``'s shape is
     ``weight``'s leading axes).
 
-    Example:
+    Examples:
         >>> scale_rows(np.array([1.0, 0.0]), np.ones((2, 3))).tolist()
         [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
     """
@@ -116,7 +116,7 @@ def scale_rows(per_row: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 def make_batch(x: Any, y: Any, sample_weight: np.ndarray | None, size: int,
                batch_size: int) -> Batch:
-    """Builds a padded :class:`Batch` from ``size`` real rows."""
+    """Builds a padded [`Batch`][easyfit.data.batch.Batch] from ``size`` real rows."""
     mask = np.zeros(batch_size, np.float32)
     mask[:size] = 1.0
     weight = mask.copy()

@@ -7,7 +7,7 @@ sequence length, a new dict key, labels turned float) would otherwise fail in nu
 stacking or compile the step again. Only the number of rows may shrink (the last batch is
 padded up).
 
-Example:
+Examples:
     >>> spec = StreamSpec((np.zeros((4, 3)), np.zeros(4), None))
     >>> spec.check((np.zeros((4, 2)), np.zeros(4), None), 2, 0, 4)  # doctest: +SKIP
     ValueError: Batch 2 (counting from 0) of epoch 1 changed shape: `x` has shape (4, 2) ...

@@ -1,7 +1,7 @@
 """Which adapter an input gets: arrays, tf.data, grain, random-access sources, iterables.
 
-The adapters themselves live in :mod:`easyfit.data.adapters` (arrays, iterables) and in
-:mod:`easyfit.data.tf_dataset` / :mod:`easyfit.data.grain_dataset`, which build on them;
+The adapters themselves live in `easyfit.data.adapters` (arrays, iterables) and in
+`easyfit.data.tf_dataset` / `easyfit.data.grain_dataset`, which build on them;
 this module only dispatches, so none of those import it back.
 """
 
@@ -25,7 +25,7 @@ def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any =
           keys: Keys = None) -> DataAdapter:
     """Chooses the adapter for ``x`` (and ``y``), as ``fit``/``evaluate``/``predict`` accept them.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> data = adapt(np.zeros((10, 3)), np.zeros(10), batch_size=4)
         >>> data.steps, data.batch_size
@@ -64,7 +64,7 @@ def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any =
 def is_arrays(x: Any) -> bool:
     """numpy / JAX arrays, or dicts / tuples of them (not a list of batches).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> is_arrays({"a": np.zeros(3)}), is_arrays([np.zeros(3)])
         (True, False)

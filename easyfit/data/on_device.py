@@ -2,22 +2,22 @@
 
 Up to ``DEVICE_DATA_BYTES``, and where it pays (below), the training arrays are copied to
 every device once per ``fit``, and each chunk holds int32 row numbers
-(:class:`IndexedChunk`). The train step gathers each batch's rows inside its loop, so the
+(`IndexedChunk`). The train step gathers each batch's rows inside its loop, so the
 rows are read where a batch is used: no host gather, stack and transfer of the rows per
 chunk, and no chunk of rows written to memory and read back (on a 2-core CPU that traffic
 cost 5-10% of a 784-512-512-10 MLP's speed).
 
-It pays (:func:`gathers_in_step`) on accelerators always; on a CPU with one step per call
+It pays (`gathers_in_step`) on accelerators always; on a CPU with one step per call
 (the host path's hand-over per call costs more than the step), or for rows of at least
 ``WIDE_ROW_BYTES``. XLA:CPU's gather costs ~0.1 us a row whatever its width, on the
 cores that compute, while the host gathers narrow rows cheaply on the other core: in-step,
 a 64-64-10 MLP's fused steps (260-byte rows) ran about 20% slower.
 
 The train step takes the arrays as inputs, so it compiles per shape of them: their rows
-are rounded up (:func:`table_rows`, at most 1/8 more), so that datasets of nearby sizes
+are rounded up (`table_rows`, at most 1/8 more), so that datasets of nearby sizes
 (cross-validation folds, a few rows more or less) share one program.
 
-Example:
+Examples:
     >>> rows = device_rows(adapter, distribution, one_step=False)   # doctest: +SKIP
     >>> state, logs = steps.train(state, rows(chunk_of_row_numbers))  # doctest: +SKIP
 """
@@ -76,7 +76,7 @@ def table_rows(n: int) -> int:
     """Rows of the device copy of an ``n``-row array: ``n`` rounded up to its 4 leading
     binary digits (at most 1/8 more; the extra rows are zeros, never read).
 
-    Example:
+    Examples:
         >>> table_rows(250), table_rows(290), table_rows(300), table_rows(60000)
         (256, 320, 320, 61440)
     """
@@ -85,14 +85,14 @@ def table_rows(n: int) -> int:
 
 
 def _held_shape(array: Any) -> jax.ShapeDtypeStruct:
-    """The shape and dtype of the device copy of ``array``: :func:`table_rows` rows, the
+    """The shape and dtype of the device copy of ``array``: `table_rows` rows, the
     dtype the device holds (int64 -> int32 unless x64 is on)."""
     return jax.ShapeDtypeStruct((table_rows(len(array)), *array.shape[1:]),
                                 jax.dtypes.canonicalize_dtype(array.dtype))
 
 
 def _padded(array: np.ndarray) -> np.ndarray:
-    """``array`` as :func:`_held_shape` says, in an aligned array (placed on a CPU device
+    """``array`` as `_held_shape` says, in an aligned array (placed on a CPU device
     without another copy)."""
     held = _held_shape(array)
     out = aligned_empty(held.shape, np.dtype(held.dtype))
@@ -130,14 +130,14 @@ def _held(data: DataAdapter, distribution: Any, one_step: bool) -> Any:
 
 
 def device_rows(data: DataAdapter, distribution: Any, one_step: bool) -> DeviceRows | None:
-    """A :class:`DeviceRows` for ``data`` if it is arrays that ``fit`` holds on the devices
-    (:func:`gathers_in_step`), else ``None``."""
+    """A `DeviceRows` for ``data`` if it is arrays that ``fit`` holds on the devices
+    (`gathers_in_step`), else ``None``."""
     tables = _held(data, distribution, one_step)
     return None if tables is None else DeviceRows(tables, distribution)
 
 
 def table_shapes(data: DataAdapter, distribution: Any, one_step: bool) -> Any:
-    """The shapes (``jax.ShapeDtypeStruct``) of what :func:`device_rows` would place for
+    """The shapes (``jax.ShapeDtypeStruct``) of what `device_rows` would place for
     ``data``, or ``None`` if it would place nothing; nothing is copied."""
     tables = _held(data, distribution, one_step)
     if tables is None:
@@ -148,7 +148,7 @@ def table_shapes(data: DataAdapter, distribution: Any, one_step: bool) -> Any:
 
 def as_fed(batch: Batch, tables: Any) -> Batch | IndexedChunk:
     """``batch`` (one batch, arrays or shapes) as ``fit`` feeds it to the train step: with
-    ``tables`` (:func:`table_shapes`), an :class:`IndexedChunk` of int32 row numbers shaped
+    ``tables`` (`table_shapes`), an `IndexedChunk` of int32 row numbers shaped
     like it; else ``batch`` itself."""
     if tables is None:
         return batch

@@ -34,7 +34,7 @@ def prefetch(items: Iterable[Any], place: Callable[[Any], Any], depth: int = 2) 
         place: puts one item on the devices.
         depth: how many placed items may wait; ``0`` places in the caller's thread.
 
-    Example:
+    Examples:
         >>> list(prefetch(range(3), lambda i: i * 10))
         [0, 10, 20]
     """

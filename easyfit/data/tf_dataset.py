@@ -47,7 +47,7 @@ def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
 def import_tensorflow():
     """Imports TensorFlow with its GPUs hidden (JAX keeps all device memory).
 
-    Example:
+    Examples:
         >>> tf = import_tensorflow()   # doctest: +SKIP
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

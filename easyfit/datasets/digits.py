@@ -1,12 +1,13 @@
 """scikit-learn's handwritten digits as a real TFDS dataset, built locally with no network.
 
 ``tfds.load("digits", data_dir=...)`` and ``tfds.data_source("digits", data_dir=...)`` find
-it once :func:`prepare` has written it (TFRecord for ``tfds.load``, ArrayRecord for
+it once [`prepare`][easyfit.datasets.digits.prepare] has written it (TFRecord for ``tfds.load``,
+ArrayRecord for
 ``tfds.data_source``). 1797 8x8 grey images (values 0-16, uint8) with labels 0-9; splits
 ``train`` (1437) and ``test`` (360), drawn by a fixed permutation (the rows of scikit-learn's
 copy are ordered by writer, so a plain cut would test on unseen writers only).
 
-Example:
+Examples:
     >>> from easyfit.datasets import digits
     >>> data_dir = digits.prepare("/tmp/tfds")                    # doctest: +SKIP
     >>> import tensorflow_datasets as tfds                         # doctest: +SKIP
@@ -84,7 +85,8 @@ def prepare(data_dir: str, file_formats: tuple[str, ...] = ("tfrecord", "array_r
 
     Returns:
         ``data_dir``; pass it to ``tfds.load`` / ``tfds.data_source`` as ``data_dir=``
-        (add ``/array_record`` for the ArrayRecord copy, see :func:`data_dir_for`).
+        (add ``/array_record`` for the ArrayRecord copy, see
+        [`data_dir_for`][easyfit.datasets.digits.data_dir_for]).
     """
     digits = _builder_class()
     tfds = _tfds()
@@ -101,5 +103,6 @@ def prepare(data_dir: str, file_formats: tuple[str, ...] = ("tfrecord", "array_r
 
 
 def data_dir_for(data_dir: str, file_format: str) -> str:
-    """Where :func:`prepare` writes one file format inside ``data_dir``."""
+    """Where [`prepare`][easyfit.datasets.digits.prepare] writes one file format inside
+    ``data_dir``."""
     return data_dir if file_format == "tfrecord" else os.path.join(data_dir, file_format)

@@ -1,6 +1,6 @@
 """Training on many devices and many hosts: the mesh, the strategies, multi-host start-up.
 
-Example:
+Examples:
     >>> import easyfit as ef
     >>> model = ef.Model(net, distribution=ef.distribute.FSDP())  # doctest: +SKIP
 """

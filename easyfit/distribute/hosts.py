@@ -4,7 +4,7 @@ Each process runs the same script. ``initialize`` connects them through
 ``jax.distributed``; from then on ``jax.devices()`` lists the devices of every process, the
 mesh spans them all, and each process feeds its own rows of every global batch.
 
-Example:
+Examples:
     >>> import easyfit as ef
     >>> ef.distribute.initialize()   # SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS etc.  # doctest: +SKIP
 """
@@ -41,7 +41,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         local_device_ids: the local devices this process uses (default: all).
         **kwargs: passed on to ``jax.distributed.initialize``.
 
-    Example:
+    Examples:
         >>> ef.distribute.initialize("10.0.0.1:1234", num_processes=4, process_id=rank)  # doctest: +SKIP
     """
     if is_initialized():

@@ -5,15 +5,18 @@ GPUs or many hosts; only the placement of the training state and of each chunk c
 Every strategy puts the batch axis on the mesh axis ``"data"``; they differ in where the
 parameters (and with them the optimizer state) live:
 
-- :class:`DataParallel` (the default): parameters replicated on every device.
-- :class:`FSDP`: each parameter split over ``"data"`` along its largest divisible dimension.
-- :class:`ModelParallel`: a ``{"data": d, "model": m}`` mesh; parameters placed by regex
+- [`DataParallel`][easyfit.distribute.strategies.DataParallel] (the default): parameters
+replicated on every device.
+- [`FSDP`][easyfit.distribute.strategies.FSDP]: each parameter split over ``"data"`` along its
+largest divisible dimension.
+- [`ModelParallel`][easyfit.distribute.strategies.ModelParallel]: a ``{"data": d, "model": m}``
+mesh; parameters placed by regex
   rules on their paths, or by ``nnx.with_partitioning`` metadata.
 
 Nothing here touches a device until a model first needs the mesh, so
 ``ef.distribute.initialize()`` may follow ``import easyfit``.
 
-Example:
+Examples:
     >>> dist = FSDP()                          # doctest: +SKIP
     >>> model = ef.Model(net, distribution=dist)  # doctest: +SKIP
 """
@@ -261,7 +264,7 @@ class DataParallel(Distribution):
     Args:
         devices: the devices to use (default: all devices of all processes).
 
-    Example:
+    Examples:
         >>> model = ef.Model(net, distribution=ef.distribute.DataParallel())  # doctest: +SKIP
     """
 
@@ -281,7 +284,7 @@ class FSDP(Distribution):
             nothing and costs a gather).
         devices: the devices to use (default: all devices of all processes).
 
-    Example:
+    Examples:
         >>> model = ef.Model(net, distribution=ef.distribute.FSDP())  # doctest: +SKIP
     """
 
@@ -315,9 +318,10 @@ class ModelParallel(Distribution):
             parameter is an error.
         devices: the devices to use (default: all devices of all processes).
 
-    Example:
+    Examples:
         >>> dist = ef.distribute.ModelParallel({"data": 2, "model": 4},
-        ...                                    rules={r"mlp/.*kernel": (None, "model")})  # doctest: +SKIP
+        ...                                    rules={r"mlp/.*kernel": (None, "model")})  #
+        doctest: +SKIP
     """
 
     def __init__(self, mesh_shape: Mapping[str, int],

@@ -12,12 +12,15 @@ program, ``compiled.memory_analysis()``. Every figure is **per device**.
 - ``check_capacity``: a warning before training when the estimate exceeds the
   device's capacity (called by ``fit``).
 
-The modules: :mod:`easyfit.memory.estimate` (the estimate, the capacity check),
-:mod:`easyfit.memory.batch_size` (the search), :mod:`easyfit.memory.subject` (the input
-shapes and the training state an estimate compiles for) and :mod:`easyfit.memory.host`
+The modules: [`easyfit.memory.estimate`][easyfit.memory.estimate] (the estimate, the capacity
+check),
+[`easyfit.memory.batch_size`][easyfit.memory.batch_size] (the search),
+[`easyfit.memory.subject`][easyfit.memory.subject] (the input
+shapes and the training state an estimate compiles for) and
+[`easyfit.memory.host`][easyfit.memory.host]
 (host memory: handing what the compiler freed back to the OS).
 
-Example:
+Examples:
     >>> model.compile("adamw", "sparse_categorical_crossentropy")    # doctest: +SKIP
     >>> print(model.estimate_memory(256, x_train[:2], y_train[:2]))  # doctest: +SKIP
     >>> model.find_batch_size(x_train[:2], y_train[:2])              # doctest: +SKIP

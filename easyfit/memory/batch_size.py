@@ -1,9 +1,10 @@
 """The largest batch size that fits a per-device memory budget, found by compiling.
 
-Each candidate batch size is measured by :func:`easyfit.memory.estimate.measure` (one
+Each candidate batch size is measured by
+[`easyfit.memory.estimate.measure`][easyfit.memory.estimate.measure] (one
 compile of the train step, nothing runs), never by running it into an out-of-memory error.
 
-Example:
+Examples:
     >>> model.find_batch_size(x_train[:2], y_train[:2])   # doctest: +SKIP
     4096
 """
@@ -54,7 +55,7 @@ def find_batch_size(model: "Model", x: Any = None, y: Any = None,
     Raises:
         ValueError: no budget and no known capacity, or not even the smallest batch fits.
 
-    Example:
+    Examples:
         >>> model.find_batch_size(x_train[:2], y_train[:2], budget_bytes=2**33)  # doctest: +SKIP
         2048
     """

@@ -4,19 +4,23 @@ An estimate compiles the train step for a batch size, from abstract inputs (shap
 and shardings only: no batch is made, nothing runs), and reads XLA's own accounting of the
 program, ``compiled.memory_analysis()``. Every figure is **per device**.
 
-- :func:`estimate_memory` (``model.estimate_memory``): a :class:`MemoryEstimate` for one
+- [`estimate_memory`][easyfit.memory.estimate.estimate_memory] (``model.estimate_memory``): a
+[`MemoryEstimate`][easyfit.memory.estimate.MemoryEstimate] for one
   batch size; ``model.summary(batch_size=...)`` prints it under the layer table.
-- :func:`check_capacity`: a warning before training when the estimate exceeds the
+- [`check_capacity`][easyfit.memory.estimate.check_capacity]: a warning before training when the
+estimate exceeds the
   device's capacity (called by ``fit``).
-- :func:`device_capacity`: what one device of the model's mesh can hold.
+- [`device_capacity`][easyfit.memory.estimate.device_capacity]: what one device of the model's
+mesh can hold.
 
 Once the model has trained (its state is built), an estimate at the batch size ``fit``
 uses costs nothing extra: ``lower(...).compile()`` and the jitted step share JAX's cache of
 compiled programs, so whichever comes second reuses the other's compile. An estimate made
-before any ``fit`` compiles a step for a throwaway state (see :mod:`easyfit.memory.subject`);
+before any ``fit`` compiles a step for a throwaway state (see
+[`easyfit.memory.subject`][easyfit.memory.subject]);
 ``fit`` compiles its own.
 
-Example:
+Examples:
     >>> model.compile("adamw", "sparse_categorical_crossentropy")    # doctest: +SKIP
     >>> print(model.estimate_memory(256, x_train[:2], y_train[:2]))  # doctest: +SKIP
 """
@@ -205,7 +209,7 @@ def device_capacity(model: "Model") -> int | None:
     ``XLA_PYTHON_CLIENT_MEM_FRACTION``); on TPU, the chip's HBM. The CPU backend reports
     nothing: ``None``. Compiles nothing.
 
-    Example:
+    Examples:
         >>> ef.memory.device_capacity(model)   # doctest: +SKIP
         106300440576
     """
@@ -299,7 +303,7 @@ def estimate_memory(model: "Model", batch_size: int, x: Any = None,
         ValueError: no state and no rows to build one from, or a batch size that does not
             split over the devices.
 
-    Example:
+    Examples:
         >>> est = model.estimate_memory(512, x_train[:2], y_train[:2])   # doctest: +SKIP
         >>> est.total_bytes, est.fits                                     # doctest: +SKIP
         (1834213376, True)
@@ -330,7 +334,7 @@ def check_capacity(model: "Model", batch_size: int, data: DataAdapter | None = N
     Returns:
         The estimate, or ``None`` when the capacity is unknown.
 
-    Example:
+    Examples:
         >>> ef.memory.check_capacity(model, 4096)   # doctest: +SKIP
         MemoryWarning: Training at batch size 4096 needs about 97.1 GiB per device ...
     """

@@ -7,7 +7,7 @@ memory of a hand-written loop, mostly this. After a compile, ``fit`` asks glibc 
 the free pages (``malloc_trim``); nothing is trimmed where no compile ran, and elsewhere than
 glibc (macOS, musl) this is a no-op.
 
-Example:
+Examples:
     >>> compiles = CompileWatch()
     >>> compiles.release_if_compiled()   # after work that may have compiled
 """
@@ -52,7 +52,8 @@ def release_free_memory() -> None:
 
 
 class CompileWatch:
-    """Remembers how many programs had been compiled; :meth:`release_if_compiled` frees the
+    """Remembers how many programs had been compiled;
+    [`release_if_compiled`][easyfit.memory.host.CompileWatch.release_if_compiled] frees the
     allocator's memory when more have been since."""
 
     def __init__(self):

@@ -2,12 +2,13 @@
 
 An estimate needs one row of the training input (shapes and device dtypes, no data) and a
 training state with its jitted train step. Once the model has trained, both are its own:
-the rows ``fit`` saw (recorded by :func:`record_data`) and the trainer's live state. Before
+the rows ``fit`` saw (recorded by [`record_data`][easyfit.memory.subject.record_data]) and the
+trainer's live state. Before
 that, a few rows given to the estimate shape a state built on a throwaway
-:class:`~easyfit.training.trainer.Trainer` over the same module, and the module and optimizer
+[`Trainer`][easyfit.training.trainer.Trainer] over the same module, and the module and optimizer
 are put back as they were: the next ``fit`` starts exactly as it would have.
 
-Example:
+Examples:
     >>> with measured(model, x_train[:2], y_train[:2]) as subject:   # doctest: +SKIP
     ...     subject.trainer.state.params                             # doctest: +SKIP
 """

@@ -1,7 +1,7 @@
 """How many train steps each dispatch runs, for one compile: the number asked for, or what
 ``steps_per_execution="auto"`` measures.
 
-The numbers and the measurement live in :mod:`easyfit.training.steps_per_dispatch`; this file
+The numbers and the measurement live in `easyfit.training.steps_per_dispatch`; this file
 holds what one compile remembers of them (the choice, the sizes compiled, the timer while it
 runs), starts "auto" from a compiled first size, and regroups batches while it measures.
 """
@@ -78,7 +78,7 @@ class DispatchPlan:
 
     def start_timer(self, train_step: FlatStateJit, distribution: Any, train: DataAdapter,
                     state: Any, batch: Batch) -> StepTimer:
-        """Starts "auto"'s timer where :func:`~easyfit.training.steps_per_dispatch.first_size`
+        """Starts "auto"'s timer where `first_size`
         says; that size is compiled here, and its scratch size tells what a dispatch costs.
         ``state`` may be the training state's arrays or only their shapes; ``batch`` is one
         batch of ``train``, as the state was shaped by.

@@ -1,11 +1,13 @@
 """The moving average of the weights (``use_ema``) put into the live weights, through the
 trainer's public surface.
 
-The average lives in the optimizer state (:mod:`easyfit.ema`). :func:`show_average`
+The average lives in the optimizer state ([`easyfit.ema`][easyfit.ema]).
+[`show_average`][easyfit.training.ema_weights.show_average]
 exchanges it with the weights, so that evaluation, prediction, checkpoints and the module
 see it (Keras's ``SwapEMAWeights``), and exchanges them back; the state remembers the
 exchange (``EmaState.swapped``), so checkpoints and resumed runs know it too.
-:func:`finalize_average` makes the average the weights for good (Keras's
+[`finalize_average`][easyfit.training.ema_weights.finalize_average] makes the average the
+weights for good (Keras's
 ``finalize_variable_values``, which ``fit`` runs at its end). Arrays are exchanged on the
 device; nothing goes to the host.
 """
@@ -48,7 +50,8 @@ def _node(trainer: "Trainer") -> ema_lib.EmaState | None:
 
 
 def average_shown(trainer: "Trainer") -> bool:
-    """Whether the weights hold the average now (exchanged by :func:`show_average`).
+    """Whether the weights hold the average now (exchanged by
+    [`show_average`][easyfit.training.ema_weights.show_average]).
 
     Raises:
         ValueError: the optimizer keeps no moving average of the weights.

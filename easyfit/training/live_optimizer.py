@@ -10,7 +10,7 @@ __all__ = ["LiveOptimizer"]
 
 
 class LiveOptimizer:
-    """The compiled :class:`~easyfit.optimizers.Optimizer`, seen through the trainer.
+    """The compiled [`Optimizer`][easyfit.optimizers.Optimizer], seen through the trainer.
 
     ``learning_rate`` reads and sets the rate the next update uses, in the live optimizer
     state once ``fit`` has built it (as Keras's ``model.optimizer.learning_rate``); every
@@ -36,7 +36,8 @@ class LiveOptimizer:
     # Keras's EMA attributes: from compile's ema_momentum as from the optimizer's use_ema
     @property
     def use_ema(self) -> bool:
-        """Whether training keeps a moving average of the weights (see :mod:`easyfit.ema`)."""
+        """Whether training keeps a moving average of the weights (see
+        [`easyfit.ema`][easyfit.ema])."""
         return self.trainer.options.ema is not None
 
     @property

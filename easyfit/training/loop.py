@@ -5,7 +5,7 @@ is prepared while it runs, and metric sums stay on the device until a log point 
 reading batch logs, the progress bar's refresh, the end of the epoch). The exceptions: it
 stays at most ``MAX_RUNNING`` dispatches ahead (each holds its chunk in memory), and
 ``steps_per_execution="auto"`` waits a few times while it times the first steps
-(:mod:`easyfit.training.steps_per_dispatch`).
+(`easyfit.training.steps_per_dispatch`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _epoch_feeds(trainer: "Trainer", train: DataAdapter, epochs: range, start: i
 
     While "auto" measures (``timer`` not settled), epochs are read one batch at a time and
     regrouped into ``timer.k``. Arrays that the fit holds on the devices
-    (:mod:`easyfit.data.on_device`) come as chunks of row numbers, made in this thread (they
+    (`easyfit.data.on_device`) come as chunks of row numbers, made in this thread (they
     cost less than handing them over between threads, which also made the speed vary by 2x
     from run to run). Other inputs are read, gathered and placed by a background thread.
     Arrays and re-iterable inputs are read ahead across epochs (``train.pure_epochs``): the
@@ -126,7 +126,8 @@ class _Dispatcher:
         self.compiles.release_if_compiled()
 
 
-def _start_next_epoch(trainer: "Trainer", feeds: Iterator, dispatch: _Dispatcher) -> tuple[Any, Any]:
+def _start_next_epoch(trainer: "Trainer", feeds: Iterator, dispatch: _Dispatcher) -> tuple[Any,
+Any]:
     """Dispatches the next epoch's first chunk now, before this epoch's logs are read: when
     the callbacks only read logs, nothing that runs in between can change that step, and the
     device need not wait while the host reads the logs and runs the callbacks.
@@ -247,7 +248,8 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             divergence.check(logs, epoch, epoch_steps)
             if validates:
                 model.stop_evaluating = False
-                val_logs = evaluate_loop(trainer, validation, callbacks,  # on_test_* hooks fire, as Keras
+                val_logs = evaluate_loop(trainer, validation, callbacks,  # on_test_* hooks
+                fire, as Keras
                                          stop=lambda: model.stop_evaluating)
                 logs.update({f"val_{key}": value for key, value in val_logs.items()})
                 dispatch.compiles.release_if_compiled()

@@ -26,7 +26,7 @@ class TrainingOptions:
     Attributes:
         optimizer: the easyfit optimizer (built by the first ``fit``).
         loss: ``(y_true, y_pred) -> per-example (or per-token) loss``, or for a module
-            with several outputs, an :class:`~easyfit.outputs.OutputsSpec` (losses, loss
+            with several outputs, an [`OutputsSpec`][easyfit.outputs.OutputsSpec] (losses, loss
             weights and metrics per output, paired with the outputs at the first trace).
         metrics: metrics over real rows, sample weights ignored (named apart).
         weighted_metrics: metrics weighted by sample weight.
@@ -64,9 +64,9 @@ def resolve_options(optimizer: Any, loss: Any, metrics: Sequence[Any] | None,
                     remat: bool | str, ema_momentum: float | None = None,
                     loss_weights: Any = None) -> TrainingOptions:
     """``compile``'s arguments resolved (names to objects; the plain values were checked by
-    :func:`easyfit.arguments.check_compile`); one clear error naming the argument otherwise.
-    Per-output arguments (:mod:`easyfit.outputs`) become an
-    :class:`~easyfit.outputs.OutputsSpec` loss, the metrics inside it."""
+    `easyfit.arguments.check_compile`); one clear error naming the argument otherwise.
+    Per-output arguments ([`easyfit.outputs`][easyfit.outputs]) become an
+    [`OutputsSpec`][easyfit.outputs.OutputsSpec] loss, the metrics inside it."""
     if loss is None:
         raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy' "
                          "or a callable (y_true, y_pred) -> per-example loss.")

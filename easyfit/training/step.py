@@ -1,11 +1,11 @@
 """The jitted train, eval and predict steps: pure functions over fixed-shape chunks.
 
 A chunk is ``k`` stacked batches (``k = steps_per_execution``); the train step loops over
-them and carries :class:`~easyfit.training.train_state.TrainState`, which is donated (it returns the new
+them and carries `TrainState`, which is donated (it returns the new
 state and the logs after it). Padding rows carry zero weight, so they are out of
 the loss, the gradients and the metrics; a fully padded filler batch (the short last chunk
 of an epoch) is skipped, so it changes nothing. A chunk of an array dataset held on the
-devices (:class:`~easyfit.data.on_device.IndexedChunk`) carries row numbers: each batch's
+devices (`IndexedChunk`) carries row numbers: each batch's
 rows are gathered inside the loop.
 """
 
@@ -69,14 +69,14 @@ def _over_real_batches(body: Callable[[Any, Batch], Any], carry: Any, chunk: Bat
 
 class FlatStateJit:
     """``jax.jit`` of ``fn(state, chunk) -> (state, out)``, whose state can also come and go
-    as its flat list of leaves (:meth:`call_flat`).
+    as its flat list of leaves (`call_flat`).
 
     Flattening a training state's ``nnx.Variable`` objects into a call and building new ones
     from its outputs costs ~30 us a call, a quarter of a small model's one-step dispatch; a
     caller that keeps the leaves between calls skips both. Both ways of calling run (and
     compile) the same program.
 
-    The row numbers of an :class:`~easyfit.data.on_device.IndexedChunk` come in as numpy,
+    The row numbers of an `IndexedChunk` come in as numpy,
     and the call places them (with ``rows_sharding``) on its fast path: ~10 us, against
     ~120 us for a ``device_put`` of the chunk first.
 
@@ -86,7 +86,7 @@ class FlatStateJit:
             ``out_sharding``; ``None``: as XLA chooses.
         rows_sharding: where the row numbers of an indexed chunk go (batch axis split).
 
-    Example:
+    Examples:
         >>> step = FlatStateJit(lambda state, x: ({"w": state["w"] + x}, x.sum()))
         >>> leaves, treedef = jax.tree.flatten({"w": jnp.zeros(2)})
         >>> leaves, total = step.call_flat(treedef, leaves, jnp.ones(2))
@@ -259,7 +259,7 @@ class Steps:
 
     def _train_chunk(self, state: TrainState,
                      chunk: Batch | IndexedChunk) -> tuple[TrainState, dict]:
-        """The train step, and the logs after it (as :meth:`_logs`): read at log points with
+        """The train step, and the logs after it (as `_logs`): read at log points with
         no program of their own to compile and run, and small enough for the loop to wait on
         (the state is donated to the next step, so it cannot be waited on)."""
         state = self._train_loop(state, chunk)
@@ -303,7 +303,7 @@ class Steps:
 
     def log_names(self, with_lr: bool) -> list[str]:
         """The keys that ``logs`` will have, known without running anything (with several
-        outputs, once a step or :meth:`zero_totals` has been traced: they name the logs)."""
+        outputs, once a step or `zero_totals` has been traced: they name the logs)."""
         names = ["loss"] + [m.name for m in self.loss_metrics + self.metrics
                             + self.weighted_metrics]
         return names + (["learning_rate"] if with_lr else [])

@@ -2,13 +2,13 @@
 
 A dispatch (one call of the jitted step, a loop over ``k`` stacked batches) has a fixed
 cost: the host's work to launch it (~0.1-1 ms), and on a CPU also the step's scratch memory,
-which XLA:CPU allocates afresh for each call (:func:`call_cost`: a large scratch is mapped
+which XLA:CPU allocates afresh for each call (`call_cost`: a large scratch is mapped
 from the OS and faulted in page by page every call, ~0.3 ms per MiB). For a large model the
 host's work is nothing next to the step, but its scratch grows with it; for a small one the
 host's work is most of the time. ``"auto"`` aims for about ``TARGET_SECONDS`` of work per
 dispatch, or longer where the scratch costs more, so that a call's fixed cost stays under
 ``CALL_SHARE`` of it (at most ``MAX_CALL_SECONDS``), and starts in one of three ways
-(:func:`first_size`):
+(`first_size`):
 
 - **Fused from the start**, when the flops of the step say it is cheap and nothing in it is
   known to run slower in a loop body. The train step compiles once, from the training
@@ -24,7 +24,7 @@ dispatch, or longer where the scratch costs more, so that a call's fixed cost st
 The starting size is compiled ahead, from shapes, so its scratch size is known before the
 first step runs. Later fits reuse what was compiled.
 
-Example:
+Examples:
     >>> choose_steps(step_seconds=0.0005, batch_bytes=8192, steps_per_epoch=1000)
     256
 """
@@ -73,7 +73,7 @@ def call_cost(scratch_bytes: int, platform: str) -> float:
     which XLA:CPU allocates for each call (a loop over ``k`` steps reuses it). Accelerators
     keep their scratch in a pooled allocator: 0.
 
-    Example:
+    Examples:
         >>> round(call_cost(362 * 2**20, "cpu"), 3)
         0.109
     """
@@ -87,7 +87,7 @@ def choose_steps(step_seconds: float, batch_bytes: int, steps_per_epoch: int | N
     """Steps per dispatch for a measured time per step (dispatch included).
 
     A dispatch should last ``TARGET_SECONDS``, or long enough for ``fixed_cost`` (seconds
-    each dispatch costs: :func:`call_cost`) to be at most ``CALL_SHARE`` of it, but not over
+    each dispatch costs: `call_cost`) to be at most ``CALL_SHARE`` of it, but not over
     ``MAX_CALL_SECONDS``. A power of two, so that nearby timings give the same answer; at
     most ``MAX_STEPS``, the steps of an epoch, and what ``MAX_CHUNK_BYTES`` of input allows.
     """
@@ -102,7 +102,7 @@ def choose_steps(step_seconds: float, batch_bytes: int, steps_per_epoch: int | N
 
 
 class Start(NamedTuple):
-    """Where "auto" starts (:func:`first_size`).
+    """Where "auto" starts (`first_size`).
 
     Attributes:
         k: steps per dispatch to start at.
@@ -121,7 +121,7 @@ def first_size(trace: Callable[[int], Any], batch_bytes: int, steps_per_epoch: i
     dispatch to measure from.
 
     It traces (does not compile) the step at the largest size the caps allow and counts the
-    flops of one step in its jaxpr (:func:`step_flops`). At ``PEAK_FLOPS`` the step takes at least
+    flops of one step in its jaxpr (`step_flops`). At ``PEAK_FLOPS`` the step takes at least
     ``flops / peak`` seconds; that floor caps the size as a measured time would. It keeps one
     step per dispatch without measuring when the caps allow no more, or when a loop body
     runs slower than the same step alone: XLA:CPU runs convolutions inside a loop ~10x
@@ -167,7 +167,7 @@ def step_flops(jaxpr: Any) -> tuple[float, bool]:
     Reading them off the jaxpr costs ~1 ms; XLA's cost analysis of the lowered step costs
     ~25 ms of a small model's first ``fit``.
 
-    Example:
+    Examples:
         >>> a = jax.ShapeDtypeStruct((8, 4), "float32")
         >>> b = jax.ShapeDtypeStruct((4, 2), "float32")
         >>> step_flops(jax.make_jaxpr(lambda a, b: a @ b)(a, b).jaxpr)
@@ -225,12 +225,12 @@ class StepTimer:
     Fusing is not always faster: some backends run a loop body slower than the same program
     unrolled (XLA:CPU with convolutions, for one). So the candidate size is timed too, and
     ``k`` falls back to 1 when it does not beat one step per dispatch. After
-    :meth:`start_fused`, it times that size only, to make it smaller if a dispatch is far
-    over its target (see :func:`choose_steps`). After :meth:`settle`, it times nothing.
+    `start_fused`, it times that size only, to make it smaller if a dispatch is far
+    over its target (see `choose_steps`). After `settle`, it times nothing.
 
     Args:
         steps_per_epoch: known steps per epoch (caps ``k``), or ``None``.
-        fixed_cost: seconds each dispatch costs beyond its steps (:func:`call_cost`),
+        fixed_cost: seconds each dispatch costs beyond its steps (`call_cost`),
             weighed when choosing ``k``.
         asynchronous: the device runs a dispatch while the host prepares the next (an
             accelerator): a step of ``ASYNC_STEP_SECONDS`` or more runs one per dispatch.
@@ -262,7 +262,7 @@ class StepTimer:
         self.k, self.settled = k, True
 
     def start_fused(self, k: int) -> None:
-        """Starts at ``k`` steps per dispatch, already compiled (see :func:`first_size`)."""
+        """Starts at ``k`` steps per dispatch, already compiled (see `first_size`)."""
         self.k, self.fused_start = k, True
         self._compiled.add(k)
         self._warmup = 1

@@ -1,7 +1,7 @@
 """The training state: one pytree that decides the future of training.
 
-Params and the module's other variables (from :mod:`easyfit.modules.graph`), the optimizer
-state, the step counter and the metric sums form :class:`TrainState`, the only thing the
+Params and the module's other variables (from `easyfit.modules.graph`), the optimizer
+state, the step counter and the metric sums form `TrainState`, the only thing the
 jitted step reads and returns.
 """
 
@@ -48,7 +48,7 @@ def init_optimizer_state(init: Callable[[Any], Any], params: Any, shardings: Any
     from its jaxpr, made with numpy and placed: no program to compile (~50 ms of a first
     ``fit`` on CPU). Any other runs jitted, with its outputs created where they live.
 
-    Example:
+    Examples:
         >>> import optax
         >>> one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         >>> state = init_optimizer_state(optax.adam(1e-3).init, {"w": jnp.ones(3)}, one)

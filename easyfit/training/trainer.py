@@ -1,6 +1,6 @@
 """The trainer: the live training of one model, behind a small public surface.
 
-It owns the user's module (as NNX), the :class:`~easyfit.training.train_state.TrainState`
+It owns the user's module (as NNX), the `TrainState`
 while training runs, the jitted steps, the steps-per-dispatch plan, the write-back of trained
 weights to the module and what a checkpoint holds. ``Model`` (the facade), the loops, the
 memory estimate, the learning-rate finder and the checkpoint callbacks use only the public
@@ -40,7 +40,7 @@ __all__ = ["Resume", "Trainer"]
 @dataclasses.dataclass(frozen=True)
 class Resume:
     """Where a restored backup continues: ``(epoch, batch in epoch)`` and the callbacks'
-    saved states (see :meth:`easyfit.callbacks.CallbackList.states`)."""
+    saved states (see [`states`][easyfit.callbacks.CallbackList.states])."""
 
     position: tuple[int, int]
     callback_states: list
@@ -71,7 +71,8 @@ class Trainer:
         step_count: train steps (batches) taken, counted on the host.
         position: ``(epoch, batch in epoch)`` that ``fit`` has reached.
         has_lr: the optimizer state shows a learning rate (logged as ``learning_rate``).
-        pending_resume: a restored backup's :class:`Resume`, until the loop takes it.
+        pending_resume: a restored backup's [`Resume`][easyfit.training.trainer.Resume], until
+            the loop takes it.
         callbacks: the running ``fit``'s ``CallbackList`` (for backups of their state).
     """
 

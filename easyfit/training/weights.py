@@ -30,7 +30,7 @@ def get_weights(module: nnx.Module) -> list[np.ndarray]:
 
 
 def set_weights(module: nnx.Module, weights: Sequence[Any]) -> None:
-    """Sets the module's weights from a list shaped as :func:`get_weights` returns."""
+    """Sets the module's weights from a list shaped as `get_weights` returns."""
     state = _weight_state(module)
     leaves, treedef = jax.tree.flatten(state)
     if len(weights) != len(leaves):

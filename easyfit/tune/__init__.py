@@ -4,7 +4,7 @@ keeps the best model and prints a ranked table.
 Optuna is an optional extra (``pip install 'easyfit[tune]'``); it is imported only when a
 function of this package runs, never at ``import easyfit``.
 
-Example:
+Examples:
     >>> def build(trial):                                            # doctest: +SKIP
     ...     model = ef.Model(Net(width=trial.suggest_int("width", 32, 256), rngs=nnx.Rngs(0)))
     ...     model.compile(ef.optimizers.adamw(trial.suggest_float("lr", 1e-4, 1e-2, log=True)),

@@ -1,4 +1,4 @@
-"""The lazy import of optuna, the optional extra behind :mod:`easyfit.tune`.
+"""The lazy import of optuna, the optional extra behind [`easyfit.tune`][easyfit.tune].
 
 Optuna is imported only when a tuning function runs, never at ``import easyfit``.
 """

@@ -4,7 +4,7 @@ The loss first barely moves (the rate is too small), then falls, then blows up (
 A good rate lies where it falls fastest: the steepest descent of the smoothed loss against
 ``log(lr)``. The test runs on a copy of the training state, so the model is unchanged.
 
-Example:
+Examples:
     >>> result = model.find_lr(x_train, y_train, min_lr=1e-6, max_lr=1.0)  # doctest: +SKIP
     >>> result.suggestion                                                 # doctest: +SKIP
     0.0031
@@ -34,7 +34,7 @@ __all__ = ["LRFinderResult", "find_lr", "suggest"]
 
 @dataclass(frozen=True)
 class LRFinderResult:
-    """What :func:`find_lr` measured.
+    """What `find_lr` measured.
 
     Attributes:
         lrs: the learning rate of each step taken (increasing).
@@ -89,7 +89,7 @@ def find_lr(model: "Model", x: Any, y: Any = None, *, min_lr: float = 1e-7,
     """Runs the learning-rate range test on a copy of the model's training state.
 
     Args:
-        model: a compiled :class:`~easyfit.Model` (trained or not; it is not changed).
+        model: a compiled [`Model`][easyfit.Model] (trained or not; it is not changed).
         x: training input, as ``fit`` takes it (arrays, a dataset, an iterable).
         y: targets, with array ``x``.
         min_lr: the first learning rate.
@@ -102,9 +102,9 @@ def find_lr(model: "Model", x: Any, y: Any = None, *, min_lr: float = 1e-7,
         y_key: for datasets of dicts, as in ``fit``.
 
     Returns:
-        An :class:`LRFinderResult` with the rates, the losses and a suggestion.
+        An `LRFinderResult` with the rates, the losses and a suggestion.
 
-    Example:
+    Examples:
         >>> result = find_lr(model, x_train, y_train, steps=100)  # doctest: +SKIP
         >>> model.optimizer.learning_rate = result.suggestion      # doctest: +SKIP
     """

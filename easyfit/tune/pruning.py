@@ -17,15 +17,16 @@ class PruningCallback(Callback):
     the trial's pruner says so.
 
     ``fit`` then ends cleanly (``self.model.stop_training = True``); call
-    :meth:`raise_if_pruned` after it to raise ``optuna.TrialPruned``. A non-finite
+    [`raise_if_pruned`][easyfit.tune.pruning.PruningCallback.raise_if_pruned] after it to raise
+    ``optuna.TrialPruned``. A non-finite
     objective or training loss (a diverged run) also stops the trial as pruned.
-    :func:`search` uses it; it also serves a hand-written optuna objective.
+    `search` uses it; it also serves a hand-written optuna objective.
 
     Args:
         trial: the ``optuna.Trial`` being run.
         objective: the ``logs`` key to report, e.g. ``"val_loss"``.
 
-    Example:
+    Examples:
         >>> def objective(trial):                                    # doctest: +SKIP
         ...     model = build(trial)
         ...     pruning = ef.tune.PruningCallback(trial, "val_loss")

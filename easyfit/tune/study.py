@@ -1,4 +1,5 @@
-"""``Study``: the result of :func:`easyfit.tune.search`, optuna's study plus the best model,
+"""``Study``: the result of [`easyfit.tune.search`][easyfit.tune.search], optuna's study plus
+the best model,
 and its ranked table of trials; ``TrialRunner``, the optuna objective that fills it."""
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ _WEIGHTS_ATTR = "easyfit_weights"    # trial user attribute: where its weights w
 
 
 class Study:
-    """The result of :func:`search`: optuna's study plus the best model.
+    """The result of `search`: optuna's study plus the best model.
 
     Attributes:
         optuna: the ``optuna.study.Study`` (its storage holds every trial).
 
-    Example:
+    Examples:
         >>> study = ef.tune.search(build, x, y, validation_split=0.2, trials=10)  # doctest: +SKIP
         >>> study.best_params                                        # doctest: +SKIP
         {'width': 128, 'lr': 0.003}
@@ -66,12 +67,13 @@ class Study:
     # -- the best model -----------------------------------------------------------------------
     @property
     def best_model(self) -> Any:
-        """The best trial's :class:`~easyfit.Model`, with the weights it ended that trial with.
+        """The best trial's [`Model`][easyfit.Model], with the weights it ended that trial with.
 
         Kept in memory when the best trial ran in this process. Otherwise (a resumed study,
         another worker) it is rebuilt by ``build(optuna.trial.FixedTrial(best_params))`` and
         loaded from the weights saved under ``checkpoint_dir``; if they were not saved,
-        this raises ``RuntimeError``: call :meth:`retrain_best` instead.
+        this raises ``RuntimeError``: call
+        [`retrain_best`][easyfit.tune.study.Study.retrain_best] instead.
         """
         best = self.best_trial
         if self._best_number == best.number:
@@ -99,9 +101,9 @@ class Study:
                 ``x=``, ``y=``, or ``validation_data=None``).
 
         Returns:
-            The trained :class:`~easyfit.Model`.
+            The trained [`Model`][easyfit.Model].
 
-        Example:
+        Examples:
             >>> model = study.retrain_best(epochs=20)                # doctest: +SKIP
         """
         args = {**self._fit_args, **fit_kwargs}
@@ -125,7 +127,7 @@ class Study:
             The table, one line per trial: rank, trial number, state, value (for a pruned
             trial, its last reported value), epochs trained, params.
 
-        Example:
+        Examples:
             >>> study.summary()                                      # doctest: +SKIP
             rank  trial  state     val_accuracy  epochs  params
                1      4  complete        0.9723       5  width=128, lr=0.00312
@@ -174,7 +176,8 @@ def _checked(model: Any) -> Any:
 
 
 class TrialRunner:
-    """The optuna objective that fills a :class:`Study`: builds, fits, reports, keeps the best
+    """The optuna objective that fills a [`Study`][easyfit.tune.study.Study]: builds, fits,
+    reports, keeps the best
     model."""
 
     def __init__(self, study: Study, fit_args: dict[str, Any], checkpoint_dir: Any,

@@ -52,11 +52,12 @@ def search(build: Callable[[Any], Any], x: Any, y: Any = None, *,
 
     Each trial calls ``build(trial)``, which draws hyperparameters with
     ``trial.suggest_float`` / ``suggest_int`` / ``suggest_categorical`` and returns a
-    compiled :class:`~easyfit.Model`; the model is then fitted for ``epochs`` epochs. Each
+    compiled [`Model`][easyfit.Model]; the model is then fitted for ``epochs`` epochs. Each
     epoch's ``logs[objective]`` is reported to optuna, whose pruner stops unpromising trials
     early (``fit`` ends cleanly; the trial is marked pruned). A non-finite objective or
     training loss (a diverged run) prunes the trial too. A trial's value is the objective at
-    its last epoch. The best trial's model is kept (see :attr:`Study.best_model`). Trials run
+    its last epoch. The best trial's model is kept (see
+    [`best_model`][easyfit.tune.Study.best_model]). Trials run
     one after another in this process; several processes (machines) can share one study
     through ``storage``.
 
@@ -82,7 +83,8 @@ def search(build: Callable[[Any], Any], x: Any, y: Any = None, *,
             With a persistent storage an interrupted study resumes where it stopped.
         study_name: the study's name in ``storage`` (loaded if it exists).
         checkpoint_dir: where the best trial's weights are saved (``trial_<n>`` under it;
-            a superseded best's are deleted), so that :attr:`Study.best_model` works in a
+            a superseded best's are deleted), so that
+            [`best_model`][easyfit.tune.Study.best_model] works in a
             later process. Default: ``<db>-<study_name>-weights`` next to an SQLite file;
             not saved for other storages.
         sampler: an optuna sampler. Default ``optuna.samplers.TPESampler(seed=seed + n)``,
@@ -98,12 +100,12 @@ def search(build: Callable[[Any], Any], x: Any, y: Any = None, *,
         **fit_kwargs: more ``Model.fit`` arguments (``shuffle``, ``class_weight``, ...).
 
     Returns:
-        A :class:`Study`.
+        A [`Study`][easyfit.tune.trials.Study].
 
     Raises:
         ImportError: optuna is not installed (``pip install 'easyfit[tune]'``).
 
-    Example:
+    Examples:
         >>> study = ef.tune.search(build, x_train, y_train,          # doctest: +SKIP
         ...                        validation_data=(x_val, y_val), objective="val_accuracy",
         ...                        trials=20, epochs=10, storage="sqlite:///tune.db",
