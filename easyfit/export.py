@@ -1,5 +1,4 @@
-"""Run an exported model: [`load_exported`][easyfit.export.load_exported] reads what
-``model.export(path)`` wrote.
+"""Run an exported model: [`load_exported`][easyfit.export.load_exported] reads what ``model.export(path)`` wrote.
 
 An export is a directory holding the model's inference function (eval mode: dropout off,
 BatchNorm on its running statistics) serialized with `jax.export`, with a symbolic

@@ -25,8 +25,7 @@ __all__ = ["LearningRateState", "scale_by_learning_rate", "scheduled_rate"]
 
 
 class LearningRateState(NamedTuple):
-    """State of [`scale_by_learning_rate`][easyfit.lr_state.scale_by_learning_rate]: ``lr =
-    schedule(count) * scale``."""
+    """State of [`scale_by_learning_rate`][easyfit.lr_state.scale_by_learning_rate]: ``lr = schedule(count) * scale``."""
 
     count: jax.Array
     scale: jax.Array

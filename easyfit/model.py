@@ -105,8 +105,7 @@ class Model(ModelTools):
         return weights_lib.get_weights(self.module)
 
     def set_weights(self, weights: Sequence[Any]) -> None:
-        """Sets the weights from a list shaped as
-        [`get_weights`][easyfit.model.Model.get_weights] returns; training
+        """Sets the weights from a list shaped as [`get_weights`][easyfit.model.Model.get_weights] returns; training
         continues from them."""
         weights_lib.set_weights(self.module, weights)
 
@@ -341,13 +340,11 @@ class Model(ModelTools):
     # -- weights on disk -----------------------------------------------------------------------
     def save_weights(self, path: str) -> None:
         """Writes the weights (parameters, batch statistics, RNG state) to a checkpoint
-        directory; [`load_weights`][easyfit.model.Model.load_weights] on a model built by the
-        same code restores them."""
+        directory; [`load_weights`][easyfit.model.Model.load_weights] on a model built by the same code restores them."""
         weights_lib.save_weights(self.trainer, path)
 
     def load_weights(self, path: str, step: int | None = None) -> None:
-        """Loads weights from a checkpoint directory (of
-        [`save_weights`][easyfit.model.Model.save_weights],
+        """Loads weights from a checkpoint directory (of [`save_weights`][easyfit.model.Model.save_weights],
         ``ModelCheckpoint`` or ``BackupAndRestore``): ``step``, else the best by the
         monitored value, else the latest. Refuses a checkpoint of a different model."""
         arguments.check_load_path(path, "load_weights")

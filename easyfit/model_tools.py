@@ -1,6 +1,5 @@
 """The tools a ``Model`` offers beside Keras's API: the learning-rate finder, the memory
-estimate, the batch-size finder and the summary table (a mixin of
-[`easyfit.Model`][easyfit.Model])."""
+estimate, the batch-size finder and the summary table (a mixin of [`easyfit.Model`][easyfit.Model])."""
 
 from __future__ import annotations
 
@@ -14,8 +13,7 @@ __all__ = ["ModelTools"]
 
 
 class ModelTools:
-    """Methods of [`easyfit.Model`][easyfit.Model] that choose settings or describe the model;
-    they use
+    """Methods of [`easyfit.Model`][easyfit.Model] that choose settings or describe the model; they use
     the model's public surface (``trainer``, ``module``, ``distribution``)."""
 
     # -- choosing the learning rate ------------------------------------------------------------
@@ -63,8 +61,7 @@ class ModelTools:
         """Prints (and returns) a table of the module's layers, parameter shapes and sizes;
         on several devices also the mesh and each sharded parameter's partition spec; with
         ``batch_size``, the per-device memory estimate of training at that batch size
-        ([`estimate_memory`][easyfit.model_tools.ModelTools.estimate_memory]; the model must
-        have seen data)."""
+        ([`estimate_memory`][easyfit.model_tools.ModelTools.estimate_memory]; the model must have seen data)."""
         text = summarize_placed(self.module, self.distribution, self.trainer.params_sharding)
         if batch_size is not None:
             text += "\n" + str(self.estimate_memory(batch_size))

@@ -35,8 +35,7 @@ __all__ = ["LearningRateState", "OPTIMIZERS", "Optimizer", "adagrad", "adam", "a
 
 # optax 0.2.8's inject_hyperparams returns the "stateful" state class; older ones the other.
 _INJECTED = tuple(getattr(optax, name) for name in
-                  ("InjectStatefulHyperparamsState", "InjectHyperparamsState") if hasattr(optax,
-                  name))
+                  ("InjectStatefulHyperparamsState", "InjectHyperparamsState") if hasattr(optax, name))
 
 
 def _is_lr_node(node: Any) -> bool:
@@ -123,8 +122,7 @@ class Optimizer:
         return optax.chain(*self._clip, self._rule, scale_by_learning_rate(schedule, initial))
 
     def reset(self) -> None:
-        """Forgets the built transformation, so the next
-        [`build`][easyfit.optimizers.Optimizer.build] resolves anew (a new
+        """Forgets the built transformation, so the next [`build`][easyfit.optimizers.Optimizer.build] resolves anew (a new
         ``compile`` may ask for other accumulation or loss scaling, a new run length)."""
         self._transform, self._lr_fn = None, None
 
@@ -381,8 +379,7 @@ OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
 
 
 def get(optimizer: str | Optimizer | optax.GradientTransformation) -> Optimizer:
-    """Resolves what ``compile(optimizer=...)`` accepts into an
-    [`Optimizer`][easyfit.optimizers.Optimizer].
+    """Resolves what ``compile(optimizer=...)`` accepts into an [`Optimizer`][easyfit.optimizers.Optimizer].
 
     Examples:
         >>> get("adamw").name

@@ -214,8 +214,7 @@ def _metric_lists(metrics: Any, names: list[str], from_dict: bool, what: str) ->
 
 
 class Outputs:
-    """Losses, loss weights and metrics paired with a module's outputs (see
-    [`bind`][easyfit.outputs.bind]).
+    """Losses, loss weights and metrics paired with a module's outputs (see [`bind`][easyfit.outputs.bind]).
 
     Attributes:
         names: the outputs' names, in order (sorted dict keys, or ``output_1``, ...).

@@ -52,7 +52,6 @@ def recorded(factory: Factory) -> Factory:
 
 
 def recipe_of(obj: Any) -> dict[str, Any] | None:
-    """The recipe of an object made by a [`recorded`][easyfit.recipes.recorded] factory, else
-    ``None``."""
+    """The recipe of an object made by a [`recorded`][easyfit.recipes.recorded] factory, else ``None``."""
     recipe = getattr(obj, "recipe", None)
     return recipe if isinstance(recipe, dict) and "factory" in recipe else None

@@ -1,5 +1,4 @@
-"""Save a whole model and load it back: ``model.save(path)`` and
-[`load_model`][easyfit.saving.load_model].
+"""Save a whole model and load it back: ``model.save(path)`` and [`load_model`][easyfit.saving.load_model].
 
 ``model.save(path)`` writes everything needed to continue training or to serve: the weights
 (parameters, batch statistics, dropout RNG streams), the optimizer state and step counter

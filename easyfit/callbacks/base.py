@@ -198,8 +198,7 @@ class CallbackList:
                 for nth, c in self._numbered()]
 
     def restore_states(self, states: list[dict[str, Any] | None]) -> None:
-        """Gives each callback its state from
-        [`states`][easyfit.callbacks.base.CallbackList.states] of an earlier run (matched by
+        """Gives each callback its state from [`states`][easyfit.callbacks.base.CallbackList.states] of an earlier run (matched by
         class name and occurrence; callbacks not found there keep theirs)."""
         saved = {(entry["class"], entry["nth"]): entry["state"] for entry in states if entry}
         for nth, callback in self._numbered():

@@ -103,6 +103,5 @@ def prepare(data_dir: str, file_formats: tuple[str, ...] = ("tfrecord", "array_r
 
 
 def data_dir_for(data_dir: str, file_format: str) -> str:
-    """Where [`prepare`][easyfit.datasets.digits.prepare] writes one file format inside
-    ``data_dir``."""
+    """Where [`prepare`][easyfit.datasets.digits.prepare] writes one file format inside ``data_dir``."""
     return data_dir if file_format == "tfrecord" else os.path.join(data_dir, file_format)

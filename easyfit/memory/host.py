@@ -52,8 +52,7 @@ def release_free_memory() -> None:
 
 
 class CompileWatch:
-    """Remembers how many programs had been compiled;
-    [`release_if_compiled`][easyfit.memory.host.CompileWatch.release_if_compiled] frees the
+    """Remembers how many programs had been compiled; [`release_if_compiled`][easyfit.memory.host.CompileWatch.release_if_compiled] frees the
     allocator's memory when more have been since."""
 
     def __init__(self):

@@ -50,8 +50,7 @@ def _node(trainer: "Trainer") -> ema_lib.EmaState | None:
 
 
 def average_shown(trainer: "Trainer") -> bool:
-    """Whether the weights hold the average now (exchanged by
-    [`show_average`][easyfit.training.ema_weights.show_average]).
+    """Whether the weights hold the average now (exchanged by [`show_average`][easyfit.training.ema_weights.show_average]).
 
     Raises:
         ValueError: the optimizer keeps no moving average of the weights.

@@ -36,8 +36,7 @@ class LiveOptimizer:
     # Keras's EMA attributes: from compile's ema_momentum as from the optimizer's use_ema
     @property
     def use_ema(self) -> bool:
-        """Whether training keeps a moving average of the weights (see
-        [`easyfit.ema`][easyfit.ema])."""
+        """Whether training keeps a moving average of the weights (see [`easyfit.ema`][easyfit.ema])."""
         return self.trainer.options.ema is not None
 
     @property

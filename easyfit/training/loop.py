@@ -126,8 +126,7 @@ class _Dispatcher:
         self.compiles.release_if_compiled()
 
 
-def _start_next_epoch(trainer: "Trainer", feeds: Iterator, dispatch: _Dispatcher) -> tuple[Any,
-Any]:
+def _start_next_epoch(trainer: "Trainer", feeds: Iterator, dispatch: _Dispatcher) -> tuple[Any, Any]:
     """Dispatches the next epoch's first chunk now, before this epoch's logs are read: when
     the callbacks only read logs, nothing that runs in between can change that step, and the
     device need not wait while the host reads the logs and runs the callbacks.
@@ -248,8 +247,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
             divergence.check(logs, epoch, epoch_steps)
             if validates:
                 model.stop_evaluating = False
-                val_logs = evaluate_loop(trainer, validation, callbacks,  # on_test_* hooks
-                fire, as Keras
+                val_logs = evaluate_loop(trainer, validation, callbacks,  # on_test_* hooks fire, as Keras
                                          stop=lambda: model.stop_evaluating)
                 logs.update({f"val_{key}": value for key, value in val_logs.items()})
                 dispatch.compiles.release_if_compiled()

@@ -1,5 +1,4 @@
-"""``Study``: the result of [`easyfit.tune.search`][easyfit.tune.search], optuna's study plus
-the best model,
+"""``Study``: the result of [`easyfit.tune.search`][easyfit.tune.search], optuna's study plus the best model,
 and its ranked table of trials; ``TrialRunner``, the optuna objective that fills it."""
 
 from __future__ import annotations
@@ -176,8 +175,7 @@ def _checked(model: Any) -> Any:
 
 
 class TrialRunner:
-    """The optuna objective that fills a [`Study`][easyfit.tune.study.Study]: builds, fits,
-    reports, keeps the best
+    """The optuna objective that fills a [`Study`][easyfit.tune.study.Study]: builds, fits, reports, keeps the best
     model."""
 
     def __init__(self, study: Study, fit_args: dict[str, Any], checkpoint_dir: Any,
