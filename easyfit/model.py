@@ -14,7 +14,7 @@ Examples:
     >>> x, y = np.random.rand(64, 4).astype("float32"), np.random.randint(0, 3, 64)
     >>> history = model.fit(x, y, epochs=2, verbose=0)
     >>> sorted(history.history)
-    ['accuracy', 'loss', 'learning_rate']
+    ['accuracy', 'learning_rate', 'loss']
 """
 
 from __future__ import annotations

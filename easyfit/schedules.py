@@ -8,7 +8,7 @@ Examples:
     >>> import easyfit as ef
     >>> sched = ef.schedules.warmup_cosine(peak=1e-3, warmup=0.1)
     >>> fn = sched.resolve(total_steps=100)      # what fit() does for you
-    >>> float(fn(10))
+    >>> round(float(fn(10)), 6)
     0.001
 """
 
@@ -158,7 +158,7 @@ def piecewise(boundaries: Sequence[Length], values: Sequence[float]) -> Schedule
 
     Examples:
         >>> s = piecewise([5], [1.0, 0.1]).resolve(None)
-        >>> float(s(4)), float(s(5))
+        >>> round(float(s(4)), 6), round(float(s(5)), 6)
         (1.0, 0.1)
     """
     if len(values) != len(boundaries) + 1:

@@ -319,9 +319,8 @@ class ModelParallel(Distribution):
         devices: the devices to use (default: all devices of all processes).
 
     Examples:
-        >>> dist = ef.distribute.ModelParallel({"data": 2, "model": 4},
-        ...                                    rules={r"mlp/.*kernel": (None, "model")})  #
-        doctest: +SKIP
+        >>> dist = ef.distribute.ModelParallel(  # doctest: +SKIP
+        ...     {"data": 2, "model": 4}, rules={r"mlp/.*kernel": (None, "model")})
     """
 
     def __init__(self, mesh_shape: Mapping[str, int],

@@ -49,7 +49,7 @@ def init_optimizer_state(init: Callable[[Any], Any], params: Any, shardings: Any
     ``fit`` on CPU). Any other runs jitted, with its outputs created where they live.
 
     Examples:
-        >>> import optax
+        >>> import jax, jax.numpy as jnp, optax
         >>> one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         >>> state = init_optimizer_state(optax.adam(1e-3).init, {"w": jnp.ones(3)}, one)
         >>> state[0].mu["w"]
