@@ -29,7 +29,7 @@ from easyfit.data.batch import Batch
 from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch, is_chief
-from easyfit.errors import DivergenceCheck
+from easyfit.training.divergence import DivergenceCheck
 from easyfit.training.dispatch_plan import regroup
 from easyfit.training.ema_weights import finalize_average, has_average
 from easyfit.training.steps_per_dispatch import StepTimer

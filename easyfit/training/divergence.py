@@ -1,0 +1,66 @@
+"""A training loss that diverges (NaN or inf) is reported once per ``fit``, from the epoch-end
+logs the loop reads anyway (no extra wait for the device)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+
+from easyfit.errors import DivergenceWarning, user_stacklevel
+
+__all__ = ["DivergenceCheck"]
+
+
+class DivergenceCheck:
+    """Warns once per ``fit`` when the epoch's training loss is NaN or infinite.
+
+    It reads only the epoch-end logs, which the loop fetches anyway: no extra wait for the
+    device. Training goes on, as Keras's does without ``TerminateOnNaN``.
+
+    Args:
+        enabled: ``False`` when ``TerminateOnNaN`` already watches the loss.
+        data: the training input; array inputs are searched for NaN and label ranges
+            (once, when the loss diverged).
+    """
+
+    def __init__(self, enabled: bool = True, data: Any = None):
+        self.enabled, self.data = enabled, data
+        self.last_step: int | None = None  # the step count at the last finite epoch end
+
+    def check(self, logs: dict[str, float], epoch: int, step: int) -> None:
+        """Looks at one epoch's logs (``epoch`` counted from 0, ``step`` = steps so far)."""
+        loss = logs.get("loss")
+        if not self.enabled or loss is None:
+            return
+        if math.isfinite(loss):
+            self.last_step = step
+            return
+        self.enabled = False  # once per fit
+        warnings.warn(self.message(loss, epoch, step, logs.get("learning_rate")),
+                      DivergenceWarning, stacklevel=user_stacklevel())
+
+    def message(self, loss: float, epoch: int, step: int, lr: float | None) -> str:
+        """The warning's text: the epoch, the step and the usual causes (the one the input
+        arrays show first)."""
+        since = "" if self.last_step is None else f"; it was finite at step {self.last_step}"
+        causes = [f"the learning rate is too high{'' if lr is None else f' (it is {lr:.3g})'}: "
+                  "try it 10x lower, or clip gradients (clipnorm=1.0)",
+                  "labels out of range for the loss: class ids must lie in 0 .. outputs - 1",
+                  "NaN or inf in the inputs"]
+        for name in ("x", "y"):  # arrays: NaN counted, the label range shown
+            for leaf in map(np.asarray, jax.tree.leaves(getattr(self.data, name, None))):
+                bad = int((~np.isfinite(leaf)).sum()) if leaf.dtype.kind == "f" else 0
+                if bad:
+                    causes.insert(0, f"`{name}` holds {bad} NaN or inf values: clean or drop "
+                                     "those rows")
+                elif name == "y" and leaf.dtype.kind in "iu" and leaf.size:
+                    causes[-2] += f" (`y` holds {leaf.min()} to {leaf.max()})"
+        value = "NaN" if math.isnan(loss) else str(loss)
+        return (f"model.fit: the training loss is {value} at the end of epoch {epoch + 1} "
+                f"(step {step}{since}): training diverged, and the weights are likely NaN "
+                f"now. Likely causes: {'; '.join(causes)}. To stop at the first bad step, add "
+                "ef.callbacks.TerminateOnNaN() to the callbacks.")
