@@ -14,7 +14,7 @@ class Monitor:
 
     ``"auto"`` decides as Keras 3: ``"min"`` for a loss (``loss``, ``val_loss``, an output's
     ``a_loss``); for a compiled metric of the monitored name, its ``direction`` (``"up"``:
-    ``"max"``; otherwise ``"min"``). Any other name in ``"auto"`` mode is a ``ValueError``
+    ``"max"``, ``"down"``: ``"min"``). Any other name in ``"auto"`` mode is a ``ValueError``
     asking for ``mode="min"`` or ``"max"``, raised when training starts. An unknown mode warns
     and falls back to ``"auto"``, as Keras.
 
@@ -53,15 +53,19 @@ class Monitor:
 
     def _auto_mode(self, metrics: tuple) -> str:
         name = self.monitor.removeprefix("val_")
-        for metric in metrics:
-            if metric.name == name:
-                return "max" if getattr(metric, "direction", None) == "up" else "min"
         if name == "loss" or name.endswith("_loss"):
             return "min"
+        known = {"up": "max", "down": "min"}
+        for metric in metrics:
+            if metric.name == name and getattr(metric, "direction", None) in known:
+                return known[metric.direction]
+        compiled = any(metric.name == name for metric in metrics)
         raise ValueError(
-            f"{self.owner} monitors {self.monitor!r} with mode='auto', but that is neither a "
-            f"loss nor a compiled metric whose direction is known. Pass mode='max' to keep "
-            f"the highest value or mode='min' to keep the lowest.")
+            f"{self.owner} monitors {self.monitor!r} with mode='auto', but "
+            + ("that metric's direction is unknown (a plain function)" if compiled else
+               "that is neither a loss nor a compiled metric")
+            + ". Pass mode='max' to keep the highest value or mode='min' to keep the lowest"
+            + (", or compile ef.metrics.Mean(fn, direction='up')." if compiled else "."))
 
     @property
     def worst(self) -> float:

@@ -55,10 +55,12 @@ class DivergenceCheck:
             for leaf in map(np.asarray, jax.tree.leaves(getattr(self.data, name, None))):
                 bad = int((~np.isfinite(leaf)).sum()) if leaf.dtype.kind == "f" else 0
                 if bad:
+                    causes = [c for c in causes if not c.startswith("NaN or inf")]
                     causes.insert(0, f"`{name}` holds {bad} NaN or inf values: clean or drop "
                                      "those rows")
                 elif name == "y" and leaf.dtype.kind in "iu" and leaf.size:
-                    causes[-2] += f" (`y` holds {leaf.min()} to {leaf.max()})"
+                    causes = [c + f" (`y` holds {leaf.min()} to {leaf.max()})"
+                              if c.startswith("labels out of range") else c for c in causes]
         value = "NaN" if math.isnan(loss) else str(loss)
         return (f"model.fit: the training loss is {value} at the end of epoch {epoch + 1} "
                 f"(step {step}{since}): training diverged, and the weights are likely NaN "

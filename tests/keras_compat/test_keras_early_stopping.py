@@ -29,7 +29,7 @@ def _chosen_mode(callback, model, monitor: str) -> str:
 
 def test_early_stopping():
     model = regression_model(metrics=["mse", "acc", "accuracy",
-                                      ef.metrics.Mean(lambda y, p: p, name="hinge"), F1Score()])
+                                      ef.metrics.Mean(lambda y, p: p, name="hinge", direction="down"), F1Score()])
     cases = [("max", "val_mse", "max"), ("min", "val_loss", "min"), ("auto", "val_mse", "min"),
              ("auto", "loss", "min"), ("auto", "acc", "max"), ("auto", "val_accuracy", "max"),
              ("auto", "hinge", "min"), ("auto", "f1_score", "max")]
@@ -38,6 +38,10 @@ def test_early_stopping():
         assert _chosen_mode(stopper, model, monitor) == expected, (mode, monitor)
     with pytest.raises(ValueError, match="'unknown'"):
         _chosen_mode(ef.callbacks.EarlyStopping(monitor="unknown"), model, "unknown")
+    # easyfit: a plain function's direction is unknown, so "auto" asks rather than guesses
+    plain = regression_model(metrics=[ef.metrics.Mean(lambda y, p: p, name="my_acc")])
+    with pytest.raises(ValueError, match="direction is unknown"):
+        _chosen_mode(ef.callbacks.EarlyStopping(monitor="val_my_acc"), plain, "val_my_acc")
     x, y = random_data(10, 5)
     with pytest.raises(ValueError, match="mode='max'"):  # during fit, nothing trained yet
         model.fit(x, y, batch_size=5, epochs=2, verbose=0,
