@@ -354,7 +354,14 @@ def check_inputs(loss: Any, batch_size: int | None, *inputs: DataAdapter | None)
 
 
 def _sparse_labels(labels: Any, name: str) -> None:
-    if not isinstance(labels, np.ndarray) or labels.dtype.kind != "f":
+    if not isinstance(labels, np.ndarray):
+        return
+    if labels.ndim >= 2 and labels.shape[-1] > 1 and np.isin(labels, (0, 1)).all() \
+            and (labels.sum(-1) == 1).all():
+        raise ValueError(f"{name} looks one-hot (shape {labels.shape}), but loss='{_SPARSE}' "
+                         f"takes class ids: use loss='categorical_crossentropy', or pass "
+                         f"y.argmax(-1).")
+    if labels.dtype.kind != "f":
         return
     fractional = labels[np.isfinite(labels) & (labels != np.round(labels))]
     if fractional.size:

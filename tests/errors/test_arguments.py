@@ -132,6 +132,14 @@ def test_fractional_labels_for_a_sparse_loss(model, tmp_path, where, labels, nam
         model.evaluate(X, labels, verbose=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_one_hot_labels_for_a_sparse_loss(model, tmp_path, dtype):
+    one_hot = np.eye(4, dtype=dtype)[Y]
+    with clear_error(ValueError, "looks one-hot", "loss='categorical_crossentropy'",
+                     r"y\.argmax\(-1\)", untouched=tmp_path):
+        model.fit(X, one_hot, verbose=0)
+
+
 def test_integral_float_labels_train_with_a_note_once(monkeypatch):
     monkeypatch.setattr(arguments, "_noted", set())
     floats, ints = _model(), _model()
