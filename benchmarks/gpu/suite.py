@@ -112,8 +112,10 @@ def run_tests(tests: list[str], out_dir: str, timeout: float, env: dict) -> dict
     env = {k: v for k, v in env.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     start = time.monotonic()
     with open(pytest_log, "w") as log:
-        code, _ = run_part("tests", [sys.executable, "-m", "pytest", "-v", "-p",
-                                     "no:cacheprovider", "-rfE", *TEST_SELECT, *tests],
+        # one process, no xdist: the device image has no pytest-xdist, and the counts are
+        # read from the serial verbose lines
+        code, _ = run_part("tests", [sys.executable, "-m", "pytest", "-v", "-o", "addopts=",
+                                     "-p", "no:cacheprovider", "-rfE", *TEST_SELECT, *tests],
                            timeout, log, env)
     with open(pytest_log) as f:
         output = f.read()
