@@ -12,7 +12,16 @@ import numpy as np
 
 from easyfit.errors import DivergenceWarning, user_stacklevel
 
-__all__ = ["DivergenceCheck"]
+__all__ = ["DivergenceCheck", "takes_class_ids"]
+
+_KNOWN_LOSSES = ("mse", "mae", "huber", "binary_crossentropy", "categorical_crossentropy")
+
+
+def takes_class_ids(loss: Any) -> bool:
+    """Whether ``loss`` may take class ids: ``sparse_categorical_crossentropy``, several
+    outputs, or a loss of unknown kind (a user's function). ``False`` for easyfit's other
+    losses, where class ids out of range cannot be the cause of a NaN."""
+    return getattr(loss, "name", None) not in _KNOWN_LOSSES
 
 
 class DivergenceCheck:
@@ -25,10 +34,12 @@ class DivergenceCheck:
         enabled: ``False`` when ``TerminateOnNaN`` already watches the loss.
         data: the training input; array inputs are searched for NaN and label ranges
             (once, when the loss diverged).
+        class_ids: the loss takes class ids (``sparse_categorical_crossentropy``, or a loss
+            of unknown kind), so labels out of range are a likely cause.
     """
 
-    def __init__(self, enabled: bool = True, data: Any = None):
-        self.enabled, self.data = enabled, data
+    def __init__(self, enabled: bool = True, data: Any = None, class_ids: bool = True):
+        self.enabled, self.data, self.class_ids = enabled, data, class_ids
         self.last_step: int | None = None  # the step count at the last finite epoch end
 
     def check(self, logs: dict[str, float], epoch: int, step: int) -> None:
@@ -49,7 +60,8 @@ class DivergenceCheck:
         since = "" if self.last_step is None else f"; it was finite at step {self.last_step}"
         causes = [f"the learning rate is too high{'' if lr is None else f' (it is {lr:.3g})'}: "
                   "try it 10x lower, or clip gradients (clipnorm=1.0)",
-                  "labels out of range for the loss: class ids must lie in 0 .. outputs - 1",
+                  *(["labels out of range for the loss: class ids must lie in 0 .. outputs - 1"]
+                    if self.class_ids else []),
                   "NaN or inf in the inputs"]
         for name in ("x", "y"):  # arrays: NaN counted, the label range shown
             for leaf in map(np.asarray, jax.tree.leaves(getattr(self.data, name, None))):

@@ -29,7 +29,7 @@ from easyfit.data.batch import Batch
 from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch, is_chief
-from easyfit.training.divergence import DivergenceCheck
+from easyfit.training.divergence import DivergenceCheck, takes_class_ids
 from easyfit.training.dispatch_plan import regroup
 from easyfit.training.ema_weights import finalize_average, has_average
 from easyfit.training.steps_per_dispatch import StepTimer
@@ -194,7 +194,8 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     dispatch = _Dispatcher(trainer)
     # a NaN loss is reported once, from the epoch-end logs the host reads anyway (no sync)
     divergence = DivergenceCheck(
-        not any(isinstance(c, TerminateOnNaN) for c in callbacks.callbacks), train)
+        not any(isinstance(c, TerminateOnNaN) for c in callbacks.callbacks), train,
+        class_ids=takes_class_ids(trainer.options.loss))
     feeds = _epoch_feeds(trainer, train, range(start_epoch, epochs), start_batch, timer)
     upcoming = None  # the next epoch's chunks, when its first one is already dispatched
     early = None     # that first chunk

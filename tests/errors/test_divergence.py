@@ -48,6 +48,15 @@ def test_a_learning_rate_too_high(tmp_path):
                                        epochs=3, verbose=0)
 
 
+def test_a_regression_loss_does_not_suspect_class_ids():
+    x, y = make_data(32)
+    with pytest.raises(DivergenceWarning) as info:
+        _model(lr=1e6, loss="mse").fit(x, np.eye(4, dtype=np.float32)[y], batch_size=8,
+                                       epochs=3, verbose=0)
+    assert "learning rate is too high" in str(info.value)
+    assert "labels out of range" not in str(info.value)
+
+
 def test_labels_out_of_range(tmp_path):
     x, y = make_data(32)
     y[5] = 10  # the module has 4 outputs
