@@ -250,6 +250,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                 model.stop_evaluating = False
                 val_logs = evaluate_loop(trainer, validation, callbacks,  # on_test_* hooks fire, as Keras
                                          stop=lambda: model.stop_evaluating)
+                divergence.check_validation(val_logs, epoch, epoch_steps, validation)
                 logs.update({f"val_{key}": value for key, value in val_logs.items()})
                 dispatch.compiles.release_if_compiled()
             trainer.position = (epoch + 1, 0)

@@ -116,3 +116,13 @@ def test_not_reported_with_terminate_on_nan(capsys):
 def test_not_reported_when_training_is_finite():
     x, y = make_data(32)
     _model().fit(x, y, batch_size=8, epochs=2, verbose=0)  # no DivergenceWarning (error)
+
+
+def test_a_nan_validation_loss_names_validation_data(tmp_path):
+    x, y = make_data(32)
+    x_val, y_val = make_data(16)
+    x_val[2, 1] = np.inf
+    with clear_error(DivergenceWarning, "validation loss is NaN", "epoch 1",
+                     r"validation_data's `x` holds 1 NaN or inf", "training loss is finite",
+                     untouched=tmp_path):
+        _model().fit(x, y, batch_size=8, epochs=2, validation_data=(x_val, y_val), verbose=0)
