@@ -224,13 +224,18 @@ class Checkpoints:
                         arrays=ocp.args.StandardRestore())).arrays
                     meta = join_arrays(meta, arrays)
             except Exception as error:  # noqa: BLE001 -- any damage: fall back to older steps
+                last_error = f"{type(error).__name__}: {str(error)[:200]}"
                 warnings.warn(f"Checkpoint step {candidate} in {self.directory} is damaged "
                               f"({type(error).__name__}: {str(error)[:200]}); using the "
                               "previous one.", stacklevel=2)
                 continue
             return candidate, restored.weights, restored.get("train"), meta
         if candidates:
-            raise CheckpointError(f"Every checkpoint in {self.directory} is damaged.")
+            raise CheckpointError(
+                f"Every checkpoint in {self.directory} is damaged (steps {candidates}; the "
+                f"last error: {last_error}). Nothing was changed there. To start afresh, move "
+                f"that directory aside or use another one; to survive this next time, keep two (ModelCheckpoint(keep_latest=2), "
+                f"BackupAndRestore(double_checkpoint=True)).")
         return None
 
     def _check_fits(self, step: int, weights: Any) -> None:

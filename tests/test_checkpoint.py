@@ -321,8 +321,13 @@ def test_all_checkpoints_damaged_is_an_error(tmp_path, three_checkpoints):
     shutil.copytree(source, directory)
     for step in (2, 4, 6):
         _damage(directory / str(step), "garbage")
-    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="damaged"):
+    before = sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="damaged") as info:
         model_of(Net(seed=7)).load_weights(directory)
+    message = str(info.value)
+    assert r"steps [2, 4, 6]" in message and "move that directory aside" in message
+    assert "keep_latest=2" in message
+    assert sorted(str(p.relative_to(directory)) for p in directory.rglob("*")) == before
 
 
 def test_an_unfinished_save_is_ignored(tmp_path, three_checkpoints):
