@@ -186,10 +186,10 @@ def _input_hint(layer: Any, x: str, leaf: Any, where: str) -> str | None:
     got = shape[-1]
     if kernel is None:  # Linear-like: features on the last axis
         if len(shape) == 1:
-            return (f"{x} reached the module with one axis only, shape {shape}: the first axis "
-                    f"is always the batch, so each example is a single number, but {where} "
-                    f"expects {expects} features. If you passed one example, add its batch "
-                    f"axis: {x}[None] (shape (1, {expects})) or {x}.reshape(1, -1).")
+            return (f"{x} reached the module with one axis only: the first axis is always "
+                    f"the batch, so each example is a single number, but {where} expects "
+                    f"{expects} features. If you passed one example ({expects} values), add "
+                    f"its batch axis: {x}[None] (shape (1, {expects})) or {x}.reshape(1, -1).")
         if len(shape) > 2 and math.prod(shape[1:]) == expects:
             return (f"{x} has shape {shape}, but {where} expects {expects} features per "
                     f"example: flatten each example first, {x}.reshape(len({x}), -1) (or in the "

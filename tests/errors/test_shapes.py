@@ -114,7 +114,8 @@ def test_one_example_without_its_batch_axis(data, tmp_path):
     x, _ = data
     model = _model()
     with clear_error(ValueError, r"model\.predict\b", "one axis only", "batch",
-                     r"x\[None\]", r"expects 8 features", untouched=tmp_path):
+                     r"x\[None\]", r"expects 8 features", r"one example \(8 values\)",
+                     untouched=tmp_path):
         model.predict(x[0], verbose=0)
 
 
