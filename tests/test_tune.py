@@ -116,8 +116,9 @@ def test_diverging_trial_is_pruned_not_a_crash():
                       "sparse_categorical_crossentropy")
         return model
 
-    study = ef.tune.search(diverge, x, y, objective="loss", trials=1, epochs=3, batch_size=32,
-                           verbose=0, pruner=optuna.pruners.NopPruner())
+    with pytest.warns(ef.errors.DivergenceWarning, match="learning rate is too high"):
+        study = ef.tune.search(diverge, x, y, objective="loss", trials=1, epochs=3,
+                               batch_size=32, verbose=0, pruner=optuna.pruners.NopPruner())
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert "nan" in trial.user_attrs["easyfit_reason"] or "inf" in \
