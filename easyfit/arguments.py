@@ -32,9 +32,9 @@ from easyfit.data.dispatch import is_arrays
 from easyfit.distribute import Distribution
 from easyfit.precision import PRECISIONS
 
-__all__ = ["check_batch_size", "check_callbacks", "check_compile", "check_distribution",
-           "check_evaluate", "check_fit", "check_inputs", "check_load_path", "check_predict",
-           "check_verbose"]
+__all__ = ["check_batch_size", "check_callbacks", "check_class_weight", "check_compile",
+           "check_distribution", "check_evaluate", "check_fit", "check_inputs", "check_load_path",
+           "check_predict", "check_sample_weight", "check_verbose"]
 
 _SPARSE = "sparse_categorical_crossentropy"
 _noted: set[str] = set()  # one-time notes already given in this process
@@ -217,7 +217,7 @@ def _validation(args: Mapping[str, Any]) -> None:
                         f"{freq!r:.60}.")
 
 
-def _class_weight(class_weight: Any, y: Any) -> dict[int, float] | None:
+def check_class_weight(class_weight: Any, y: Any) -> dict[int, float] | None:
     """``class_weight`` checked against the labels, its keys as ints (Keras's ``int(key)``:
     ``"0"`` is class 0); Keras's ``ValueError`` for what it refuses."""
     if class_weight is None:
@@ -256,7 +256,7 @@ def _class_weight(class_weight: Any, y: Any) -> dict[int, float] | None:
     return cleaned
 
 
-def _sample_weight(weight: Any) -> None:
+def check_sample_weight(weight: Any) -> None:
     """The values of ``sample_weight`` (its shape is the adapter's to check)."""
     if weight is None or not isinstance(weight, (np.ndarray, list)):
         return
@@ -301,8 +301,8 @@ def check_fit(args: Mapping[str, Any]) -> tuple[list[Callback], bool, dict[int, 
     _positive("steps_per_epoch", args.get("steps_per_epoch"),
               "None for a whole pass over the data", " (batches per epoch)")
     _validation(args)
-    class_weight = _class_weight(args.get("class_weight"), args.get("y"))
-    _sample_weight(args.get("sample_weight"))
+    class_weight = check_class_weight(args.get("class_weight"), args.get("y"))
+    check_sample_weight(args.get("sample_weight"))
     check_verbose(args.get("verbose", "auto"))
     return (check_callbacks(args.get("callbacks")), _shuffle(args.get("shuffle", True)),
             class_weight)
@@ -313,7 +313,7 @@ def check_evaluate(args: Mapping[str, Any]) -> list[Callback]:
     checks those of the same names; returns the callbacks as a flat list."""
     check_batch_size("batch_size", args.get("batch_size"))
     _positive("steps", args.get("steps"), "None for the whole input", " (batches to run)")
-    _sample_weight(args.get("sample_weight"))
+    check_sample_weight(args.get("sample_weight"))
     check_verbose(args.get("verbose", "auto"))
     return check_callbacks(args.get("callbacks"))
 

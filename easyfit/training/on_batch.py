@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from easyfit import arguments
 from easyfit.callbacks.base import CallbackList
 from easyfit.data.dispatch import adapt
 from easyfit.data.adapters import DataAdapter
@@ -31,6 +32,8 @@ def _one_batch(x: Any, y: Any = None, sample_weight: Any = None,
     if sample_weight is not None and class_weight is not None:
         raise ValueError("Arguments `sample_weight` and `class_weight` cannot be specified at "
                          "the same time: fold the class weights into sample_weight.")
+    class_weight = arguments.check_class_weight(class_weight, y)
+    arguments.check_sample_weight(sample_weight)
     leaves = jax.tree.leaves(x)
     if not leaves or not hasattr(leaves[0], "shape") or np.ndim(leaves[0]) == 0:
         raise ValueError(f"The *_on_batch methods take one batch of arrays (a numpy or jax "
@@ -45,6 +48,7 @@ def train_on_batch(trainer: "Trainer", x: Any, y: Any = None, sample_weight: Any
                    class_weight: dict | None = None) -> dict[str, float]:
     """One optimizer step on ``(x, y)``; that batch's loss and metrics."""
     data = _one_batch(x, y, sample_weight, class_weight)
+    arguments.check_inputs(trainer.options.loss, None, data)
     trainer.build(data, total_steps=None)
     trainer.reset_totals()
     place = trainer.distribution.place_chunk
@@ -56,8 +60,9 @@ def train_on_batch(trainer: "Trainer", x: Any, y: Any = None, sample_weight: Any
 def test_on_batch(trainer: "Trainer", x: Any, y: Any = None,
                   sample_weight: Any = None) -> dict[str, float]:
     """Loss and metrics of ``(x, y)`` in eval mode; nothing is trained."""
-    return evaluate_loop(trainer, _one_batch(x, y, sample_weight), CallbackList([]),
-                         per_dispatch=1)
+    data = _one_batch(x, y, sample_weight)
+    arguments.check_inputs(trainer.options.loss, None, data)
+    return evaluate_loop(trainer, data, CallbackList([]), per_dispatch=1)
 
 
 def predict_on_batch(trainer: "Trainer", x: Any) -> Any:

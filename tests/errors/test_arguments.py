@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -210,6 +211,27 @@ def test_evaluate_and_predict_arguments(model, tmp_path, call, kwargs, error, na
     args = (X, Y) if call == "evaluate" else (X,)
     with clear_error(error, *names, untouched=tmp_path):
         getattr(model, call)(*args, **{"verbose": 0, **kwargs})
+
+
+@pytest.mark.parametrize("call, args, kwargs, names", [
+    ("train_on_batch", (X, Y), dict(class_weight=[1.0, 2.0]), ["class_weight", "dict", "list"]),
+    ("train_on_batch", (X, Y), dict(class_weight={"a": 1.0}), ["class_weight", "'a'"]),
+    ("train_on_batch", (X, Y), dict(class_weight={9: 1.0}), ["class_weight", r"\[9\]",
+                                                              "classes found"]),
+    ("train_on_batch", (X, Y), dict(sample_weight=-W), ["sample_weight", "-1.0"]),
+    ("train_on_batch", (X, Y + 0.5), {}, ["integer class ids", "fractional", r"\d\.5"]),
+    ("train_on_batch", (X, np.eye(4)[Y]), {}, ["one-hot", "categorical_crossentropy",
+                                               r"argmax"]),
+    ("test_on_batch", (X, Y), dict(sample_weight=-W), ["sample_weight", "-1.0"]),
+    ("test_on_batch", (X, Y + 0.5), {}, ["integer class ids", "fractional"]),
+])
+def test_on_batch_arguments(tmp_path, call, args, kwargs, names):
+    model = _model()
+    before = [np.asarray(v).copy() for v in jax.tree.leaves(nnx.state(model.module))]
+    with clear_error(ValueError, *names, untouched=tmp_path):
+        getattr(model, call)(*args, **kwargs)
+    after = jax.tree.leaves(nnx.state(model.module))
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, after))
 
 
 # -- what Keras accepts keeps Keras's behaviour ----------------------------------------------
