@@ -212,7 +212,8 @@ def _validation(args: Mapping[str, Any]) -> None:
         _positive("validation_freq", freq, "a list of epochs", " (validate every N epochs)")
     elif not (isinstance(freq, (list, tuple, range, set)) and freq
               and all(_is_int(e) and e >= 1 for e in freq)):
-        raise TypeError(f"validation_freq must be a positive int (validate every N epochs) or "
+        epoch_numbers = isinstance(freq, (list, tuple, range, set)) and all(map(_is_int, freq))
+        raise (ValueError if epoch_numbers else TypeError)(f"validation_freq must be a positive int (validate every N epochs) or "
                         f"a list of 1-based epoch numbers such as [1, 5, 10]; got "
                         f"{freq!r:.60}.")
 

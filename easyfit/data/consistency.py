@@ -73,9 +73,9 @@ class StreamSpec:
         leaves, treedef = jax.tree.flatten(parts)
         rows = leaves[0].shape[0] if leaves else 0
         if rows > batch_size:
-            raise ValueError(f"Batch {batch} has {rows} rows, more than the first batch's "
-                             f"{batch_size}. Yield batches of at most the first size (only the "
-                             "last may be smaller).")
+            raise ValueError(f"{self._where(batch, epoch)} has {rows} rows, more than the "
+                             f"first batch's {batch_size}. Yield batches of at most the first "
+                             "size (only the last may be smaller).")
         if treedef == self.treedef:
             if all(leaf.shape[1:] == shape and leaf.shape[0] == rows and (
                     leaf.dtype == dtype or _canonical(leaf.dtype) == _canonical(dtype))
@@ -83,9 +83,12 @@ class StreamSpec:
                 return
         raise ValueError(self._explain(parts, batch, epoch))
 
+    def _where(self, batch: int, epoch: int) -> str:
+        return (f"Batch {batch} (counting from 0) of epoch {epoch + 1}" if self.role == "x"
+                else f"Batch {batch} (counting from 0) of `{self.role}`")
+
     def _explain(self, parts: tuple[Any, Any, Any], batch: int, epoch: int) -> str:
-        where = (f"Batch {batch} (counting from 0) of epoch {epoch + 1}" if self.role == "x"
-                 else f"Batch {batch} (counting from 0) of `{self.role}`")
+        where = self._where(batch, epoch)
         rule = ("Every batch must have the structure, shapes and dtypes of the first: the "
                 "step is compiled for them, and only the last batch may have fewer rows.")
         for name, now, first in zip(_PARTS, parts, self.first):

@@ -76,7 +76,7 @@ FIT_CASES = {
                           ["validation_freq", "got 0", "every N epochs"]),
     "validation_freq='2'": (dict(validation_split=0.2, validation_freq="2"), TypeError,
                             ["validation_freq", "'2'", r"\[1, 5, 10\]"]),
-    "validation_freq=[0]": (dict(validation_split=0.2, validation_freq=[0, 2]), TypeError,
+    "validation_freq=[0]": (dict(validation_split=0.2, validation_freq=[0, 2]), ValueError,
                             ["validation_freq", r"\[0, 2\]", "1-based"]),
     "callbacks=[function]": (dict(callbacks=[lambda epoch, logs: None]), TypeError,
                              [r"callbacks\[0\]", "function", "LambdaCallback"]),

@@ -57,7 +57,8 @@ CHANGES = {
     "rows of x and y": ([(_x(), _y()), (_x(), _y(rows=7))],
                         [r"Batch 1\b", "8 rows in x but 7 in `y`", "one row per example"]),
     "more rows": ([(_x(rows=4), _y(rows=4)), (_x(), _y())],
-                  [r"Batch 1 has 8 rows", "first batch's 4", "only the last"]),
+                  [r"Batch 1 \(counting from 0\) of epoch 1 has 8 rows", "first batch's 4",
+                   "only the last"]),
 }
 
 
