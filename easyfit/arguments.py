@@ -208,14 +208,13 @@ def _validation(args: Mapping[str, Any]) -> None:
               " (batches per validation pass)")
     check_batch_size("validation_batch_size", args.get("validation_batch_size"))
     freq = args.get("validation_freq", 1)
+    listed = isinstance(freq, (list, tuple, range, set)) and all(map(_is_int, freq)) and freq
     if _is_int(freq):
         _positive("validation_freq", freq, "a list of epochs", " (validate every N epochs)")
-    elif not (isinstance(freq, (list, tuple, range, set)) and freq
-              and all(_is_int(e) and e >= 1 for e in freq)):
-        epoch_numbers = isinstance(freq, (list, tuple, range, set)) and all(map(_is_int, freq))
-        raise (ValueError if epoch_numbers else TypeError)(f"validation_freq must be a positive int (validate every N epochs) or "
-                        f"a list of 1-based epoch numbers such as [1, 5, 10]; got "
-                        f"{freq!r:.60}.")
+    elif not listed or min(freq) < 1:
+        raise (ValueError if listed else TypeError)(
+            f"validation_freq must be a positive int (validate every N epochs) or a list of "
+            f"1-based epoch numbers such as [1, 5, 10]; got {freq!r:.60}.")
 
 
 def check_class_weight(class_weight: Any, y: Any) -> dict[int, float] | None:
