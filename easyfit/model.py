@@ -26,18 +26,19 @@ import numpy as np
 from easyfit import arguments, memory as memory_lib
 from easyfit.model_tools import ModelTools
 from easyfit import precision as precision_lib
-from easyfit.callbacks import Callback, CallbackList, History
+from easyfit.callbacks import Callback, History
 from easyfit.data.dispatch import adapt
 from easyfit.data.adapters import DataAdapter
 from easyfit.data.fit_inputs import fit_inputs
-from easyfit.distribute import DataParallel, Distribution
+from easyfit.distribute import DataParallel, Distribution, any_process
 from easyfit.memory.host import CompileWatch
 from easyfit.modules.linen import is_factory
 from easyfit.training.live_optimizer import LiveOptimizer
 from easyfit.training import on_batch
 from easyfit.training import weights as weights_lib
 from easyfit import exporting, saved_model
-from easyfit.training.loop import evaluate_loop, fit_callbacks, fit_loop, predict_loop
+from easyfit.training.loop import call_callbacks, evaluate_loop, fit_callbacks, fit_loop
+from easyfit.training.loop import predict_loop
 from easyfit.training.options import resolve_options
 from easyfit.training.trainer import Trainer
 
@@ -241,7 +242,7 @@ class Model(ModelTools):
         callback_list = fit_callbacks(self, callbacks, history, verbose, epochs, train.steps,
                                       validation is not None, train.batch_size)
         # As Keras: a callback with batch hooks of its own sees every batch.
-        trainer.dispatch.every_batch = callback_list.needs_every_batch()
+        trainer.dispatch.every_batch = any_process(callback_list.needs_every_batch())
         try:
             compiles = CompileWatch()
             trainer.build(train, None if train.steps is None else train.steps * epochs,
@@ -265,8 +266,7 @@ class Model(ModelTools):
                  y_key: Any = None) -> float | list[float] | dict[str, float]:
         """Loss and metrics over the data, in eval mode (dropout off, BatchNorm frozen); the
         arguments as [`fit`][easyfit.model.Model.fit]'s of the same names, checked the same way
-        (``steps``: a
-        positive int).
+        (``steps``: a positive int; ``verbose``: a bar, or a line at the end, as ``fit``'s).
 
         Returns:
             The loss if there are no metrics, else ``[loss, *metrics]``; a dict with
@@ -283,8 +283,8 @@ class Model(ModelTools):
         arguments.check_inputs(self.trainer.options.loss, batch_size, data)
         self._prepare(data)
         self.stop_evaluating = False
-        logs = evaluate_loop(self.trainer, data, CallbackList(callbacks or [], model=self),
-                             stop=lambda: self.stop_evaluating)
+        logs = evaluate_loop(self.trainer, data, call_callbacks(
+            self, callbacks, verbose, data.steps, "evaluate"), stop=lambda: self.stop_evaluating)
         return _returned(logs, return_dict)
 
     def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = "auto",
@@ -302,8 +302,8 @@ class Model(ModelTools):
         arguments.check_inputs(None, batch_size, data)
         self._prepare(data)
         self.stop_predicting = False
-        return predict_loop(self.trainer, data, CallbackList(callbacks or [], model=self),
-                            stop=lambda: self.stop_predicting)
+        return predict_loop(self.trainer, data, call_callbacks(
+            self, callbacks, verbose, data.steps, "predict"), stop=lambda: self.stop_predicting)
 
     # -- one batch at a time ------------------------------------------------------------------
     def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None,

@@ -53,11 +53,13 @@ def pair(port: int, process_id: int, out: str) -> None:
     x, y = data()
     csv = os.path.join(out, f"log-{process_id}.csv")
     m = model(ef.distribute.FSDP(min_size=0))
-    history = m.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, shuffle=True,
+    # verbose=2: the chief alone shows progress, and the other process must not wait for it
+    history = m.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=2, shuffle=True,
                     validation_data=(x[:80], y[:80]),
                     callbacks=[ef.callbacks.CSVLogger(csv)])
     m.save_weights(os.path.join(out, "ckpt"))
-    predictions = m.predict(x[:37], batch_size=BATCH)
+    predictions = m.predict(x[:37], batch_size=BATCH, verbose=2)
+    m.evaluate(x, y, batch_size=BATCH, verbose=2)
     # Early stopping from a crafted monitor (min_delta no loss can reach): epoch 2 stops it.
     stopped = model().fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, callbacks=[
         ef.callbacks.EarlyStopping(monitor="loss", min_delta=100.0, patience=1)])

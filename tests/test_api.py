@@ -167,6 +167,33 @@ def test_verbose_2_prints_one_line_per_epoch(capsys):
     assert lines[0].startswith("Epoch 1/2") and "loss:" in lines[0] and "accuracy:" in lines[0]
 
 
+def test_verbose_1_ends_each_epoch_with_a_line_of_every_value(capsys):
+    x, y = make_data(40)
+    model = _model(metrics=["accuracy"])
+    model.fit(x, y, batch_size=10, epochs=2, verbose=1, validation_split=0.5)
+    shown = [part.strip() for line in capsys.readouterr().out.splitlines()
+             for part in line.split("\r")]
+    ends = [line for line in shown if line.startswith("Epoch") and " - " in line]
+    assert [line.split(" - ")[:2] for line in ends] == [["Epoch 1/2", "2/2 steps"],
+                                                        ["Epoch 2/2", "2/2 steps"]]
+    assert all("val_loss:" in line and "val_accuracy:" in line for line in ends)
+
+
+@pytest.mark.parametrize("verbose", [0, 2])
+def test_evaluate_and_predict_show_a_line_as_keras(capsys, verbose):
+    x, y = make_data(40)
+    model = _model(metrics=["accuracy"])
+    model.fit(x, y, batch_size=20, epochs=1, verbose=0)
+    model.evaluate(x, y, batch_size=20, verbose=verbose)
+    model.predict(x, batch_size=20, verbose=verbose)
+    lines = capsys.readouterr().out.splitlines()
+    if verbose == 0:
+        assert lines == []
+    else:
+        assert [line.split(" - ")[0] for line in lines] == ["Evaluate", "Predict"]
+        assert "loss:" in lines[0] and "accuracy:" in lines[0]
+
+
 def test_stop_training_from_a_callback():
     x, y = make_data(40)
 

@@ -139,7 +139,8 @@ def pair(tmp_path_factory) -> dict:
         assert p.returncode == 0, log[-4000:]
     _run(["multihost_script.py", "single", str(out)], env)
     read = lambda name: json.loads((out / f"{name}.json").read_text())
-    return {"p0": read("pair-0"), "p1": read("pair-1"), "single": read("single"), "dir": out}
+    return {"p0": read("pair-0"), "p1": read("pair-1"), "single": read("single"), "dir": out,
+            "stdout": logs}
 
 
 @pytest.mark.slow
@@ -154,6 +155,10 @@ def test_two_processes_train_like_one_device(pair):
 def test_only_process_zero_writes_logs(pair):
     assert pair["p0"]["csv_written"] and not pair["p1"]["csv_written"]
     assert not os.path.exists(pair["dir"] / "log-1.csv")
+    # the progress display (verbose=2) is the chief's; the other process trained alongside
+    chief, other = pair["stdout"]
+    assert chief.count("Epoch ") >= 4 and "Evaluate - " in chief and "Predict - " in chief
+    assert "Epoch " not in other and "Evaluate - " not in other
 
 
 @pytest.mark.slow

@@ -165,6 +165,11 @@ class CallbackList:
         hooks = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end")
         return all(c.observer for hook in hooks for c in self._hooks[hook])
 
+    def may_stop(self, hooks: Sequence[str]) -> bool:
+        """Whether a callback that is not an observer overrides one of ``hooks``: only such
+        a callback can set ``stop_training`` (or ``stop_evaluating``) there."""
+        return any(not c.observer for hook in hooks for c in self._hooks[hook])
+
     def wants(self, hook: str) -> bool:
         """Whether any callback overrides ``hook`` (so the loop can skip work for it)."""
         return bool(self._hooks[hook])

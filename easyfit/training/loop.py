@@ -163,6 +163,16 @@ def fit_callbacks(model: "Model", callbacks: Sequence[Callback] | None, history:
                                 "do_validation": do_validation, "batch_size": batch_size})
 
 
+def call_callbacks(model: "Model", callbacks: Sequence[Callback] | None, verbose: int | str,
+                   steps: int | None, stage: str) -> CallbackList:
+    """``evaluate``'s or ``predict``'s callbacks (``stage``), the progress display (the
+    chief's, unless ``verbose=0``) first."""
+    verbose = _verbosity(verbose) if is_chief() else 0
+    shown = [ProgressBar(verbose, stage=stage)] if verbose else []
+    return CallbackList([*shown, *(callbacks or [])], model=model,
+                        params={"steps": steps, "verbose": verbose})
+
+
 def fit_loop(model: "Model", train: DataAdapter, validation: DataAdapter | None, *,
              epochs: int, initial_epoch: int, validation_freq: int | list[int],
              callbacks: CallbackList) -> dict[str, float]:
@@ -182,6 +192,9 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
     names = trainer.steps.log_names(with_lr=trainer.has_lr)
     read_logs = lambda: _floats(trainer.train_logs(), names)
     batch_hooks = callbacks.wants("on_train_batch_end")
+    # Agreed by all processes once: the progress display runs on the chief only, so a
+    # per-process choice would have one process wait in a collective the others skip.
+    batch_stops = any_process(callbacks.may_stop(("on_train_batch_begin", "on_train_batch_end")))
     auto = plan.undecided()
     logs: dict[str, float] = {}
     callbacks.on_train_begin()
@@ -225,7 +238,7 @@ def _fit_epochs(model: "Model", train: DataAdapter, validation: DataAdapter | No
                 trainer.position = (epoch, done)
                 if batch_hooks:
                     callbacks.on_train_batch_end(done - 1, LazyLogs(names, read_logs))
-                    # every process takes the same decision (a no-op with one process)
+                if batch_stops:  # every process takes the same decision (no-op with one)
                     model.stop_training = any_process(model.stop_training)
                 if model.stop_training:
                     break
@@ -284,9 +297,11 @@ def _validates(epoch: int, validation_freq: int | list[int]) -> bool:
 
 def _stop_check(callbacks: CallbackList, hooks: tuple[str, str],
                 stop: Callable[[], bool] | None) -> Callable[[], bool]:
-    """Whether to end the loop after this batch: only a batch hook can ask mid-loop, and
-    every process takes the same decision (a no-op with one process)."""
-    if stop is None or not any(callbacks.wants(hook) for hook in hooks):
+    """Whether to end the loop after this batch: only a batch hook of a callback that is not
+    an observer can ask mid-loop (whether one can is agreed once by all processes, since
+    the progress display is the chief's only), and every process takes the same decision
+    (a no-op with one process)."""
+    if stop is None or not any_process(callbacks.may_stop(hooks)):
         return lambda: False
     return lambda: any_process(stop())
 
