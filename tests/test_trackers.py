@@ -180,6 +180,61 @@ def test_mlflow_users_active_run_stays_open_and_failed_fit_ends_own_run(mlflow_s
         mlflow.set_tracking_uri(None)
 
 
+class CrashAt(ef.callbacks.Callback):
+    """Stands for a killed job: raises when epoch ``at`` begins (backups of the epochs
+    before it are on disk)."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            raise RuntimeError("killed")
+
+
+def test_mlflow_resumed_fit_continues_its_run(mlflow_store, tmp_path):
+    from mlflow import MlflowClient
+
+    x, y = data()
+    backup = tmp_path / "backup"
+    first = ef.callbacks.MLflowLogger(tracking_uri=mlflow_store, experiment_name="resume")
+    with pytest.raises(RuntimeError, match="killed"):
+        model_of().fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[
+            first, CrashAt(2), ef.callbacks.BackupAndRestore(backup)])
+    client = MlflowClient(tracking_uri=mlflow_store)
+    assert client.get_run(first.run_id).info.status == "FAILED"
+    # the script runs again: the same callbacks, a fresh process's objects
+    again = ef.callbacks.MLflowLogger(tracking_uri=mlflow_store, experiment_name="resume")
+    history = model_of().fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[
+        again, ef.callbacks.BackupAndRestore(backup)])
+    assert again.run_id == first.run_id
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["epochs"] == "4"
+    logged = client.get_metric_history(first.run_id, "loss")
+    assert [m.step for m in logged] == [0, 1, 2, 3]
+    np.testing.assert_allclose([m.value for m in logged], history.history["loss"], rtol=1e-6)
+    experiment = client.get_experiment_by_name("resume").experiment_id
+    assert len(client.search_runs([experiment])) == 1
+
+
+def test_mlflow_run_of_a_backup_that_is_gone_starts_a_new_one(mlflow_store, tmp_path):
+    x, y = data()
+    backup = tmp_path / "backup"
+    first = ef.callbacks.MLflowLogger(tracking_uri=mlflow_store, experiment_name="gone")
+    with pytest.raises(RuntimeError, match="killed"):
+        model_of().fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
+            first, CrashAt(1), ef.callbacks.BackupAndRestore(backup)])
+    store_dir = Path(mlflow_store.removeprefix("file://"))
+    for meta in store_dir.rglob(f"{first.run_id}/meta.yaml"):
+        meta.unlink()  # the tracking store lost the run
+    again = ef.callbacks.MLflowLogger(tracking_uri=mlflow_store, experiment_name="gone")
+    with pytest.warns(UserWarning, match=f"cannot continue run {first.run_id}"):
+        model_of().fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
+            again, ef.callbacks.BackupAndRestore(backup)])
+    assert again.run_id != first.run_id
+
+
 # ---------------------------------------------------------------------------------------
 # Weights & Biases
 # ---------------------------------------------------------------------------------------
@@ -271,3 +326,22 @@ def test_wandb_users_run_stays_open(tmp_path, monkeypatch):
     rows, config, _ = wandb_contents(Path(run.dir).parent)
     assert [r["epoch/epoch"] for r in rows if "epoch/epoch" in r] == [0, 1]
     assert rows[-1]["after"] == 1.0 and config["epochs"] == 2
+
+
+def test_wandb_resumed_fit_continues_its_run(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    x, y = data()
+    backup = tmp_path / "backup"
+    first = ef.callbacks.WandbLogger(project="easyfit", mode="offline", dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="killed"):
+        model_of().fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
+            first, CrashAt(1), ef.callbacks.BackupAndRestore(backup)])
+    started = []
+    real_init = wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kw: started.append(kw) or real_init(**kw))
+    again = ef.callbacks.WandbLogger(project="easyfit", mode="offline", dir=str(tmp_path))
+    model_of().fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
+        again, ef.callbacks.BackupAndRestore(backup)])
+    assert started[0]["id"] == first.wandb_run.id and started[0]["resume"] == "allow"
+    assert again.wandb_run.id == first.wandb_run.id

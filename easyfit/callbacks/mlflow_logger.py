@@ -82,6 +82,10 @@ class MLflowLogger(TrackerCallback):
         self.client = self.mlflow.MlflowClient(tracking_uri=self.tracking_uri)
         run = self.run if self.run is not None else self.mlflow.active_run()
         self.owns_run = run is None
+        if run is None and self.resume_run_id is not None:  # a resumed fit: its own run
+            run = self.continued_run(self.resume_run_id)
+            if run is not None:
+                hyperparameters = {}  # logged when the run started
         if run is None:
             name = (self.experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
                     or "Default")
@@ -99,6 +103,20 @@ class MLflowLogger(TrackerCallback):
         except self.mlflow.exceptions.MlflowException as error:  # e.g. a param logged before
             warnings.warn(f"MLflowLogger could not log the hyperparameters to run "
                           f"{self.run_id}: {error}", stacklevel=2)
+
+    def continued_run(self, run_id: str) -> Any:
+        """The run ``run_id`` marked running again, or ``None`` (with a warning) if the
+        tracking store no longer has it."""
+        try:
+            self.client.update_run(run_id, status="RUNNING")
+            return self.client.get_run(run_id)
+        except self.mlflow.exceptions.MlflowException as error:
+            warnings.warn(f"MLflowLogger cannot continue run {run_id} of the restored backup "
+                          f"({error}); starting a new run.", stacklevel=2)
+            return None
+
+    def own_run_id(self) -> str | None:
+        return self.run_id if self.owns_run else None
 
     def log_metrics(self, metrics: dict[str, float], step: int, kind: str) -> None:
         from mlflow.entities import Metric

@@ -96,14 +96,17 @@ class TrackerCallback(Callback):
     ([MLflowLogger][easyfit.callbacks.MLflowLogger],
     [WandbLogger][easyfit.callbacks.WandbLogger]); subclass it for another tracker.
 
-    Only the chief process (``ef.distribute.is_chief()``) logs. At ``on_train_begin`` it
-    starts (or joins) a run and logs the ``compile`` and ``fit`` settings
+    Only the chief process (``ef.distribute.is_chief()``) logs. When the first epoch begins
+    it starts (or joins) a run and logs the ``compile`` and ``fit`` settings
     (``easyfit.callbacks.tracking.hyperparameters``); at each epoch end it logs the
     epoch's ``logs`` (loss, metrics, ``val_*``, ``learning_rate``) at step ``epoch``; with
     ``log_every_n_steps`` it also logs the running training logs at the global step, read
     from the device only then (at the end of the first dispatch that reaches N steps since
     the last write); at ``on_train_end`` it logs the final weights if asked, then ends the
-    run if it started it. A ``fit`` that raises ends such a run as failed.
+    run if it started it. A ``fit`` that raises ends such a run as failed. With
+    ``BackupAndRestore``, the id of a run it started is part of the backup, and a resumed
+    ``fit`` continues that run (``resume_run_id`` is set before ``start_run``) instead of
+    starting another.
 
     Args:
         log_every_n_steps: also log the training logs every this many steps (``None``:
@@ -116,6 +119,7 @@ class TrackerCallback(Callback):
 
     Attributes:
         active: whether this process logs to an open run now.
+        resume_run_id: the run to continue, from a restored backup (``None``: start one).
     """
 
     every_batch = False  # once per dispatch is enough
@@ -132,14 +136,23 @@ class TrackerCallback(Callback):
         self.log_checkpoints = log_checkpoints
         self.log_hyperparameters = log_hyperparameters
         self.active = False
+        self.started = False
+        self.resume_run_id: str | None = None
+        self.settings: dict[str, Any] = {}
         self.last_logged_step = 0
         if log_every_n_steps is not None:  # else no batch hook: fit reads nothing mid-epoch
             self.on_train_batch_end = self.log_running
 
     # -- what a tracker implements ----------------------------------------------------------
     def start_run(self, hyperparameters: dict[str, Any]) -> None:
-        """Starts or joins the run, and records ``hyperparameters`` (empty if not asked)."""
+        """Starts or joins the run, and records ``hyperparameters`` (empty if not asked);
+        continues the run ``self.resume_run_id`` instead when it is set (a resumed ``fit``)."""
         raise NotImplementedError
+
+    def own_run_id(self) -> str | None:
+        """The id of the run this callback started (saved with a backup so that a resumed
+        ``fit`` continues it); ``None`` for a run the user passed, or no resume support."""
+        return None
 
     def log_metrics(self, metrics: dict[str, float], step: int, kind: str) -> None:
         """Logs ``metrics`` at ``step``: ``kind`` is ``"epoch"`` (step = epoch) or ``"batch"``
@@ -156,12 +169,30 @@ class TrackerCallback(Callback):
 
     # -- hooks ------------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        self.active = is_chief()
+        self.active, self.started, self.resume_run_id = is_chief(), False, None
         if not self.active:
             return
         self.last_logged_step = self.model.trainer.step_count
-        self.start_run(hyperparameters(self.model, self.params)
-                       if self.log_hyperparameters else {})
+        self.settings = hyperparameters(self.model, self.params) \
+            if self.log_hyperparameters else {}
+
+    def ensure_started(self) -> None:
+        """Starts the run at the first epoch (or at the end of a ``fit`` of no epochs):
+        after ``set_state``, so that a resumed ``fit`` can continue its run."""
+        if self.active and not self.started:
+            self.started = True
+            self.start_run(self.settings)
+
+    def get_state(self):
+        run_id = self.own_run_id() if self.active and self.started else None
+        return None if run_id is None else {"run_id": run_id}
+
+    def set_state(self, state):
+        if self.active and not self.started:
+            self.resume_run_id = state.get("run_id")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.ensure_started()
 
     def log_running(self, batch: int, logs: Any = None) -> None:
         """The train batch hook when ``log_every_n_steps`` is set: logs the running
@@ -169,17 +200,20 @@ class TrackerCallback(Callback):
         if not self.active or self.log_every_n_steps is None:
             return
         step = self.model.trainer.step_count
+        self.ensure_started()
         if step - self.last_logged_step >= self.log_every_n_steps:
             self.last_logged_step = step
             self.log_metrics({key: float(value) for key, value in dict(logs or {}).items()},
                              step, "batch")
 
     def on_epoch_end(self, epoch, logs=None):
+        self.ensure_started()
         if self.active:
             self.log_metrics({key: float(value) for key, value in (logs or {}).items()},
                              epoch, "epoch")
 
     def on_train_end(self, logs=None):
+        self.ensure_started()
         if not self.active:
             return
         if self.log_checkpoints:
@@ -202,6 +236,6 @@ class TrackerCallback(Callback):
 
     def close(self) -> None:
         """Ends a run left open by a ``fit`` that raised (``fit`` calls this at its end)."""
-        if self.active:
+        if self.active and self.started:
             self.active = False
             self.end_run(failed=True)

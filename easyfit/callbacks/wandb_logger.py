@@ -66,7 +66,10 @@ class WandbLogger(TrackerCallback):
         run = self.run if self.run is not None else self.wandb.run
         self.owns_run = run is None
         if run is None:
-            run = self.wandb.init(project=self.project, name=self.name, **self.init_kwargs)
+            resume = {} if self.resume_run_id is None else {"id": self.resume_run_id,
+                                                            "resume": "allow"}
+            run = self.wandb.init(project=self.project, name=self.name,
+                                  **{**self.init_kwargs, **resume})
         self.wandb_run = run
         if hyperparameters:
             run.config.update(hyperparameters, allow_val_change=True)
@@ -74,6 +77,9 @@ class WandbLogger(TrackerCallback):
         run.define_metric("epoch/*", step_metric="epoch/epoch")
         run.define_metric("batch/step")
         run.define_metric("batch/*", step_metric="batch/step")
+
+    def own_run_id(self) -> str | None:
+        return self.wandb_run.id if self.owns_run else None
 
     def log_metrics(self, metrics: dict[str, float], step: int, kind: str) -> None:
         counter = "epoch/epoch" if kind == "epoch" else "batch/step"
