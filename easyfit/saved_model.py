@@ -36,6 +36,7 @@ from easyfit import optimizers as optimizers_lib
 from easyfit import outputs as outputs_lib
 from easyfit import schedules as schedules_lib
 from easyfit.checkpoint import Checkpoints, abstract
+from easyfit.distribute.hosts import barrier
 from easyfit.modules.graph import path_names
 from easyfit.recipes import recipe_of
 from easyfit.training.options import TrainingOptions
@@ -342,6 +343,7 @@ def write(model: "Model", path: str | os.PathLike, overwrite: bool = True) -> No
     partial = path + ".easyfit-partial"
     if jax.process_index() == 0:
         shutil.rmtree(partial, ignore_errors=True)  # a save that failed before
+    barrier("easyfit-save-begin")  # no process writes its shards into what is removed
     store = Checkpoints(os.path.join(partial, STATE_DIR), keep_latest=1, async_save=False)
     store.save(trainer.step_count, weights, {"epoch": trainer.position[0]}, train)
     store.close()
@@ -351,6 +353,7 @@ def write(model: "Model", path: str | os.PathLike, overwrite: bool = True) -> No
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(partial, path)
+    barrier("easyfit-save-end")  # every process returns once the model is at ``path``
 
 
 def restore(model: "Model", path: str | os.PathLike, config: dict[str, Any], compile: bool,

@@ -58,6 +58,8 @@ def pair(port: int, process_id: int, out: str) -> None:
                     validation_data=(x[:80], y[:80]),
                     callbacks=[ef.callbacks.CSVLogger(csv)])
     m.save_weights(os.path.join(out, "ckpt"))
+    m.save(os.path.join(out, "saved"))  # the whole model: each process writes its shards
+    assert os.path.isdir(os.path.join(out, "saved"))  # on every process once save returns
     predictions = m.predict(x[:37], batch_size=BATCH, verbose=2)
     m.evaluate(x, y, batch_size=BATCH, verbose=2)
     # Early stopping from a crafted monitor (min_delta no loss can reach): epoch 2 stops it.
@@ -104,9 +106,14 @@ def single(out: str) -> None:
                             validation_data=(x[:80], y[:80]))
     restored = model()
     restored.load_weights(os.path.join(out, "ckpt"))
+    loaded = ef.load_model(os.path.join(out, "saved"), module=Net(nnx.Rngs(1)))
     with open(os.path.join(out, "single.json"), "w") as handle:
         json.dump({"loss": history.history["loss"], "val_loss": history.history["val_loss"],
                    "predictions": restored.predict(x[:37]).tolist(),
+                   "loaded_predictions": loaded.predict(x[:37]).tolist(),
+                   "loaded_resumes": len(loaded.fit(x, y, batch_size=BATCH, epochs=1,
+                                                    verbose=0).history["loss"]),
+                   "loaded_steps": int(loaded.trainer.step_count),
                    "reference_predictions": reference.predict(x[:37]).tolist()}, handle)
 
 

@@ -175,6 +175,16 @@ def test_checkpoint_of_two_processes_restores_in_one(pair):
     assert len(pair["p0"]["predictions"]) == 37  # every row, gathered from both processes
 
 
+@pytest.mark.slow
+def test_model_saved_by_two_processes_loads_in_one(pair):
+    single = pair["single"]
+    np.testing.assert_allclose(single["loaded_predictions"], pair["p0"]["predictions"],
+                               atol=1e-5)
+    # compiled, with its step count and optimizer state: one more epoch of 5 steps goes on
+    assert single["loaded_resumes"] == 1
+    assert single["loaded_steps"] == (len(pair["p0"]["loss"]) + 1) * 5  # 200 rows, 40 a step
+
+
 # -- in this process -----------------------------------------------------------------------
 
 

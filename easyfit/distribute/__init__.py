@@ -5,8 +5,9 @@ Examples:
     >>> model = ef.Model(net, distribution=ef.distribute.FSDP())  # doctest: +SKIP
 """
 
-from easyfit.distribute.hosts import any_process, fetch, initialize, is_chief, is_initialized
+from easyfit.distribute.hosts import (any_process, barrier, fetch, initialize, is_chief,
+                                      is_initialized)
 from easyfit.distribute.strategies import (DataParallel, Distribution, FSDP, ModelParallel)
 
-__all__ = ["DataParallel", "Distribution", "FSDP", "ModelParallel", "any_process", "fetch",
-           "initialize", "is_chief", "is_initialized"]
+__all__ = ["DataParallel", "Distribution", "FSDP", "ModelParallel", "any_process", "barrier",
+           "fetch", "initialize", "is_chief", "is_initialized"]

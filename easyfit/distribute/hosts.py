@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-__all__ = ["any_process", "fetch", "initialize", "is_chief", "is_initialized"]
+__all__ = ["any_process", "barrier", "fetch", "initialize", "is_chief", "is_initialized"]
 
 _ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
         "num_processes": "JAX_NUM_PROCESSES",
@@ -77,6 +77,15 @@ def any_process(flag: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
+def barrier(name: str) -> None:
+    """Waits until every process has reached the barrier ``name`` (a no-op with one
+    process): e.g. until process 0 has finished writing files the others will read."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def fetch(tree: Any) -> Any:
