@@ -193,21 +193,30 @@ class CrashAt(ef.callbacks.Callback):
             raise RuntimeError("killed")
 
 
+def killed_at(logger, epoch: int, epochs: int, backup: Path) -> None:
+    """A ``fit`` with ``logger`` and backups, killed when ``epoch`` begins."""
+    x, y = data()
+    with pytest.raises(RuntimeError, match="killed"):
+        model_of().fit(x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=[
+            logger, CrashAt(epoch), ef.callbacks.BackupAndRestore(backup)])
+
+
+def run_again(logger, epochs: int, backup: Path) -> ef.callbacks.History:
+    """The script run again: a fresh logger and model, the same backup directory."""
+    x, y = data()
+    return model_of().fit(x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=[
+        logger, ef.callbacks.BackupAndRestore(backup)])
+
+
 def test_mlflow_resumed_fit_continues_its_run(mlflow_store, tmp_path):
     from mlflow import MlflowClient
 
-    x, y = data()
-    backup = tmp_path / "backup"
     first = ef.callbacks.MLflowLogger(tracking_uri=mlflow_store, experiment_name="resume")
-    with pytest.raises(RuntimeError, match="killed"):
-        model_of().fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[
-            first, CrashAt(2), ef.callbacks.BackupAndRestore(backup)])
+    killed_at(first, 2, epochs=4, backup=tmp_path / "backup")
     client = MlflowClient(tracking_uri=mlflow_store)
     assert client.get_run(first.run_id).info.status == "FAILED"
-    # the script runs again: the same callbacks, a fresh process's objects
     again = ef.callbacks.MLflowLogger(tracking_uri=mlflow_store, experiment_name="resume")
-    history = model_of().fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[
-        again, ef.callbacks.BackupAndRestore(backup)])
+    history = run_again(again, epochs=4, backup=tmp_path / "backup")
     assert again.run_id == first.run_id
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.params["epochs"] == "4"
@@ -219,19 +228,14 @@ def test_mlflow_resumed_fit_continues_its_run(mlflow_store, tmp_path):
 
 
 def test_mlflow_run_of_a_backup_that_is_gone_starts_a_new_one(mlflow_store, tmp_path):
-    x, y = data()
-    backup = tmp_path / "backup"
     first = ef.callbacks.MLflowLogger(tracking_uri=mlflow_store, experiment_name="gone")
-    with pytest.raises(RuntimeError, match="killed"):
-        model_of().fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
-            first, CrashAt(1), ef.callbacks.BackupAndRestore(backup)])
+    killed_at(first, 1, epochs=3, backup=tmp_path / "backup")
     store_dir = Path(mlflow_store.removeprefix("file://"))
     for meta in store_dir.rglob(f"{first.run_id}/meta.yaml"):
         meta.unlink()  # the tracking store lost the run
     again = ef.callbacks.MLflowLogger(tracking_uri=mlflow_store, experiment_name="gone")
     with pytest.warns(UserWarning, match=f"cannot continue run {first.run_id}"):
-        model_of().fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
-            again, ef.callbacks.BackupAndRestore(backup)])
+        run_again(again, epochs=3, backup=tmp_path / "backup")
     assert again.run_id != first.run_id
 
 
@@ -331,17 +335,12 @@ def test_wandb_users_run_stays_open(tmp_path, monkeypatch):
 def test_wandb_resumed_fit_continues_its_run(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    x, y = data()
-    backup = tmp_path / "backup"
     first = ef.callbacks.WandbLogger(project="easyfit", mode="offline", dir=str(tmp_path))
-    with pytest.raises(RuntimeError, match="killed"):
-        model_of().fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
-            first, CrashAt(1), ef.callbacks.BackupAndRestore(backup)])
+    killed_at(first, 1, epochs=3, backup=tmp_path / "backup")
     started = []
     real_init = wandb.init
     monkeypatch.setattr(wandb, "init", lambda **kw: started.append(kw) or real_init(**kw))
     again = ef.callbacks.WandbLogger(project="easyfit", mode="offline", dir=str(tmp_path))
-    model_of().fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
-        again, ef.callbacks.BackupAndRestore(backup)])
+    run_again(again, epochs=3, backup=tmp_path / "backup")
     assert started[0]["id"] == first.wandb_run.id and started[0]["resume"] == "allow"
     assert again.wandb_run.id == first.wandb_run.id
