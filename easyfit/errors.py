@@ -240,8 +240,9 @@ def _module_error(error: BaseException, call: str, module: Any, x: Any) -> Modul
         f"width, channels).\n\n{_details(error)}")
 
 
-def check_outputs(y_pred: Any) -> None:
-    """Refuses module outputs that are not arrays (``None``, a string, an object).
+def check_outputs(y_pred: Any, rows: int | None = None) -> None:
+    """Refuses module outputs that are not arrays (``None``, a string, an object), or whose
+    first axis is not the batch of ``rows`` rows.
 
     Raises:
         ModuleOutputError: naming the call and what was returned.
@@ -260,6 +261,16 @@ def check_outputs(y_pred: Any) -> None:
                 f"{call_name()}: the module's {where} is a {type(leaf).__name__} ({shown}), "
                 "which a loss cannot take: return an array, or a dict or tuple of arrays "
                 "(one per output).")
+        shape = tuple(getattr(leaf, "shape", ()))
+        if rows is not None and (not shape or shape[0] != rows):
+            where = f"output {jax.tree_util.keystr(path)}" if path else "output"
+            raise ModuleOutputError(
+                f"{call_name()}: the module's {where} has shape {shape} for a batch of {rows} "
+                f"rows, but its first axis must be the batch (one row of outputs per "
+                "example). Likely cause: the examples reached the module without their batch "
+                "axis (a list or iterable of single examples: stack them, np.stack(x), or "
+                "pass arrays), or the module reduces over the batch (a mean or sum over "
+                "axis 0).")
 
 
 # -- a loss or a metric could not compare labels and outputs ----------------------------------

@@ -7,6 +7,7 @@ this module only dispatches, so none of those import it back.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 from easyfit.data import grain_dataset, huggingface, tf_dataset
 from easyfit.data.adapters import ArrayAdapter, DataAdapter, IterableAdapter, Keys
 
-__all__ = ["adapt", "is_arrays"]
+__all__ = ["adapt", "as_arrays", "is_arrays"]
 
 
 def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any = None,
@@ -33,6 +34,8 @@ def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any =
     """
     if isinstance(x, DataAdapter):
         return x
+    x, y, sample_weight = as_arrays(x, "x"), as_arrays(y, "y"), as_arrays(sample_weight,
+                                                                          "sample_weight")
     process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     if is_arrays(x):
         if with_y and y is None:
@@ -76,3 +79,34 @@ def is_arrays(x: Any) -> bool:
     if isinstance(x, tuple) and x and not hasattr(x, "_fields"):
         return all(isinstance(v, (np.ndarray, jax.Array)) for v in x)
     return False
+
+
+def as_arrays(value: Any, name: str = "x") -> Any:
+    """``value`` with array-likes as numpy, as Keras reads them: a pandas DataFrame or Series,
+    a PyTorch or TensorFlow tensor, a list of numbers or of rows of numbers (also inside a
+    dict or tuple); anything else as it is. A scipy sparse matrix gets an error naming
+    ``name`` and the fix.
+
+    Examples:
+        >>> as_arrays([[1, 2], [3, 4]]).shape
+        (2, 2)
+    """
+    if isinstance(value, dict):  # unchanged unless an item changed (a DatasetDict stays one)
+        items = {key: as_arrays(item, f"{name}[{key!r}]") for key, item in value.items()}
+        return value if all(items[key] is item for key, item in value.items()) else items
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(as_arrays(item, f"{name}[{i}]") for i, item in enumerate(value))
+    if value is None or isinstance(value, (np.ndarray, jax.Array)):
+        return value
+    if hasattr(value, "tocsr") and hasattr(value, "toarray"):
+        raise TypeError(f"{name} is a scipy sparse {type(value).__name__} of shape "
+                        f"{value.shape}: easyfit trains on dense arrays. Pass "
+                        f"{name.split('[')[0]}.toarray() (if it fits in memory), or a "
+                        f"generator that yields dense batches.")
+    if hasattr(value, "__array__") and hasattr(value, "shape"):
+        if hasattr(value, "detach"):  # a PyTorch tensor, maybe on a GPU, maybe with grad
+            value = value.detach().cpu()
+        return np.asarray(value)
+    if isinstance(value, list) and value and isinstance(value[0], (numbers.Number, list)):
+        return np.asarray(value)
+    return value

@@ -189,7 +189,9 @@ class Steps:
         x = cast_floating(x, self.compute_dtype)
         with errors.explained("module", x=x, module=module):  # traced only: free once compiled
             y_pred = module(x)
-        errors.check_outputs(y_pred)
+        inputs = jax.tree.leaves(x)
+        errors.check_outputs(y_pred, rows=inputs[0].shape[0] if inputs and inputs[0].ndim
+                             else None)
         if self.compute_dtype is not None:  # the loss and the metrics see float32
             y_pred = cast_floating(y_pred, jnp.float32)
         return y_pred, nnx.split(module, nnx.Param, ..., graph=GRAPH)[2]
