@@ -235,6 +235,15 @@ def get(loss: str | LossFn) -> LossFn:
             raise ValueError(f"Unknown loss {loss!r}. Valid names: {', '.join(sorted(LOSSES))}; "
                              "or pass a callable (y_true, y_pred) -> per-example loss.")
         return LOSSES[loss.lower()]()
+    if isinstance(loss, type) and issubclass(loss, Loss):
+        raise TypeError(f"loss={loss.__name__} is the class: pass an instance, "
+                        f"loss={loss.__name__}(), or the name {loss.name!r}.")
+    if callable(loss) and getattr(loss, "__module__", "").startswith("optax"):
+        name = getattr(loss, "__name__", "the optax loss")
+        raise TypeError(f"loss=optax.{name}: optax losses take (predictions, targets), but "
+                        f"easyfit calls loss(y_true, y_pred), as Keras. Swap them, "
+                        f"loss=lambda y_true, y_pred: optax.{name}(y_pred, y_true), or pass "
+                        f"a name such as 'sparse_categorical_crossentropy'.")
     if callable(loss):
         return loss
     raise TypeError(f"loss must be a name or a callable (y_true, y_pred) -> per-example loss; "

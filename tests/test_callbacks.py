@@ -4,6 +4,8 @@ inside callbacks."""
 
 from __future__ import annotations
 
+import re
+
 import csv
 import glob
 import math
@@ -573,6 +575,24 @@ def test_early_stopping_mode_max_and_auto():
     with pytest.raises(ValueError, match="mode='max'"):
         _fit_with_crafted(seq, ef.callbacks.EarlyStopping(monitor="val_score", patience=2),
                           key="val_score")
+
+
+@pytest.mark.parametrize("metrics, monitor, names", [
+    (None, "val_accuracy", [r"compiled: none", r"Compile it \(metrics=\['accuracy'\]\)",
+                            "or monitor val_loss"]),
+    (["accuracy"], "val_acc", [r"compiled: val_accuracy", "Did you mean monitor='val_accuracy'"]),
+])
+def test_auto_mode_on_an_uncompiled_metric_names_the_compiled_ones(tmp_path, metrics, monitor,
+                                                                    names):
+    x, y = data(40)
+    with pytest.raises(ValueError, match="neither a loss nor a compiled metric") as info:
+        model_of(metrics=metrics).fit(x, y, batch_size=20, epochs=2, verbose=0,
+                                      validation_data=(x, y), callbacks=[
+                                          ef.callbacks.ModelCheckpoint(tmp_path, monitor=monitor,
+                                                                       save_best_only=True)])
+    for name in names:
+        assert re.search(name, str(info.value)), (name, str(info.value))
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 def test_early_stopping_on_a_real_metric_with_validation_data():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import warnings
 from typing import Any
+
+from easyfit.metrics import METRICS
 
 __all__ = ["Monitor"]
 
@@ -60,12 +63,24 @@ class Monitor:
             if metric.name == name and getattr(metric, "direction", None) in known:
                 return known[metric.direction]
         compiled = any(metric.name == name for metric in metrics)
+        if compiled:
+            raise ValueError(
+                f"{self.owner} monitors {self.monitor!r} with mode='auto', but that metric's "
+                "direction is unknown (a plain function). Pass mode='max' to keep the highest "
+                "value or mode='min' to keep the lowest, or compile "
+                "ef.metrics.Mean(fn, direction='up').")
+        prefix = "val_" if self.monitor.startswith("val_") else ""
+        names = [f"{prefix}{metric.name}" for metric in metrics]
+        close = difflib.get_close_matches(self.monitor, names, n=1)
         raise ValueError(
-            f"{self.owner} monitors {self.monitor!r} with mode='auto', but "
-            + ("that metric's direction is unknown (a plain function)" if compiled else
-               "that is neither a loss nor a compiled metric")
-            + ". Pass mode='max' to keep the highest value or mode='min' to keep the lowest"
-            + (", or compile ef.metrics.Mean(fn, direction='up')." if compiled else "."))
+            f"{self.owner} monitors {self.monitor!r} with mode='auto', but that is neither a "
+            f"loss nor a compiled metric (compiled: {', '.join(names) or 'none'})."
+            + (f" Did you mean monitor={close[0]!r}?" if close else
+               f" Compile it (metrics=[{name!r}])" if name in METRICS else
+               f" Compile a metric named {name!r}")
+            + ("" if close else f", or monitor {prefix}loss.")
+            + " For a value your own callback adds to the logs, pass mode='max' to keep the "
+              "highest value or mode='min' to keep the lowest.")
 
     @property
     def worst(self) -> float:

@@ -54,15 +54,31 @@ class LinenModule(nnx.Module):
 
 
 def is_factory(module: Any) -> bool:
-    """Whether ``module`` is a function of no arguments (that builds a module)."""
+    """Whether ``module`` is a function of no arguments (that builds a module).
+
+    Raises:
+        TypeError: ``module`` is a Linen module class, or an NNX one whose constructor
+            needs arguments (the class was passed where an instance was meant).
+    """
     if not callable(module) or isinstance(module, (nnx.Module, linen.Module)):
         return False
-    try:
-        return not any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
-                                                           p.POSITIONAL_OR_KEYWORD)
-                       for p in inspect.signature(module).parameters.values())
+    is_class = isinstance(module, type) and issubclass(module, (nnx.Module, linen.Module))
+    try:  # a class's own __init__: NNX's metaclass hides it behind (*args, **kwargs)
+        required = [p.name for p in inspect.signature(
+            module.__init__ if is_class else module).parameters.values()
+            if p.default is p.empty and p.name != "self"
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     except (TypeError, ValueError):
         return False
+    if is_class and (required or issubclass(module, linen.Module)):
+        name, given = module.__name__, ", ".join(f"{p}=..." for p in required)
+        fix = (f"ef.Model({name}({given}), sample_input=x[:1])"
+               if issubclass(module, linen.Module) else
+               f"ef.Model({name}({given})), or pass a function that builds it, "
+               f"ef.Model(lambda: {name}({given}))")
+        raise TypeError(f"ef.Model got the class {name}, not a module: build it first, {fix}.")
+    return not any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                   for p in inspect.signature(module).parameters.values())
 
 
 def as_nnx(module: Any, sample_input: Any = None, seed: int = 0) -> nnx.Module | None:

@@ -70,6 +70,10 @@ def resolve_options(optimizer: Any, loss: Any, metrics: Sequence[Any] | None,
     if loss is None:
         raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy' "
                          "or a callable (y_true, y_pred) -> per-example loss.")
+    for name, value in (("metrics", metrics), ("weighted_metrics", weighted_metrics)):
+        if isinstance(value, str):
+            raise ValueError(f"{name} must be a list (or a dict keyed by output name), as in "
+                             f"Keras; got the string {value!r}: pass {name}=[{value!r}].")
     compute_dtype = precision_lib.compute_dtype(precision)
     if remat:
         remat_lib.policy(remat)  # refuses an unknown policy now

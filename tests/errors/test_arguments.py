@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -173,7 +174,30 @@ COMPILE_CASES = {
     "ema_momentum=1.5": (dict(ema_momentum=1.5), ValueError, ["ema_momentum", "1.5",
                                                               r"\[0, 1\)"]),
     "seed='0'": (dict(seed="0"), TypeError, ["seed", "'0'", "int"]),
+    "metrics='accuracy'": (dict(metrics="accuracy"), ValueError,
+                           ["metrics must be a list", r"metrics=\['accuracy'\]"]),
 }
+
+
+@pytest.mark.parametrize("loss, names", [
+    (optax.softmax_cross_entropy_with_integer_labels,
+     ["optax", r"\(predictions, targets\)", r"loss\(y_true, y_pred\)",
+      r"optax.softmax_cross_entropy_with_integer_labels\(y_pred, y_true\)"]),
+    (ef.losses.SparseCategoricalCrossentropy,
+     ["is the class", r"SparseCategoricalCrossentropy\(\)",
+      "'sparse_categorical_crossentropy'"]),
+])
+def test_compile_loss(tmp_path, loss, names):
+    model = ef.Model(MLP(rngs=nnx.Rngs(0)))
+    with clear_error(TypeError, *names, untouched=tmp_path):
+        model.compile(optimizer="sgd", loss=loss)
+    assert not model.compiled
+
+
+def test_a_module_class_instead_of_a_module(tmp_path):
+    with clear_error(TypeError, "got the class MLP", r"ef.Model\(MLP\(rngs=\.\.\.\)\)",
+                     r"lambda: MLP\(rngs=\.\.\.\)", untouched=tmp_path):
+        ef.Model(MLP)
 
 
 @pytest.mark.parametrize("case", COMPILE_CASES)
