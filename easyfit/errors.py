@@ -31,7 +31,8 @@ from flax import nnx
 from easyfit.modules.graph import GRAPH
 
 __all__ = ["DivergenceWarning", "LossInputError", "ModuleInputError", "ModuleOutputError",
-           "call_name", "check_outputs", "describe", "explained", "label", "user_stacklevel"]
+           "call_name", "check_labels", "check_outputs", "describe", "explained", "label",
+           "user_stacklevel"]
 
 # The calls a user makes, as the headline names them (the outermost one on the stack).
 _CALLS = ("fit", "evaluate", "predict", "train_on_batch", "test_on_batch", "predict_on_batch",
@@ -274,6 +275,28 @@ def check_outputs(y_pred: Any, rows: int | None = None) -> None:
 
 
 # -- a loss or a metric could not compare labels and outputs ----------------------------------
+
+
+def check_labels(y: Any, y_pred: Any) -> None:
+    """Refuses labels that cannot meet a module's one output: none at all, or a dict, tuple
+    or list of label arrays.
+
+    Raises:
+        LossInputError: naming the call, the labels' structure and the fix.
+    """
+    if y is None:
+        raise LossInputError(
+            f"{call_name()}: the batches hold no labels, so there is no loss to compute. "
+            "Yield (x, y) pairs from the input (or pass y with arrays); for outputs only, "
+            "use model.predict.")
+    if isinstance(y, (dict, tuple, list)):
+        kind = (f"a dict with keys {sorted(map(str, y))}" if isinstance(y, dict) else
+                f"a {type(y).__name__} of {len(y)}")
+        raise LossInputError(
+            f"{call_name()}: y is {kind}, but the module returns one output "
+            f"({_spec(y_pred)}). Pass y as one array; or, for several outputs, return a dict "
+            "(or tuple) from the module's __call__ with one entry per label.")
+
 
 
 def label(kind: str, fn: Any) -> str:

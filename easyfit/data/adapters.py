@@ -17,8 +17,8 @@ import jax
 import numpy as np
 
 from easyfit.data.consistency import StreamSpec
-from easyfit.data.batch import (Batch, check_sample_weight, make_batch, sample_weights, scale_rows,
-                                stack, take_rows)
+from easyfit.data.batch import (Batch, check_sample_weight, count_rows, make_batch,
+                                sample_weights, scale_rows, stack, take_rows)
 
 __all__ = ["ArrayAdapter", "DataAdapter", "IterableAdapter", "Keys"]
 
@@ -37,16 +37,6 @@ def _numeric(tree: Any, what: str) -> Any:
     return jax.tree.map(convert, tree)
 
 
-def _rows(tree: Any) -> int:
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        raise ValueError("The input holds no arrays.")
-    for leaf in leaves:
-        if leaf.ndim == 0:
-            raise ValueError("Every input array needs a batch dimension; got a scalar.")
-    return leaves[0].shape[0]
-
-
 def _class_weights(y: np.ndarray, class_weight: dict[int, float]) -> np.ndarray:
     labels = np.asarray(y)
     if labels.ndim > 1 and labels.shape[-1] > 1:  # one-hot
@@ -62,7 +52,7 @@ def _local_rows(tree: Any, process_index: int, process_count: int) -> Any:
     """This process's share of a global batch: its contiguous block of rows."""
     if process_count == 1:
         return tree
-    rows = _rows(tree)
+    rows = count_rows(tree)
     block = np.array_split(np.arange(rows), process_count)[process_index]
     return jax.tree.map(lambda a: a[block], tree)
 
@@ -139,13 +129,16 @@ class ArrayAdapter(DataAdapter):
         self.process_index, self.process_count = process_index, process_count
         self.x = _numeric(x, "x")
         self.y = None if y is None else _numeric(y, "y")
-        self.num_rows = _rows(self.x)
+        self.num_rows = count_rows(self.x)
+        if self.y is not None:
+            count_rows(self.y, "y")  # no single values among the labels
         for name, tree in (("x", self.x), ("y", self.y)):
-            for leaf in jax.tree.leaves(tree):
-                if leaf.shape[0] != self.num_rows:
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+                where = name + jax.tree_util.keystr(path)
+                if leaf.shape[:1] != (self.num_rows,):
                     raise ValueError(
                         f"x and y must have the same number of rows: x has {self.num_rows}, "
-                        f"{name} has an array with {leaf.shape[0]}. Pass matching arrays.")
+                        f"{where} has {leaf.shape[0]}. Pass matching arrays.")
         if self.num_rows == 0:
             raise ValueError("The input is empty (0 rows). Pass at least one example.")
         weight = None if sample_weight is None else \
@@ -331,7 +324,7 @@ class IterableAdapter(DataAdapter):
             raise
         self._first = self._sample = first
         x, _, _ = _unpack(first, self.with_y, self.keys)
-        return _rows(_numeric(x, "x"))
+        return count_rows(_numeric(x, "x"))
 
     def _parts(self, element: Any) -> tuple[Any, Any, Any]:
         """One element as numpy ``(x, y, sample_weight)`` (the whole global batch)."""
@@ -346,9 +339,9 @@ class IterableAdapter(DataAdapter):
     def sample_batch(self) -> Batch:
         parts = self._parts(self._sample)
         local = _local_rows(parts, self.process_index, self.process_count)
-        if _rows(local[0]) == 0:  # a 1-row first batch: any row gives the shapes
+        if count_rows(local[0]) == 0:  # a 1-row first batch: any row gives the shapes
             local = jax.tree.map(lambda a: a[:1], parts)
-        return make_batch(*local, _rows(local[0]), self.local_batch_size)
+        return make_batch(*local, count_rows(local[0]), self.local_batch_size)
 
     def _elements(self, epoch: int) -> Iterator[Any]:
         start = 0  # the batch number in this epoch of the next element read
@@ -378,9 +371,9 @@ class IterableAdapter(DataAdapter):
         for element in self._elements(epoch):
             parts = self._parts(element)
             first.check(parts, count, epoch, self.batch_size)
-            size = _rows(parts[0])
+            size = count_rows(parts[0])
             x, y, weight = _local_rows(parts, self.process_index, self.process_count)
-            local = _rows(x)
+            local = count_rows(x)
             if local == 0:  # a short last batch left this process no row: all padding
                 filler = self.sample_batch()
                 batch = filler._replace(weight=np.zeros_like(filler.weight),

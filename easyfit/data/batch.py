@@ -7,7 +7,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import numpy as np
 
-__all__ = ["Batch", "aligned_empty", "check_sample_weight", "make_batch", "pad_rows",
+__all__ = ["Batch", "aligned_empty", "check_sample_weight", "count_rows", "make_batch", "pad_rows",
            "sample_weights", "scale_rows", "stack", "take_rows"]
 
 
@@ -136,3 +136,22 @@ def stack(batches: Sequence[Batch], length: int) -> Batch:
                                   mask=np.zeros_like(batches[-1].mask))
     batches += [filler] * (length - len(batches))
     return jax.tree.map(lambda *leaves: _stack(leaves), *batches)
+
+
+def count_rows(tree: Any, name: str = "x") -> int:
+    """The rows of ``tree``'s arrays (the first one's first axis); a clear error for a
+    single value (a 0-d array), named as ``name`` and its key.
+
+    Examples:
+        >>> count_rows({"a": np.zeros((3, 2))})
+        3
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    if not leaves:
+        raise ValueError("The input holds no arrays.")
+    for path, leaf in leaves:
+        if leaf.ndim == 0:
+            raise ValueError(f"{name}{jax.tree_util.keystr(path)} is a single value (a 0-d "
+                             "array): every array needs the batch on its first axis, one "
+                             "value (or row) per example.")
+    return leaves[0][1].shape[0]

@@ -203,6 +203,7 @@ class Steps:
             if outputs_lib.is_several(y_pred) or isinstance(self.loss_fn,
                                                             outputs_lib.OutputsSpec):
                 return self._several(y_pred).values(batch.y, y_pred, batch.weight)
+            errors.check_labels(batch.y, y_pred)
             return losses_lib.align(losses_lib.loss_values(self.loss_fn, batch.y, y_pred),
                                     batch.weight)
 

@@ -236,6 +236,32 @@ def test_metric_of_labels_with_other_columns(data, tmp_path):
         model.test_on_batch(x[:8], y[:8])
 
 
+@pytest.mark.parametrize("call", ["fit", "test_on_batch"])
+def test_labels_as_a_dict_for_one_output(call, data, tmp_path):
+    x, y = data
+    with clear_error(LossInputError, rf"model\.{call}\b", r"y is a dict with keys \['out'\]",
+                     "one output", "Pass y as one array", untouched=tmp_path):
+        if call == "fit":
+            _model().fit(x, {"out": y}, batch_size=8, verbose=0)
+        else:
+            _model().test_on_batch(x[:8], {"out": y[:8]})
+
+
+def test_batches_without_labels(data, tmp_path):
+    x, _ = data
+    stream = ((x[i:i + 8],) for i in range(0, 40, 8))
+    with clear_error(LossInputError, r"model\.fit\b", "no labels", r"\(x, y\) pairs",
+                     "model.predict", untouched=tmp_path):
+        _model().fit(stream, verbose=0)
+
+
+def test_labels_as_a_single_value(data, tmp_path):
+    x, _ = data
+    with clear_error(ValueError, r"y is a single value \(a 0-d array\)", "first axis",
+                     untouched=tmp_path):
+        _model().fit(x, np.array(1), verbose=0)
+
+
 def test_easyfits_own_loss_error_passes_through(data, tmp_path):
     x, y = data
     model = _model(loss="categorical_crossentropy")
