@@ -29,6 +29,7 @@ from easyfit.data.batch import Batch
 from easyfit.data.on_device import device_rows
 from easyfit.data.prefetch import prefetch
 from easyfit.distribute import any_process, fetch, is_chief
+from easyfit.errors import call_name
 from easyfit.training.divergence import DivergenceCheck, takes_class_ids
 from easyfit.training.dispatch_plan import regroup
 from easyfit.training.ema_weights import finalize_average, has_average
@@ -336,7 +337,14 @@ def evaluate_loop(trainer: "Trainer", data: DataAdapter, callbacks: CallbackList
         if stops():
             break
     if totals is None:
-        raise ValueError("The evaluation input is empty: it yielded no batch.")
+        call = call_name()
+        raise ValueError(
+            f"{call}: the input yielded no batch." + (
+                " validation_data is read again for every validation; a generator or "
+                "iterator can be read only once. Pass arrays or a list of batches, or a "
+                "generator that repeats, with validation_steps=N." if "validation" in call
+                else " Pass at least one batch (a generator or iterator that was read "
+                "before is empty now)."))
     logs = _floats(steps.results(totals), names)
     compiles.release_if_compiled()
     callbacks.on_test_end(logs)

@@ -144,3 +144,11 @@ def test_a_smaller_last_batch_is_still_padded():
     history = model.fit(batches, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert model.predict([x for x, _ in batches], verbose=0).shape == (19, 4)
+
+
+def test_a_one_shot_generator_as_validation_data(tmp_path):
+    batches = ((_x(), _y()) for _ in range(2))  # read whole by the first validation
+    with clear_error(ValueError, r"model\.fit \(validation_data\)", "yielded no batch",
+                     "read only once", "validation_steps", untouched=tmp_path):
+        _model().fit(_x(32), _y(32), batch_size=8, epochs=3, verbose=0,
+                     validation_data=batches)
