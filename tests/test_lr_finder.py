@@ -59,6 +59,16 @@ def test_short_data_is_cycled():
     assert len(result.lrs) == 20 and not result.diverged
 
 
+def test_too_few_steps_for_a_suggestion_warn():
+    x, y = make_data(48)
+    model = ef.Model(MLP(rngs=nnx.Rngs(0)))
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    one_shot = iter([(x[i:i + 16], y[i:i + 16]) for i in range(0, 48, 16)])
+    with pytest.warns(UserWarning, match=r"only 3 steps.*ran out after 3 of 100.*None"):
+        result = model.find_lr(one_shot)
+    assert result.suggestion is None
+
+
 def test_optax_optimizer_with_injected_rate_works_and_without_is_refused():
     x, y = make_data(64)
     model = ef.Model(MLP(rngs=nnx.Rngs(0)))

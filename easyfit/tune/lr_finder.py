@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +167,12 @@ def find_lr(model: "Model", x: Any, y: Any = None, *, min_lr: float = 1e-7,
         epoch += 1
     lrs_a, smoothed_a = np.asarray(lrs), np.asarray(smoothed)
     usable = np.isfinite(smoothed_a)
+    if usable.sum() < 10:
+        warnings.warn(f"find_lr: only {int(usable.sum())} steps with a finite loss (the input "
+                      f"{'diverged' if diverged else 'ran out'} after {len(lrs)} of {steps}), "
+                      "too few to suggest a rate: suggestion is None. Pass more data (a "
+                      "dataset that repeats, or arrays), or a lower max_lr if the loss "
+                      "diverged at once.", stacklevel=3)
     return LRFinderResult(lrs=lrs_a, losses=np.asarray(losses), smoothed=smoothed_a,
                           suggestion=suggest(lrs_a[usable], smoothed_a[usable]),
                           diverged=diverged)
