@@ -371,8 +371,10 @@ def explained(stage: str, x: Any = None, module: Any = None, y: Any = None,
 
 
 def user_stacklevel() -> int:
-    """``stacklevel`` for a warning about the user's call: the first frame outside easyfit."""
+    """``stacklevel`` for a warning about the user's call: the first frame outside easyfit
+    and the libraries it calls through (JAX's tracing, ``contextlib``)."""
     frame, level = inspect.currentframe(), 0
-    while frame is not None and _ours(frame):
+    while frame is not None and (_ours(frame) or _from_library(frame) or
+                                 frame.f_globals.get("__name__") in ("contextlib", "functools")):
         frame, level = frame.f_back, level + 1
     return max(level, 1)

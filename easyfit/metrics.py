@@ -18,11 +18,13 @@ Examples:
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from easyfit.errors import user_stacklevel
 from easyfit.losses import align
 
 __all__ = ["Accuracy", "BinaryAccuracy", "CategoricalAccuracy", "METRICS", "Mean",
@@ -166,7 +168,13 @@ class TopKAccuracy(Metric):
 
     def values(self, y_true, y_pred):
         labels = _labels(y_true, y_pred)
-        _, top = jax.lax.top_k(y_pred, self.k)
+        classes = y_pred.shape[-1]
+        if self.k >= classes:  # at trace time: once per compile
+            warnings.warn(f"Metric {self.name!r}: k={self.k} is not below the {classes} "
+                          f"classes, so every row counts as correct (1.0), as in Keras. Pass "
+                          f"ef.metrics.TopKAccuracy(k=...) with k < {classes}.",
+                          stacklevel=user_stacklevel())
+        _, top = jax.lax.top_k(y_pred, min(self.k, classes))
         return jnp.any(top == labels[..., None], axis=-1).astype(jnp.float32)
 
 

@@ -496,6 +496,15 @@ def test_sparse_metrics_and_loss():
     assert result["top2"] < result["top_k_accuracy"]  # the data distinguishes k
 
 
+def test_top_k_with_k_not_below_the_classes_is_one_with_a_warning_as_keras():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(12, 4)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"k=5 is not below the 4 classes.*k < 4"):
+        result = _evaluate_on(logits, rng.integers(0, 4, 12).astype(np.int32),
+                              "sparse_categorical_crossentropy", ["top_k_accuracy"])
+    assert result["top_k_accuracy"] == 1.0
+
+
 def test_sparse_crossentropy_matches_optax_and_flags_labels_out_of_range():
     """The label's logit is picked by comparison, not gathered: values and gradients are
     optax's, masked (-inf) logits included; a label outside [0, classes) gives NaN."""
