@@ -141,6 +141,9 @@ def test_dataset_dict_input_and_clear_errors():
     assert_same(model, reference)  # a dict input of the two halves, concatenated by Net
     with pytest.raises(ValueError, match=r"x_key='image', y_key='label'.*"):
         model.fit(table(), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"columns \(\['features', 'label', 'text'\]\).*"
+                                         r"predict\(dataset, x_key='image'\)"):
+        model.predict(table(), verbose=0)  # the labels would reach the module
     with pytest.raises(KeyError, match=r"\['image'\].*columns are \['features', 'label', 'text'\]"):
         model.fit(table(), x_key="image", y_key="label", epochs=1, verbose=0)
     with pytest.raises(TypeError, match="Column 'text' must hold numbers"):

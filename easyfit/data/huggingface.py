@@ -53,8 +53,12 @@ def _key_list(x_key: Any) -> list[str]:
 
 def _selected(columns: list[str], keys: Keys, with_y: bool) -> tuple[Any, str | None]:
     """``(x_key, y_key)`` checked against the dataset's ``columns``; with no ``x_key`` and
-    no labels wanted (``predict``), every column is an input."""
+    no labels wanted (``predict``), a dataset's only column is the input."""
     x_key, y_key = keys if keys is not None else (None, None)
+    if x_key is None and not with_y and len(columns) > 1:
+        raise ValueError(f"A Hugging Face dataset has named columns ({columns}); say which "
+                         "are the input: predict(dataset, x_key='image') (a list of keys for "
+                         "a module that takes a dict of several).")
     if x_key is None and not with_y:
         return list(columns), None
     if x_key is None or (with_y and y_key is None):
