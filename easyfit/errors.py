@@ -36,7 +36,7 @@ __all__ = ["DivergenceWarning", "LossInputError", "ModuleInputError", "ModuleOut
 
 # The calls a user makes, as the headline names them (the outermost one on the stack).
 _CALLS = ("fit", "evaluate", "predict", "train_on_batch", "test_on_batch", "predict_on_batch",
-          "find_lr", "estimate_memory", "find_batch_size", "summary")
+          "find_lr", "estimate_memory", "find_batch_size", "summary", "export")
 # Errors from these packages are explained; any other error is the user's own (or easyfit's).
 _LIBRARIES = ("jax", "jaxlib", "flax", "numpy", "optax", "chex", "einops")
 _DETAILS = 300  # characters of the original message kept in the "Details" line

@@ -62,7 +62,28 @@ class ExportedModel:
         """Runs the model on a batch ``x`` (numpy or JAX arrays, shaped as the export's
         inputs with any batch size); returns numpy arrays."""
         x = jax.tree.map(np.asarray, x)
+        self._check(x)
         return jax.tree.map(np.asarray, self._call(self._weights, x))
+
+    def _check(self, x: Any) -> None:
+        """Refuses ``x`` unlike the export's inputs, naming the input and both shapes."""
+        specs = self.config["inputs"]
+        leaves = jax.tree_util.tree_leaves_with_path(
+            specs, is_leaf=lambda d: isinstance(d, dict) and "shape" in d)
+        given = jax.tree.leaves(x)
+        expected = ", ".join(f"x{jax.tree_util.keystr(p)} ({', '.join(map(str, s['shape']))}) "
+                             f"{s['dtype']}" for p, s in leaves)
+        if len(given) != len(leaves):
+            raise ValueError(f"This export takes {expected}; got {len(given)} arrays.")
+        for (path, spec), array in zip(leaves, given):
+            shape = spec["shape"]
+            batch_ok = isinstance(shape[0], str) or array.shape[:1] == (shape[0],)
+            if array.ndim != len(shape) or list(array.shape[1:]) != shape[1:] or not batch_ok \
+                    or np.dtype(spec["dtype"]).kind != array.dtype.kind:
+                raise ValueError(
+                    f"This export takes {expected}; got "
+                    f"x{jax.tree_util.keystr(path)} {array.dtype} {tuple(array.shape)}. Pass "
+                    f"arrays shaped and typed as the sample_input it was exported with.")
 
     def __repr__(self) -> str:
         return f"ExportedModel(inputs={self.config['inputs']}, outputs={self.config['outputs']})"

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from easyfit import errors
 from easyfit import export as export_lib
 from easyfit.precision import cast_floating
 
@@ -91,7 +92,8 @@ def export_model(model: "Model", path: str | os.PathLike, sample_input: Any,
                 for i, a in enumerate(flat)]
         tree = jax.tree.unflatten(treedef, flat)
         module = nnx.merge(graphdef, tree["params"], tree["rest"], copy=True)
-        y = module(cast_floating(x, compute_dtype))
+        with errors.explained("module", x=x, module=module):
+            y = module(cast_floating(x, compute_dtype))
         return y if compute_dtype is None else cast_floating(y, jnp.float32)
 
     x_leaves, x_tree = jax.tree.flatten(sample_input)

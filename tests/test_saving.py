@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -203,6 +204,14 @@ def test_export_matches_predict_for_any_batch_size(tmp_path):
         ef.load_exported(tmp_path / "none")
     with pytest.raises(ValueError, match="not an easyfit export"):
         ef.load_exported(tmp_path)
+    for wrong in (X[:2, :5], X[:2].astype(np.int32), X[0]):  # features, dtype, no batch axis
+        with pytest.raises(ValueError, match=r"This export takes x \(batch, 8\) float32; got "
+                                             rf"x {wrong.dtype} {re.escape(str(wrong.shape))}"):
+            served(wrong)
+    with pytest.raises(ef.errors.ModuleInputError,
+                       match=r"model\.export: x has 5 features where the first layer"):
+        model.export(tmp_path / "e3", sample_input=X[:1, :5])
+    assert not (tmp_path / "e3").exists()
 
     # a fresh process runs it with no model code and no training code imported
     np.save(tmp_path / "x.npy", X[:5])
