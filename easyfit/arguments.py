@@ -33,7 +33,7 @@ from easyfit.distribute import Distribution
 from easyfit.precision import PRECISIONS
 
 __all__ = ["check_batch_size", "check_callbacks", "check_class_weight", "check_compile",
-           "check_distribution", "check_evaluate", "check_fit", "check_inputs", "check_load_path",
+           "check_distribution", "check_evaluate", "check_fit", "check_inputs",
            "check_predict", "check_sample_weight", "check_verbose"]
 
 _SPARSE = "sparse_categorical_crossentropy"
@@ -321,6 +321,10 @@ def check_evaluate(args: Mapping[str, Any]) -> list[Callback]:
 def check_predict(args: Mapping[str, Any]) -> list[Callback]:
     """Checks ``predict``'s arguments (``args``: its ``locals()``) as `check_evaluate`
     does; returns the callbacks as a flat list."""
+    if hasattr(args.get("batch_size"), "shape"):  # predict(x, y), as evaluate is called
+        raise TypeError(f"predict takes x only: its second argument is batch_size, which got "
+                        f"an array of shape {args['batch_size'].shape}. Call model.predict(x), "
+                        f"or model.evaluate(x, y) for the loss and metrics.")
     return check_evaluate({k: v for k, v in args.items() if k not in ("y", "sample_weight")})
 
 
@@ -371,25 +375,6 @@ def _sparse_labels(labels: Any, name: str) -> None:
                          f"shape (batch, classes) use loss='categorical_crossentropy'.")
     _note("sparse-float", f"{name} holds class ids as {labels.dtype}; {_SPARSE} casts them to "
                           f"int32. Pass integer labels (y.astype(int)) to silence this note.")
-
-
-def check_load_path(path: Any, what: str) -> None:
-    """A directory to read from exists (so reading creates nothing).
-
-    Args:
-        path: the directory.
-        what: the call, for the message (``"load_weights"``).
-
-    Raises:
-        TypeError: not a path. FileNotFoundError: missing, or a file.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{what} takes a directory path (str or os.PathLike); got "
-                        f"{type(path).__name__}.")
-    if not os.path.isdir(path):
-        state = "is a file, not a directory" if os.path.exists(path) else "does not exist"
-        raise FileNotFoundError(f"{what}: {os.fspath(path)!r} {state}. Pass the directory "
-                                f"that save_weights, ModelCheckpoint or BackupAndRestore wrote.")
 
 
 def _note(key: str, message: str) -> None:

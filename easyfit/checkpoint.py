@@ -25,7 +25,8 @@ import numpy as np
 
 from easyfit.modules.graph import path_names
 
-__all__ = ["CheckpointError", "Checkpoints", "ITEMS", "abstract", "join_arrays", "split_arrays"]
+__all__ = ["CheckpointError", "Checkpoints", "ITEMS", "abstract", "check_load_path", "join_arrays",
+           "split_arrays"]
 
 
 def _orbax() -> Any:
@@ -278,3 +279,22 @@ class Checkpoints:
                 pass  # the same stored failure, re-raised by orbax: reported once, below
             raise CheckpointError(f"Writing a checkpoint to {self.directory} failed: {error}. "
                                   "Earlier checkpoints are untouched.") from error
+
+
+def check_load_path(path: Any, what: str) -> None:
+    """A directory to read from exists (so reading creates nothing).
+
+    Args:
+        path: the directory.
+        what: the call, for the message (``"load_weights"``).
+
+    Raises:
+        TypeError: not a path. FileNotFoundError: missing, or a file.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} takes a directory path (str or os.PathLike); got "
+                        f"{type(path).__name__}.")
+    if not os.path.isdir(path):
+        state = "is a file, not a directory" if os.path.exists(path) else "does not exist"
+        raise FileNotFoundError(f"{what}: {os.fspath(path)!r} {state}. Pass the directory "
+                                f"that save_weights, ModelCheckpoint or BackupAndRestore wrote.")

@@ -36,7 +36,7 @@ from easyfit.modules.linen import is_factory
 from easyfit.training.live_optimizer import LiveOptimizer
 from easyfit.training import on_batch
 from easyfit.training import weights as weights_lib
-from easyfit import exporting, saved_model
+from easyfit import checkpoint, exporting, saved_model
 from easyfit.training.loop import call_callbacks, evaluate_loop, fit_callbacks, fit_loop
 from easyfit.training.loop import predict_loop
 from easyfit.training.options import resolve_options
@@ -347,7 +347,7 @@ class Model(ModelTools):
         """Loads weights from a checkpoint directory (of [`save_weights`][easyfit.model.Model.save_weights],
         ``ModelCheckpoint`` or ``BackupAndRestore``): ``step``, else the best by the
         monitored value, else the latest. Refuses a checkpoint of a different model."""
-        arguments.check_load_path(path, "load_weights")
+        checkpoint.check_load_path(path, "load_weights")
         weights_lib.load_weights(self.trainer, path, step)
 
     # -- the whole model on disk (see easyfit.saving, easyfit.export) ---------------------------

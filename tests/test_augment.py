@@ -100,3 +100,14 @@ def test_augment_randomness_follows_the_seed():
         fits.append(params_of(model.module))
     assert_params_close(fits[0], fits[1], atol=0)     # same seed: identical
     assert params_differ(fits[0], fits[2])            # another seed: other noise
+
+
+def test_an_augment_of_the_wrong_shape_is_named():
+    x, y = make_data(32)
+    with pytest.raises(TypeError, match=r"augment is called as augment\(\(x, y\), key\).*"
+                                        r"<lambda>\(batch\)"):
+        mlp_model(augment=lambda batch: batch)
+    model = mlp_model(augment=lambda batch, key: batch[0])  # forgot the labels
+    with pytest.raises(TypeError, match=r"augment must return the batch as \(x, y\); it "
+                                        r"returned a value: float32 \(\d+, 8\)"):
+        model.fit(x, y, batch_size=16, verbose=0)

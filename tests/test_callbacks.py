@@ -750,6 +750,13 @@ def test_csv_logger_writes_header_and_history_values(tmp_path):
         assert len(list(csv.reader(f))) == 2
 
 
+def test_csv_logger_given_a_directory_names_a_file_path(tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"is a directory: pass a file path such as "
+                                                r".*log\.csv"):
+        ef.callbacks.CSVLogger(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_csv_logger_separator(tmp_path):
     x, y = data(40)
     path = tmp_path / "log.tsv"

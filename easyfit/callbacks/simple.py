@@ -81,6 +81,10 @@ class CSVLogger(Callback):
     def __init__(self, filename: str, separator: str = ",", append: bool = False):
         super().__init__()
         self.filename, self.separator, self.append = os.fspath(filename), separator, append
+        if os.path.isdir(self.filename):
+            raise IsADirectoryError(f"CSVLogger writes one file, but {self.filename!r} is a "
+                                    "directory: pass a file path such as "
+                                    f"{os.path.join(self.filename, 'log.csv')!r}.")
         self._file = self._writer = None
         self._keys: list[str] | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Sequence
 
 from easyfit import losses as losses_lib
@@ -74,6 +75,7 @@ def resolve_options(optimizer: Any, loss: Any, metrics: Sequence[Any] | None,
         if isinstance(value, str):
             raise ValueError(f"{name} must be a list (or a dict keyed by output name), as in "
                              f"Keras; got the string {value!r}: pass {name}=[{value!r}].")
+    _check_augment(augment)
     compute_dtype = precision_lib.compute_dtype(precision)
     if remat:
         remat_lib.policy(remat)  # refuses an unknown policy now
@@ -93,6 +95,24 @@ def resolve_options(optimizer: Any, loss: Any, metrics: Sequence[Any] | None,
         augment=augment, compute_dtype=compute_dtype, precision=precision,
         float32_layers=tuple(float32_layers), accumulation_steps=gradient_accumulation_steps,
         remat=remat, ema=_ema(optimizer, ema_momentum))
+
+
+def _check_augment(augment: Callable | None) -> None:
+    """``augment`` is called as ``augment((x, y), key)``: refuse a function that cannot be."""
+    if augment is None:
+        return
+    if not callable(augment):
+        raise TypeError(f"augment must be a function ((x, y), key) -> (x, y); got "
+                        f"{type(augment).__name__}.")
+    try:
+        inspect.signature(augment).bind(("x", "y"), "key")
+    except TypeError:
+        raise TypeError(f"augment is called as augment((x, y), key) and returns (x, y), but "
+                        f"{getattr(augment, '__name__', 'it')}{inspect.signature(augment)} "
+                        "cannot take those two arguments. Write it as "
+                        "def augment(batch, key): x, y = batch; ...; return x, y.") from None
+    except ValueError:  # no signature (a builtin): the call will tell
+        return
 
 
 def _ema(optimizer: Optimizer, momentum: float | None) -> EMA | None:

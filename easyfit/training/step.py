@@ -229,7 +229,12 @@ class Steps:
     def _train_batch(self, state: TrainState, batch: Batch) -> TrainState:
         if self.augment is not None:
             stream = jax.random.fold_in(jax.random.key(self.seed), _AUGMENT_STREAM)
-            x, y = self.augment((batch.x, batch.y), jax.random.fold_in(stream, state.step))
+            augmented = self.augment((batch.x, batch.y), jax.random.fold_in(stream, state.step))
+            if not (isinstance(augmented, (tuple, list)) and len(augmented) == 2):
+                raise TypeError(f"augment must return the batch as (x, y); it returned "
+                                f"{errors.describe(augmented, 'a value:')}. End it with "
+                                "`return x, y`.")
+            x, y = augmented
             batch = batch._replace(x=x, y=y)
 
         def loss(params):

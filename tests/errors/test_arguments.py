@@ -230,6 +230,8 @@ def test_model_distribution(tmp_path, distribution, names):
     ("predict", dict(batch_size=-3), ValueError, ["batch_size", "-3"]),
     ("predict", dict(steps=1.5), TypeError, ["steps", "1.5"]),
     ("predict", dict(verbose="loud"), ValueError, ["verbose", "'loud'"]),
+    ("predict", dict(batch_size=Y), TypeError, ["predict takes x only", r"shape \(40,\)",
+                                                r"model\.evaluate\(x, y\)"]),
 ])
 def test_evaluate_and_predict_arguments(model, tmp_path, call, kwargs, error, names):
     args = (X, Y) if call == "evaluate" else (X,)
