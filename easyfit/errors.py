@@ -31,8 +31,8 @@ from flax import nnx
 from easyfit.modules.graph import GRAPH
 
 __all__ = ["DivergenceWarning", "LossInputError", "ModuleInputError", "ModuleOutputError",
-           "call_name", "check_labels", "check_outputs", "describe", "explained", "label",
-           "user_stacklevel"]
+           "call_name", "check_call", "check_labels", "check_outputs", "describe", "explained",
+           "label", "user_stacklevel"]
 
 # The calls a user makes, as the headline names them (the outermost one on the stack).
 _CALLS = ("fit", "evaluate", "predict", "train_on_batch", "test_on_batch", "predict_on_batch",
@@ -239,6 +239,28 @@ def _module_error(error: BaseException, call: str, module: Any, x: Any) -> Modul
         "Check that x matches what the module expects: the batch on the first axis (one "
         "example needs x[None]), features on the last, images channels last (batch, height, "
         f"width, channels).\n\n{_details(error)}")
+
+
+def check_call(module: Any, x: Any) -> None:
+    """Refuses a module whose ``__call__`` cannot take ``x`` as its one argument.
+
+    Raises:
+        ModuleInputError: naming the parameters and how to pass several inputs.
+    """
+    try:
+        signature = inspect.signature(module)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(x)
+    except TypeError:
+        name = type(module).__name__
+        params = ", ".join(signature.parameters)
+        raise ModuleInputError(
+            f"{call_name()}: {name}.__call__({params}) needs more than one argument, but "
+            "easyfit calls the module with x alone. Take several inputs as one: "
+            f"def __call__(self, inputs): {params} = inputs, and pass x as a tuple of "
+            "arrays (or a dict of them, read by key).") from None
 
 
 def check_outputs(y_pred: Any, rows: int | None = None) -> None:

@@ -57,3 +57,36 @@ def test_single_examples_without_a_batch_axis_are_refused():
     with pytest.raises(ef.errors.ModuleOutputError,
                        match=r"output has shape \(4,\) for a batch of 8 rows.*np\.stack"):
         _predict([X[i] for i in range(40)])  # an iterable of 1-D examples
+
+
+class TwoInputs(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, inputs):
+        x, mask = inputs
+        return self.dense(x * mask)
+
+
+class TwoArguments(TwoInputs):
+    def __call__(self, x, mask):
+        return self.dense(x * mask)
+
+
+def test_a_list_of_arrays_with_labels_is_several_inputs_as_keras():
+    mask = np.ones_like(X)
+    histories = []
+    for x in ([X, mask], (X, mask)):
+        model = ef.Model(TwoInputs(nnx.Rngs(0)))
+        model.compile("adam", "sparse_categorical_crossentropy")
+        histories.append(model.fit(x, Y, batch_size=16, verbose=0).history["loss"])
+    assert histories[0] == histories[1]
+
+
+def test_a_module_taking_two_arguments_is_told_to_take_one():
+    model = ef.Model(TwoArguments(nnx.Rngs(0)))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ef.errors.ModuleInputError,
+                       match=r"TwoArguments\.__call__\(x, mask\) needs more than one argument.*"
+                             r"def __call__\(self, inputs\): x, mask = inputs"):
+        model.fit((X, np.ones_like(X)), Y, verbose=0)

@@ -36,6 +36,8 @@ def adapt(x: Any, y: Any = None, *, batch_size: int | None, sample_weight: Any =
         return x
     x, y, sample_weight = as_arrays(x, "x"), as_arrays(y, "y"), as_arrays(sample_weight,
                                                                           "sample_weight")
+    if isinstance(x, list) and y is not None and all(is_arrays(a) for a in x):
+        x = tuple(x)  # with labels a list of arrays is several inputs, as in Keras
     process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     if is_arrays(x):
         if with_y and y is None:

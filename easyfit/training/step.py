@@ -187,6 +187,7 @@ class Steps:
     def _forward(self, graphdef, params, rest, x):
         module = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
         x = cast_floating(x, self.compute_dtype)
+        errors.check_call(module, x)
         with errors.explained("module", x=x, module=module):  # traced only: free once compiled
             y_pred = module(x)
         inputs = jax.tree.leaves(x)
