@@ -384,6 +384,11 @@ def explained(stage: str, x: Any = None, module: Any = None, y: Any = None,
     try:
         yield
     except Exception as error:
+        if stage == "module" and isinstance(error, KeyError) and isinstance(x, dict) \
+                and error.args and error.args[0] not in x:
+            error.add_note(f"({call_name()}: the module read x[{error.args[0]!r}], but x has "
+                           f"the keys {sorted(map(str, x))}. Pass x with that key, or name "
+                           "the dataset's columns with x_key=.)")
         if not _is_library_error(error):
             raise
         call = call_name()

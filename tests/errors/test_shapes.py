@@ -171,6 +171,16 @@ def test_a_dict_input_names_its_key(data, tmp_path):
         model.fit(bad, y, batch_size=8, verbose=0)
 
 
+def test_a_dict_input_without_the_key_the_module_reads(data, tmp_path):
+    x, y = data
+    model = _model(TwoInputs(rngs=nnx.Rngs(0)))
+    with pytest.raises(KeyError) as info:  # the user's own exception, with a note
+        model.fit({"a": x, "extra": np.zeros((40, 3), np.float32)}, y, batch_size=8,
+                  verbose=0)
+    assert "the module read x['b'], but x has the keys ['a', 'extra']" in info.value.__notes__[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_users_own_error_passes_through_unchanged(tmp_path):
     model = _model(OwnCheck(rngs=nnx.Rngs(0)))
     with clear_error(ValueError, "^OwnCheck wants 8 features, please$", untouched=tmp_path) as info:
