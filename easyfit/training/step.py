@@ -22,6 +22,7 @@ from flax import nnx
 from easyfit import losses as losses_lib
 from easyfit import outputs as outputs_lib
 from easyfit import errors
+from easyfit.training import module_checks
 from easyfit.data.batch import Batch
 from easyfit.data.on_device import IndexedChunk, gather_rows
 from easyfit.metrics import Metric
@@ -187,12 +188,12 @@ class Steps:
     def _forward(self, graphdef, params, rest, x):
         module = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
         x = cast_floating(x, self.compute_dtype)
-        errors.check_call(module, x)
+        module_checks.check_call(module, x)
         with errors.explained("module", x=x, module=module):  # traced only: free once compiled
             y_pred = module(x)
         inputs = jax.tree.leaves(x)
-        errors.check_outputs(y_pred, rows=inputs[0].shape[0] if inputs and inputs[0].ndim
-                             else None)
+        module_checks.check_outputs(y_pred, rows=inputs[0].shape[0] if inputs and
+                                    inputs[0].ndim else None)
         if self.compute_dtype is not None:  # the loss and the metrics see float32
             y_pred = cast_floating(y_pred, jnp.float32)
         return y_pred, nnx.split(module, nnx.Param, ..., graph=GRAPH)[2]
@@ -204,7 +205,7 @@ class Steps:
             if outputs_lib.is_several(y_pred) or isinstance(self.loss_fn,
                                                             outputs_lib.OutputsSpec):
                 return self._several(y_pred).values(batch.y, y_pred, batch.weight)
-            errors.check_labels(batch.y, y_pred)
+            module_checks.check_labels(batch.y, y_pred)
             return losses_lib.align(losses_lib.loss_values(self.loss_fn, batch.y, y_pred),
                                     batch.weight)
 
