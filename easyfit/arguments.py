@@ -196,6 +196,10 @@ def _validation(args: Mapping[str, Any]) -> None:
     if not 0.0 <= split < 1.0:
         raise ValueError(f"validation_split must be in [0, 1) (the fraction of the arrays held "
                          f"out, e.g. 0.2); got {split!r}.")
+    if isinstance(data, dict) and ("y" in data or "y_val" in data):
+        raise ValueError(f"validation_data must be (x_val, y_val) or (x_val, y_val, "
+                         f"sample_weight_val), a tuple; got a dict with keys {sorted(data)}. "
+                         f"Pass (x_val, y_val); a dict of arrays is read as x alone.")
     plain = isinstance(data, list) and data and all(  # [x_val, y_val] as Keras, not batches
         is_arrays(d) and not isinstance(d, tuple) for d in data)
     if (plain or isinstance(data, tuple) and data and is_arrays(data[0])) \

@@ -757,6 +757,12 @@ def test_csv_logger_given_a_directory_names_a_file_path(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_tensorboard_given_a_file_names_a_directory(tmp_path):
+    (tmp_path / "tb").write_text("not a directory")
+    with pytest.raises(NotADirectoryError, match=r"is a file: pass a directory path"):
+        ef.callbacks.TensorBoard(tmp_path / "tb")
+
+
 def test_csv_logger_separator(tmp_path):
     x, y = data(40)
     path = tmp_path / "log.tsv"

@@ -35,6 +35,10 @@ class TensorBoard(Callback):
     def __init__(self, log_dir: str | os.PathLike = "logs", update_freq: str | int = "epoch"):
         super().__init__()
         self.log_dir, self.update_freq = os.fspath(log_dir), update_freq
+        if os.path.isfile(self.log_dir):
+            raise NotADirectoryError(f"TensorBoard writes a directory of event files, but "
+                                     f"{self.log_dir!r} is a file: pass a directory path such "
+                                     f"as 'runs/tb'.")
         self._writers: dict = {}
         self._last_step = 0
 

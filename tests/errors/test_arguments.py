@@ -49,6 +49,9 @@ _KerasLike.__name__ = "EarlyStopping"
 
 # (fit keywords, exception, what the message must name)
 FIT_CASES = {
+    "validation_data={'x', 'y'}": (dict(validation_data={"x": X, "y": Y}), ValueError,
+                                   ["validation_data", r"dict with keys \['x', 'y'\]",
+                                    r"\(x_val, y_val\)"]),
     "batch_size=0": (dict(batch_size=0), ValueError, ["batch_size", "got 0", "positive int"]),
     "batch_size=-1": (dict(batch_size=-1), ValueError, ["batch_size", "-1", "None for the "
                                                                           "default 32"]),
