@@ -151,6 +151,16 @@ def test_setting_the_learning_rate_before_fit():
     assert_params_close(params_of(model.module), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("value, error", [("1e-3", TypeError), (None, TypeError),
+                                          (-0.1, ValueError)])
+def test_setting_a_learning_rate_that_is_not_a_rate(value, error):
+    model = ef.Model(MLP(rngs=nnx.Rngs(0)))
+    model.compile(ef.optimizers.sgd(0.1), "sparse_categorical_crossentropy")
+    with pytest.raises(error, match=r"optimizer.learning_rate must be a number, 0 or more"):
+        model.optimizer.learning_rate = value
+    assert model.optimizer.learning_rate == pytest.approx(0.1)
+
+
 def test_setting_a_scheduled_rate_rescales_the_schedule():
     # a constant schedule at 0.1 set to 0.05 mid-training: the next update uses 0.05
     x, y = make_data(32)

@@ -31,6 +31,14 @@ class LiveOptimizer:
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
+        try:  # a Python, numpy or JAX scalar (a schedule may return any of them)
+            rate = None if isinstance(value, (bool, str)) else float(value)
+        except (TypeError, ValueError):
+            rate = None
+        if rate is None or not rate >= 0:
+            raise (TypeError if rate is None else ValueError)(
+                f"optimizer.learning_rate must be a number, 0 or more (e.g. 1e-3); got "
+                f"{value!r:.60}.")
         self.trainer.learning_rate = value
 
     # Keras's EMA attributes: from compile's ema_momentum as from the optimizer's use_ema
