@@ -235,7 +235,8 @@ class Checkpoints:
             raise CheckpointError(
                 f"Every checkpoint in {self.directory} is damaged (steps {candidates}; the "
                 f"last error: {last_error}). Nothing was changed there. To start afresh, move "
-                f"that directory aside or use another one; to survive this next time, keep two (ModelCheckpoint(keep_latest=2), "
+                f"that directory aside or use another one; to survive this next time, keep "
+                f"two (ModelCheckpoint(keep_latest=2), "
                 f"BackupAndRestore(double_checkpoint=True)).")
         return None
 

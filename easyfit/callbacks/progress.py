@@ -94,7 +94,7 @@ class ProgressBar(Callback):
             self._bar = None
 
     # evaluate and predict: counted at each dispatch's begin hook, which costs no device wait
-    def _ran(self, stopped: bool) -> int | None:
+    def _ran(self, stopped: bool) -> int:
         """Batches run: all of them unless a callback stopped the loop; 0 (not shown) when
         unknown, as the begin hooks lag one dispatch behind."""
         return 0 if stopped or not self.params.get("steps") else self.params["steps"]
