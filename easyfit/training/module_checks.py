@@ -60,8 +60,8 @@ def check_outputs(y_pred: Any, rows: int | None = None) -> None:
             shown = repr(leaf)[:40]
             raise ModuleOutputError(
                 f"{call_name()}: the module's {where} is a {type(leaf).__name__} ({shown}), "
-                "which a loss cannot take: return an array, or a dict or tuple of arrays "
-                "(one per output).")
+                "not an array: return an array, or a dict or tuple of arrays (one per "
+                "output).")
         shape = tuple(getattr(leaf, "shape", ()))
         if rows is not None and (not shape or shape[0] != rows):
             where = f"output {jax.tree_util.keystr(path)}" if path else "output"
