@@ -129,8 +129,11 @@ class Checkpoints:
                 handle.write("ok")
             os.remove(probe)
         except OSError as error:
+            fix = ("it is a file: checkpoints are directories, so pass a directory path"
+                   if os.path.isfile(self.directory) else
+                   "choose a writable directory with free space")
             raise CheckpointError(f"Cannot write checkpoints to {self.directory}: {error}. "
-                                  "Choose a writable directory with free space.") from error
+                                  f"{fix[0].upper()}{fix[1:]}.") from error
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

@@ -429,6 +429,9 @@ def test_save_weights_under_a_file_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(CheckpointError, match="Cannot write checkpoints"):
         model_of().save_weights(blocker / "w")
+    with pytest.raises(CheckpointError, match="It is a file: checkpoints are directories"):
+        model_of().save_weights(blocker)
+    assert blocker.read_text() == "x"
 
 
 _WRITE_FAILURE_SCRIPT = textwrap.dedent('''
