@@ -10,19 +10,20 @@ from typing import Any
 import jax
 import numpy as np
 
+from easyfit import losses as losses_lib
 from easyfit.errors import DivergenceWarning, user_stacklevel
 
 __all__ = ["DivergenceCheck", "takes_class_ids"]
 
 _LABELS = "labels out of range for the loss: class ids must lie in 0 .. outputs - 1"
-_KNOWN_LOSSES = ("mse", "mae", "huber", "binary_crossentropy", "categorical_crossentropy")
 
 
 def takes_class_ids(loss: Any) -> bool:
     """Whether ``loss`` may take class ids: ``sparse_categorical_crossentropy``, several
     outputs, or a loss of unknown kind (a user's function). ``False`` for easyfit's other
     losses, where class ids out of range cannot be the cause of a NaN."""
-    return getattr(loss, "name", None) not in _KNOWN_LOSSES
+    name = getattr(loss, "name", None)
+    return name not in losses_lib.LOSSES or name == "sparse_categorical_crossentropy"
 
 
 class DivergenceCheck:

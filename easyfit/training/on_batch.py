@@ -28,7 +28,10 @@ __all__ = ["predict_on_batch", "test_on_batch", "train_on_batch"]
 
 
 def _one_batch(x: Any, y: Any = None, sample_weight: Any = None,
-               class_weight: dict | None = None, with_y: bool = True) -> DataAdapter:
+               class_weight: dict | None = None, with_y: bool = True,
+               loss: Any = None) -> DataAdapter:
+    """The batch as an adapter, its arguments checked as ``fit`` checks them (``loss``: the
+    compiled loss, whose labels are checked too)."""
     if sample_weight is not None and class_weight is not None:
         raise ValueError("Arguments `sample_weight` and `class_weight` cannot be specified at "
                          "the same time: fold the class weights into sample_weight.")
@@ -40,15 +43,16 @@ def _one_batch(x: Any, y: Any = None, sample_weight: Any = None,
                          f"array, or a dict/tuple of them, with the batch on the first "
                          f"axis); got x of type {type(x).__name__}.")
     rows = len(leaves[0])
-    return adapt(x, y, batch_size=rows, sample_weight=sample_weight,
+    data = adapt(x, y, batch_size=rows, sample_weight=sample_weight,
                  class_weight=class_weight, with_y=with_y)
+    arguments.check_inputs(loss, None, data)
+    return data
 
 
 def train_on_batch(trainer: "Trainer", x: Any, y: Any = None, sample_weight: Any = None,
                    class_weight: dict | None = None) -> dict[str, float]:
     """One optimizer step on ``(x, y)``; that batch's loss and metrics."""
-    data = _one_batch(x, y, sample_weight, class_weight)
-    arguments.check_inputs(trainer.options.loss, None, data)
+    data = _one_batch(x, y, sample_weight, class_weight, loss=trainer.options.loss)
     trainer.build(data, total_steps=None)
     trainer.reset_totals()
     place = trainer.distribution.place_chunk
@@ -60,9 +64,8 @@ def train_on_batch(trainer: "Trainer", x: Any, y: Any = None, sample_weight: Any
 def test_on_batch(trainer: "Trainer", x: Any, y: Any = None,
                   sample_weight: Any = None) -> dict[str, float]:
     """Loss and metrics of ``(x, y)`` in eval mode; nothing is trained."""
-    data = _one_batch(x, y, sample_weight)
-    arguments.check_inputs(trainer.options.loss, None, data)
-    return evaluate_loop(trainer, data, CallbackList([]), per_dispatch=1)
+    return evaluate_loop(trainer, _one_batch(x, y, sample_weight, loss=trainer.options.loss),
+                         CallbackList([]), per_dispatch=1)
 
 
 def predict_on_batch(trainer: "Trainer", x: Any) -> Any:
